@@ -1,0 +1,1 @@
+"""batchrun: push large volumes of prompts through Claude."""

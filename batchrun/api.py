@@ -1,0 +1,156 @@
+"""The one place that talks to the Anthropic SDK: building the client, sending one request, naming its failure.
+
+The SDK is imported lazily: `import anthropic` costs about a second, and commands that only read the
+store (status, results) must start fast.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+FATAL_STATUS = frozenset({401, 402, 403})
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 408: "timeout_error", 409: "conflict_error", 413: "request_too_large",
+    422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+    529: "overloaded_error",
+}
+BACKENDS = ("aiohttp", "httpx")
+
+
+@dataclass(slots=True)
+class Reply:
+    message: dict[str, Any]
+    headers: Mapping[str, str]
+    request_id: str | None
+
+
+class APIFailure(Exception):
+    """A failed request, normalised: HTTP status (None for connection errors), API error type and message."""
+
+    def __init__(self, status: int | None, error_type: str, message: str, error_class: str,
+                 retry_after: float | None = None, request_id: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status or 'no response'} {error_type}: {message}")
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.error_class = error_class
+        self.retry_after = retry_after
+        self.request_id = request_id
+        self.headers = headers or {}
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status in RETRYABLE_STATUS
+
+    @property
+    def fatal(self) -> bool:
+        return self.status in FATAL_STATUS
+
+    def error_body(self) -> dict[str, Any]:
+        """The error in the API's own envelope, as the Message Batches results carry it."""
+        return {"type": "error", "error": {"type": self.error_type, "message": self.message},
+                "request_id": self.request_id}
+
+
+def make_client(backend: str = "aiohttp", *, base_url: str | None = None, api_key: str | None = None,
+                timeout: float = 600.0) -> AsyncAnthropic:
+    """One shared client for a run; the SDK's own retries are off because tenacity owns the policy."""
+    import anthropic
+
+    kwargs: dict[str, Any] = {"max_retries": 0, "timeout": anthropic.Timeout(timeout, connect=10.0)}
+    if base_url:
+        kwargs["base_url"] = base_url
+    if api_key:
+        kwargs["api_key"] = api_key
+    if backend == "aiohttp":
+        kwargs["http_client"] = anthropic.DefaultAioHttpClient(timeout=kwargs["timeout"])
+    elif backend != "httpx":
+        raise ValueError(f"unknown HTTP backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return anthropic.AsyncAnthropic(**kwargs)
+
+
+def needs_streaming(params: Mapping[str, Any]) -> bool:
+    """Mirrors the SDK's refusal to send a non-streaming request that may run past 10 minutes."""
+    from anthropic._constants import MODEL_NONSTREAMING_TOKENS
+
+    max_tokens = params["max_tokens"]
+    limit = MODEL_NONSTREAMING_TOKENS.get(params["model"])
+    return 3600 * max_tokens / 128_000 > 600 or (limit is not None and max_tokens > limit)
+
+
+async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
+    """Send one Messages request (streamed when its max_tokens requires it); raise APIFailure."""
+    import anthropic
+
+    rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
+    args = {"model": params["model"], "max_tokens": params["max_tokens"], "messages": params["messages"],
+            "extra_body": rest or None}
+    try:
+        if needs_streaming(params):
+            async with client.messages.stream(**args) as stream:
+                message = await stream.get_final_message()
+                headers = stream.response.headers
+            return Reply(message.to_dict(mode="json"), headers, headers.get("request-id"))
+        raw = await client.messages.with_raw_response.create(**args)
+        message = orjson.loads(raw.http_response.content)
+        return Reply(message, raw.headers, raw.headers.get("request-id"))
+    except anthropic.APIStatusError as e:
+        raise failure_from_status(e, client.api_key) from None
+    except anthropic.APIConnectionError as e:
+        kind = "timeout_error" if isinstance(e, anthropic.APITimeoutError) else "api_error"
+        raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", client.api_key),
+                         type(e).__name__) from None
+
+
+def failure_from_status(e: Any, api_key: str | None) -> APIFailure:
+    status = e.status_code
+    body = e.body if isinstance(e.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error_type = error.get("type") or ERROR_TYPES.get(status, "api_error")
+    message = error.get("message") or e.message
+    headers = e.response.headers
+    return APIFailure(status, error_type, redact(str(message), api_key), type(e).__name__,
+                      retry_after=retry_after(headers), request_id=headers.get("request-id"), headers=headers)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: `retry-after-ms`, then `retry-after` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def redact(text: str, api_key: str | None) -> str:
+    """The API key never leaves the process: not in the store, results, logs or messages."""
+    for secret in {api_key, os.environ.get("ANTHROPIC_API_KEY")}:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "[redacted]")
+    return text

@@ -1,0 +1,237 @@
+"""The command line: parse, open the store, call one function, turn the outcome into an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchrun.errors import EXIT_NOT_FINISHED, EXIT_USAGE, BatchrunError, UsageError
+
+DEFAULT_DB = "batchrun.db"
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every expected failure is one line on stderr and its exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BatchrunError as e:
+            click.echo(f"batchrun: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("batchrun: interrupted", err=True)
+            sys.exit(EXIT_NOT_FINISHED)
+
+    return wrapper
+
+
+def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                        help=f"SQLite store (default: $BATCHRUN_DB or ./{DEFAULT_DB}).")(fn)
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of every command that sends requests."""
+    for option in reversed([
+        click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API."),
+        click.option("--backend", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True,
+                     help="HTTP stack of the Anthropic SDK."),
+        click.option("--grace", type=float, default=5.0, show_default=True,
+                     help="Seconds requests in flight get to finish after SIGINT/SIGTERM."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
+        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write results here when the run ends."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def open_store(db_path: str | None) -> Any:
+    from batchrun.store import Store
+
+    return Store(db_path or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+
+
+def load_env() -> None:
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchrun")
+def cli() -> None:
+    """Push large volumes of prompts through Claude, and never lose or pay twice for a result.
+
+    Exit codes: 0 all items succeeded, 1 some failed for good, 2 bad usage or input (nothing sent),
+    3 not finished (resumable), 75 another batchrun holds the run.
+    """
+
+
+@cli.command()
+@click.argument("items", type=click.Path(dir_okay=False))
+@click.option("--job", "job_path", type=click.Path(dir_okay=False), help="Job settings (TOML).")
+@click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches (half price).")
+@click.option("--model", help="Model for lines that do not name one.")
+@click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
+@click.option("--system", help="System prompt, or @FILE to read it from a file.")
+@click.option("--concurrency", type=int, help="Ceiling on requests in flight.")
+@click.option("--max-attempts", type=int, help="Attempts per item before it fails for good.")
+@click.option("--rpm", type=int, help="Stay under this many requests per minute.")
+@click.option("--itpm", type=int, help="Stay under this many input tokens per minute.")
+@click.option("--otpm", type=int, help="Stay under this many output tokens per minute.")
+@click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
+@click.option("--no-wait", is_flag=True, help="Batch mode: submit the batches and exit 3; `resume` collects.")
+@run_options
+@db_option
+@handle_errors
+def submit(items: str, job_path: str | None, run_id: str | None, no_wait: bool, db_path: str | None,
+           output: str | None, emulate: bool, backend: str, grace: float, quiet: bool, **flags: Any) -> None:
+    """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
+    from batchrun.job import load_job, load_system
+    from batchrun.runs import prepare_run
+
+    flags["system"] = load_system(flags["system"])
+    job = load_job(job_path).with_overrides(**flags)
+    load_env()
+    store = open_store(db_path)
+    run_id, created = prepare_run(store, items, job, run_id)
+    click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
+    _process(store, run_id, output=output, emulate=emulate, backend=backend, grace=grace, quiet=quiet)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@run_options
+@db_option
+@handle_errors
+def resume(run_id: str, db_path: str | None, **options: Any) -> None:
+    """Continue an interrupted run: send only what has no result yet."""
+    load_env()
+    _process(open_store(db_path), run_id, **options)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--error-type", help="Only items that failed with this error type (e.g. overloaded_error).")
+@run_options
+@db_option
+@handle_errors
+def retry(run_id: str, error_type: str | None, db_path: str | None, **options: Any) -> None:
+    """Put permanently failed items back to pending and process them again."""
+    from batchrun.runs import load_run
+
+    load_env()
+    store = open_store(db_path)
+    load_run(store, run_id)
+    count = store.retry_failed(run_id, error_type)
+    click.echo(f"batchrun: {count} failed item(s) of run {run_id} are pending again", err=True)
+    _process(store, run_id, **options)
+
+
+def _process(store: Any, run_id: str, *, output: str | None, emulate: bool, backend: str, grace: float,
+             quiet: bool) -> None:
+    from batchrun.runs import process_run
+
+    with ExitStack() as stack:
+        make_client = _client_factory(stack, emulate, backend)
+        ending = process_run(store, run_id, make_client=make_client, progress=not quiet, grace=grace)
+    c = ending.counts
+    click.echo(
+        f"batchrun: run {run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
+        f"{c['pending'] + c['in_flight']} pending; {ending.sent} request(s) sent in {ending.seconds:.1f}s",
+        err=True,
+    )
+    if ending.message:
+        click.echo(f"batchrun: {ending.message}", err=True)
+    if output:
+        from batchrun.results import export_results
+
+        count = export_results(store, run_id, output)
+        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
+    sys.exit(ending.exit_code)
+
+
+def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Callable[[], Any]:
+    """Decide where requests go before anything is sent; the emulator is used only when asked for."""
+    from batchrun.api import make_client
+
+    if emulate:
+        from batchrun.emulate import EMULATOR_KEY, emulator
+
+        url = stack.enter_context(emulator())
+        click.echo(f"batchrun: --emulate: requests go to the built-in API emulator at {url}; "
+                   "no request leaves this machine", err=True)
+        return lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY)
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise UsageError("ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
+                         "or add --emulate to try batchrun on the built-in API emulator)")
+    return lambda: make_client(backend)
+
+
+@cli.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+@handle_errors
+def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
+    """Counts by state, tokens and cost of RUN, or of every run."""
+    import orjson
+
+    from batchrun.report import format_status, run_status
+
+    store = open_store(db_path)
+    ids = [run_id] if run_id else store.run_ids()
+    statuses = [run_status(store, i) for i in ids]
+    if as_json:
+        data = statuses[0] if run_id else {"runs": statuses}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    elif not statuses:
+        click.echo("no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
+    else:
+        click.echo("\n".join(format_status(s) for s in statuses))
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@click.option("--only", type=click.Choice(["succeeded", "failed"]), help="Only items that ended this way.")
+@db_option
+@handle_errors
+def results(run_id: str, output: str | None, only: str | None, db_path: str | None) -> None:
+    """Export RUN's results in input order, in the Message Batches result format."""
+    from batchrun.results import export_results, write_results
+    from batchrun.runs import load_run
+
+    store = open_store(db_path)
+    load_run(store, run_id)
+    if output:
+        count = export_results(store, run_id, output, only)
+        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
+    else:
+        write_results(store, run_id, sys.stdout.buffer, only)
+        sys.stdout.buffer.flush()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def emulator(ctx: click.Context) -> None:
+    """Run the built-in API emulator (options: `batchrun emulator --help`)."""
+    from batchrun.emulator.__main__ import main
+
+    sys.exit(main(ctx.args))
+
+
+def main() -> None:
+    try:
+        cli()
+    except BrokenPipeError:
+        sys.exit(EXIT_USAGE)

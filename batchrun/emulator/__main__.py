@@ -1,0 +1,17 @@
+"""`python -m batchrun.emulator --port 0 [--rpm N ...]`: serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+
+from .config import config_from_argv
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, host, port = config_from_argv(argv)
+    serve(config, host, port)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

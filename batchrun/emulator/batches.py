@@ -1,0 +1,320 @@
+"""Message Batches: validation on create, lazy lifecycle from timestamps, deterministic outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .cache import NO_CACHE, PromptCache
+from .clock import rfc3339
+from .config import EmulatorConfig
+from .replies import build_message, model_error, request_key, validate_params
+from .stats import Stats
+
+MAX_REQUESTS = 100_000
+CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CANCEL_SECONDS = 0.2  # how long a batch stays "canceling"
+EXPIRES_AFTER_S = 24 * 3600
+SETTLE_CHUNK = 2000  # items decided between yields to the event loop
+RETRYABLE_ERRORS = ("api_error", "overloaded_error")
+
+
+class BatchError(Exception):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(eq=False)
+class Outcome:
+    kind: str  # succeeded | errored | expired | canceled
+    error_type: str | None = None
+    error_message: str | None = None
+    cache_creation: int = 0
+    cache_read: int = 0
+    cache_ttl: str = "5m"
+
+
+CANCELED = Outcome("canceled")
+EXPIRED = Outcome("expired")
+SUCCEEDED = Outcome("succeeded")
+
+
+@dataclass(eq=False)
+class Batch:
+    id: str
+    created_at: float
+    batch_seconds: float
+    items: list[tuple[str, Any]]  # (custom_id, params)
+    cancel_initiated_at: float | None = None
+    outcomes: list[Outcome] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    finishing: asyncio.Task | None = None
+
+    @property
+    def ends_at(self) -> float:
+        natural = self.created_at + self.batch_seconds
+        if self.cancel_initiated_at is None:
+            return natural
+        return min(natural, self.cancel_initiated_at + CANCEL_SECONDS)
+
+    def processed_count(self) -> int:
+        """Items processed before a cancel took effect (all of them if never canceled)."""
+        if self.cancel_initiated_at is None or self.batch_seconds <= 0:
+            return len(self.items)
+        share = (self.cancel_initiated_at - self.created_at) / self.batch_seconds
+        return min(len(self.items), int(max(0.0, share) * len(self.items)))
+
+    def status(self) -> str:
+        if self.outcomes is not None:
+            return "ended"
+        return "in_progress" if self.cancel_initiated_at is None else "canceling"
+
+    def to_json(self, base_url: str) -> dict[str, Any]:
+        ended = self.outcomes is not None
+        counts = {"processing": 0 if ended else len(self.items), "succeeded": 0, "errored": 0}
+        counts |= {"canceled": 0, "expired": 0}
+        if ended:
+            counts |= self.counts
+        return {
+            "id": self.id,
+            "type": "message_batch",
+            "processing_status": self.status(),
+            "request_counts": counts,
+            "created_at": rfc3339(self.created_at, micros=True),
+            "expires_at": rfc3339(self.created_at + EXPIRES_AFTER_S, micros=True),
+            "ended_at": rfc3339(self.ends_at, micros=True) if ended else None,
+            "cancel_initiated_at": (
+                rfc3339(self.cancel_initiated_at, micros=True) if self.cancel_initiated_at else None
+            ),
+            "archived_at": None,
+            "results_url": f"{base_url}/v1/messages/batches/{self.id}/results" if ended else None,
+        }
+
+
+def _draw(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the given parts."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+def _invalid(message: str) -> BatchError:
+    return BatchError(400, "invalid_request_error", message)
+
+
+def check_requests(body: Any) -> list[tuple[str, Any]]:
+    """The (custom_id, params) list of a create body; raises BatchError naming the first problem.
+
+    Params are not validated here: like the API, bad params come back as errored results.
+    """
+    if not isinstance(body, dict):
+        raise _invalid("Input should be a valid dictionary")
+    extra = sorted(set(body) - {"requests"})
+    if extra:
+        raise _invalid(f"{extra[0]}: Extra inputs are not permitted")
+    requests = body.get("requests")
+    if requests is None:
+        raise _invalid("requests: Field required")
+    if not isinstance(requests, list):
+        raise _invalid("requests: Input should be a valid list")
+    if not requests or len(requests) > MAX_REQUESTS:
+        bound = "at least 1 item" if not requests else f"at most {MAX_REQUESTS} items"
+        message = f"requests: List should have {bound} after validation, not {len(requests)}"
+        raise _invalid(message)
+    items: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for i, request in enumerate(requests):
+        custom_id = _check_request(i, request)
+        if custom_id in seen:
+            raise _invalid(
+                f"requests.{i}.custom_id: Duplicate custom_id '{custom_id}' (must be unique in a batch)"
+            )
+        seen.add(custom_id)
+        items.append((custom_id, request["params"]))
+    return items
+
+
+def _check_request(i: int, request: Any) -> str:
+    if not isinstance(request, dict):
+        raise _invalid(f"requests.{i}: Input should be a valid dictionary")
+    for name in ("custom_id", "params"):
+        if name not in request:
+            raise _invalid(f"requests.{i}.{name}: Field required")
+    extra = sorted(set(request) - {"custom_id", "params"})
+    if extra:
+        raise _invalid(f"requests.{i}.{extra[0]}: Extra inputs are not permitted")
+    custom_id = request["custom_id"]
+    if not isinstance(custom_id, str) or not CUSTOM_ID_RE.match(custom_id):
+        message = f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+        raise _invalid(message)
+    if not isinstance(request["params"], dict):
+        raise _invalid(f"requests.{i}.params: Input should be a valid dictionary")
+    return custom_id
+
+
+class BatchStore:
+    def __init__(self, config: EmulatorConfig, cache: PromptCache, stats: Stats) -> None:
+        self.config = config
+        self.cache = cache
+        self.stats = stats
+        self.batches: dict[str, Batch] = {}  # insertion order = creation order
+        self.attempts: dict[str, int] = {}  # request key -> retryable failures so far
+
+    def create(self, items: list[tuple[str, Any]], now: float) -> Batch:
+        batch = Batch("msgbatch_" + secrets.token_hex(12), now, self.config.batch_seconds, items)
+        self.batches[batch.id] = batch
+        self.stats.batches_created += 1
+        self.stats.batch_requests += len(items)
+        return batch
+
+    async def get(self, batch_id: str, now: float) -> Batch:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise BatchError(404, "not_found_error", f"Message Batch {batch_id} not found")
+        await self.settle(batch, now)
+        return batch
+
+    async def page(self, limit: int, after_id: str | None, before_id: str | None, now: float) -> dict:
+        """One page of batches, newest first, in the API's {data, has_more, first_id, last_id} form."""
+        ids = list(reversed(self.batches))
+        cursor = before_id or after_id
+        at = ids.index(cursor) if cursor in ids else None
+        if cursor is not None and at is None:
+            chosen, has_more = [], False
+        elif before_id is not None:
+            start = max(0, at - limit)
+            chosen, has_more = ids[start:at], start > 0
+        else:
+            start = 0 if at is None else at + 1
+            chosen, has_more = ids[start : start + limit], start + limit < len(ids)
+        data = [await self.get(batch_id, now) for batch_id in chosen]
+        return {
+            "data": data,
+            "has_more": has_more,
+            "first_id": chosen[0] if chosen else None,
+            "last_id": chosen[-1] if chosen else None,
+        }
+
+    async def cancel(self, batch_id: str, now: float) -> Batch:
+        batch = await self.get(batch_id, now)
+        if batch.outcomes is None and batch.cancel_initiated_at is None:
+            batch.cancel_initiated_at = now
+        return batch
+
+    async def delete(self, batch_id: str, now: float) -> None:
+        batch = await self.get(batch_id, now)
+        if batch.outcomes is None:
+            message = (
+                f"Message Batch {batch_id} cannot be deleted while it is {batch.status()}; "
+                "cancel it and wait for it to end first."
+            )
+            raise _invalid(message)
+        del self.batches[batch_id]
+
+    async def settle(self, batch: Batch, now: float) -> None:
+        """End the batch if its time has come, deciding every item's outcome exactly once."""
+        if batch.outcomes is not None or now < batch.ends_at:
+            return
+        if batch.finishing is None:
+            batch.finishing = asyncio.ensure_future(self._finish(batch))
+        # Shielded: a client hanging up must not leave a batch half-decided.
+        await asyncio.shield(batch.finishing)
+
+    async def _finish(self, batch: Batch) -> None:
+        processed = batch.processed_count()
+        outcomes: list[Outcome] = []
+        errored = 0
+        for index, (_, params) in enumerate(batch.items):
+            if index % SETTLE_CHUNK == SETTLE_CHUNK - 1:
+                await asyncio.sleep(0)
+            outcome = CANCELED if index >= processed else self._decide(params, errored)
+            errored += outcome.kind == "errored" and outcome.error_type in RETRYABLE_ERRORS
+            outcomes.append(outcome)
+        counts = dict.fromkeys(("succeeded", "errored", "canceled", "expired"), 0)
+        for outcome in outcomes:
+            counts[outcome.kind] += 1
+        batch.counts = counts
+        batch.outcomes = outcomes
+
+    def _decide(self, params: dict, errored_so_far: int) -> Outcome:
+        error = validate_params(params)
+        if error is None and params.get("stream"):
+            error = "stream: Streaming is not supported for requests in a Message Batch"
+        if error is not None:
+            return Outcome("errored", "invalid_request_error", error)
+        error = model_error(params)
+        if error is not None:
+            return Outcome("errored", "not_found_error", error)
+        key = request_key(params)
+        kind = self._draw_outcome(key)
+        if kind == "errored":
+            error_type = RETRYABLE_ERRORS[errored_so_far % 2]
+            message = "Internal server error" if error_type == "api_error" else "Overloaded"
+            return Outcome("errored", error_type, message)
+        if kind == "expired":
+            return EXPIRED
+        return self._succeed(params)
+
+    def _draw_outcome(self, key: str) -> str:
+        """errored / expired / succeeded from (seed, key, attempt); a key fails at most
+        max_faults_per_request times across batches, then succeeds."""
+        c = self.config
+        attempt = self.attempts.get(key, 0)
+        if attempt < c.max_faults_per_request:
+            draw = _draw(c.seed, key, attempt)
+            kind = "errored" if draw < c.batch_p_errored else None
+            if kind is None and draw < c.batch_p_errored + c.batch_p_expired:
+                kind = "expired"
+            if kind is not None:
+                self.attempts[key] = attempt + 1
+                return kind
+        self.attempts.pop(key, None)
+        return "succeeded"
+
+    def _succeed(self, params: dict) -> Outcome:
+        use = self.cache.lookup(params, time.monotonic())
+        self.cache.commit(use, time.monotonic())
+        message = build_message(
+            params, msg_id="", cache_creation=use.creation, cache_read=use.read, service_tier="batch"
+        )
+        self.stats.batch_usage(params["model"], message["usage"])
+        if use is NO_CACHE:
+            return SUCCEEDED
+        return Outcome("succeeded", cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl)
+
+
+def result_line(batch: Batch, index: int) -> bytes:
+    """One `\\n`-terminated JSONL line of the batch's results."""
+    custom_id, params = batch.items[index]
+    outcome = batch.outcomes[index]
+    result: dict[str, Any] = {"type": outcome.kind}
+    if outcome.kind == "succeeded":
+        result["message"] = build_message(
+            params,
+            msg_id="msg_" + hashlib.sha256(f"{batch.id}:{index}".encode()).hexdigest()[:24],
+            cache_creation=outcome.cache_creation,
+            cache_read=outcome.cache_read,
+            cache_ttl=outcome.cache_ttl,
+            service_tier="batch",
+        )
+    elif outcome.kind == "errored":
+        error = {"type": outcome.error_type, "message": outcome.error_message}
+        request_id = "req_" + hashlib.sha256(f"{batch.id}:{index}:error".encode()).hexdigest()[:24]
+        result["error"] = {"type": "error", "error": error, "request_id": request_id}
+    return orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
+
+
+def result_chunks(batch: Batch, lines_per_chunk: int = 1000) -> Iterator[bytes]:
+    for start in range(0, len(batch.items), lines_per_chunk):
+        stop = min(start + lines_per_chunk, len(batch.items))
+        yield b"".join(result_line(batch, i) for i in range(start, stop))

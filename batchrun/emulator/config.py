@@ -1,0 +1,129 @@
+"""Emulator settings, their command-line form, and runtime patching."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+LIMIT_FIELDS = frozenset({"rpm", "itpm", "otpm", "bucket_seconds"})
+PROBABILITY_FIELDS = frozenset(
+    {"p429", "p529", "p500", "p_drop", "p_slow", "batch_p_errored", "batch_p_expired"}
+)
+
+
+@dataclass
+class EmulatorConfig:
+    # Per-minute limits (0 = unlimited), enforced as token buckets holding limit*bucket_seconds/60
+    # and refilling limit/60 per second. A small bucket_seconds makes bursts hit 429 early, like
+    # the real API's per-second enforcement.
+    rpm: int = 0
+    itpm: int = 0
+    otpm: int = 0
+    bucket_seconds: float = 60.0
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    # Injected faults, drawn per request while its key has had < max_faults_per_request of them.
+    p429: float = 0.0
+    p529: float = 0.0
+    p500: float = 0.0
+    p_drop: float = 0.0
+    p_slow: float = 0.0
+    slow_ms: float = 2000.0
+    retry_after_s: float = 1.0
+    max_faults_per_request: int = 3
+    seed: int = 0
+    api_key: str | None = None
+    batch_seconds: float = 2.0
+    batch_p_errored: float = 0.0
+    batch_p_expired: float = 0.0
+    track_keys: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
+
+    def update(self, **changes: Any) -> set[str]:
+        """Patch fields in place after checking every one; returns the names that changed value.
+
+        Raises ValueError on an unknown field or a value of the wrong type.
+        """
+        types = {f.name: f.type for f in fields(self)}
+        unknown = sorted(set(changes) - set(types))
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        coerced = {name: _coerce(name, types[name], value) for name, value in changes.items()}
+        changed = {name for name, value in coerced.items() if getattr(self, name) != value}
+        for name, value in coerced.items():
+            setattr(self, name, value)
+        return changed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    kind = str(type_name)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        return value
+    if kind == "str | None":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string or null, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if kind == "int":
+        if value != int(value):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    if name in PROBABILITY_FIELDS and value > 1:
+        raise ValueError(f"{name}: must be between 0 and 1, got {value!r}")
+    return value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_to_argv(config: EmulatorConfig) -> list[str]:
+    """The command-line flags that rebuild `config` (only fields that differ from the defaults)."""
+    argv: list[str] = []
+    default = EmulatorConfig()
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if isinstance(value, bool):
+            argv.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
+        else:
+            argv += [_flag(f.name), str(value)]
+    return argv
+
+
+def build_arg_parser(prog: str = "python -m batchrun.emulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Local emulator of the Anthropic API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    for f in fields(EmulatorConfig):
+        kind = str(f.type)
+        if kind == "bool":
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction)
+        elif kind == "str | None":
+            parser.add_argument(_flag(f.name), dest=f.name)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, type=int if kind == "int" else float)
+    return parser
+
+
+def config_from_argv(argv: list[str] | None = None) -> tuple[EmulatorConfig, str, int]:
+    """Parse command-line flags into (config, host, port)."""
+    args = vars(build_arg_parser().parse_args(argv))
+    host, port = args.pop("host"), args.pop("port")
+    return EmulatorConfig(**{k: v for k, v in args.items() if v is not None}), host, port

@@ -1,0 +1,63 @@
+"""Injected faults (429, 529, 500, dropped connection, slow reply) and early-retry detection."""
+
+from __future__ import annotations
+
+import random
+
+from .config import EmulatorConfig
+
+EARLY_TOLERANCE_S = 0.05
+MAX_EARLY_SAMPLES = 20
+
+
+class FaultInjector:
+    """Draws a fault per request from a seeded RNG while that request key has had fewer than
+    max_faults_per_request faults, so every request eventually succeeds deterministically."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.latency_rng = random.Random(config.seed + 1)
+        self.faults: dict[str, int] = {}
+
+    def pick(self, key: str) -> str | None:
+        """One of "429", "529", "500", "drop", "slow", or None."""
+        c = self.config
+        if self.faults.get(key, 0) >= c.max_faults_per_request:
+            return None
+        draw = self.rng.random()
+        for kind, p in (("429", c.p429), ("529", c.p529), ("500", c.p500), ("drop", c.p_drop)):
+            if draw < p:
+                self.faults[key] = self.faults.get(key, 0) + 1
+                return kind
+            draw -= p
+        return "slow" if c.p_slow and self.rng.random() < c.p_slow else None
+
+    def succeeded(self, key: str) -> None:
+        # Forget the key once it got through, so memory stays bounded by requests still failing.
+        self.faults.pop(key, None)
+
+    def latency_s(self) -> float:
+        c = self.config
+        jitter = c.latency_jitter_ms and self.latency_rng.uniform(-c.latency_jitter_ms, c.latency_jitter_ms)
+        return max(0.0, c.latency_ms + jitter) / 1000.0
+
+
+class RetryWatch:
+    """Remembers, per request key, the earliest time a retry-after allows, and counts retries sent earlier."""
+
+    def __init__(self) -> None:
+        self.not_before: dict[str, float] = {}
+        self.early = 0
+        self.samples: list[dict] = []
+
+    def told_to_wait(self, key: str, now: float, retry_after: float) -> None:
+        self.not_before[key] = now + retry_after
+
+    def arrived(self, key: str, now: float) -> None:
+        deadline = self.not_before.pop(key, None)
+        if deadline is None or now >= deadline - EARLY_TOLERANCE_S:
+            return
+        self.early += 1
+        if len(self.samples) < MAX_EARLY_SAMPLES:
+            self.samples.append({"key": key, "early_by_s": round(deadline - now, 3)})

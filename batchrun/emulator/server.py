@@ -1,0 +1,417 @@
+"""The emulator's HTTP server: Messages, count_tokens, Message Batches and /_emulator control endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import signal
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .batches import BatchError, BatchStore, check_requests, result_chunks
+from .cache import PromptCache
+from .config import LIMIT_FIELDS, EmulatorConfig
+from .faults import FaultInjector, RetryWatch
+from .ratelimit import RateLimiter
+from .replies import (
+    build_message,
+    count_input_tokens,
+    model_error,
+    request_key,
+    stream_events,
+    validate_params,
+)
+from .stats import Stats
+
+MAX_MESSAGES_BODY = 32 * 1024 * 1024
+MAX_BATCH_BODY = 256 * 1024 * 1024
+LISTEN_BACKLOG = 4096
+HTTP_ERROR_TYPES = {404: "not_found_error", 413: "request_too_large"}
+
+
+class Emulator:
+    """All mutable server state; reset() starts over with the current config."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats = Stats(self.config.track_keys)
+        self.limiter = RateLimiter(self.config)
+        self.faults = FaultInjector(self.config)
+        self.watch = RetryWatch()
+        self.cache = PromptCache()
+        self.batches = BatchStore(self.config, self.cache, self.stats)
+
+    def reconfigure(self, patch: dict[str, Any]) -> None:
+        changed = self.config.update(**patch)
+        if changed & LIMIT_FIELDS:
+            self.limiter = RateLimiter(self.config)
+        if "seed" in changed:
+            self.faults = FaultInjector(self.config)
+        self.stats.track_keys = self.config.track_keys
+
+    def stats_json(self) -> dict[str, Any]:
+        return self.stats.to_json(self.watch.early, self.watch.samples)
+
+    def ratelimit_headers(self) -> dict[str, str]:
+        return self.limiter.headers(time.monotonic(), time.time())
+
+
+EMULATOR = web.AppKey("emulator", Emulator)
+
+
+class Reject(Exception):
+    """An API error to send as the JSON error envelope."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message, self.headers = status, error_type, message, headers
+
+
+def request_id(request: web.Request) -> str:
+    rid = request.get("request_id")
+    if rid is None:
+        rid = request["request_id"] = "req_emu" + secrets.token_hex(12)
+    return rid
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    body = orjson.dumps(data)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def error_response(
+    request: web.Request, status: int, error_type: str, message: str, headers: dict | None = None
+) -> web.Response:
+    error = {"type": error_type, "message": message}
+    return json_response(
+        {"type": "error", "error": error, "request_id": request_id(request)}, status, headers
+    )
+
+
+def check_auth(request: web.Request, config: EmulatorConfig) -> None:
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    if not key:
+        raise Reject(401, "authentication_error", "x-api-key header is required")
+    if config.api_key is not None and key != config.api_key:
+        raise Reject(401, "authentication_error", "invalid x-api-key")
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise Reject(413, "request_too_large", f"Request exceeds the maximum allowed size of {limit} bytes")
+    raw = await request.read()
+    if len(raw) > limit:
+        raise Reject(413, "request_too_large", f"Request exceeds the maximum allowed size of {limit} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Reject(400, "invalid_request_error", f"Request body is not valid JSON: {exc}") from None
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn Reject and aiohttp's own HTTP errors (404 route, 405, 413) into the API error envelope."""
+    try:
+        return await handler(request)
+    except Reject as exc:
+        return error_response(request, exc.status, exc.error_type, exc.message, exc.headers)
+    except BatchError as exc:
+        return error_response(request, exc.status, exc.error_type, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error_type = HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error")
+        return error_response(request, exc.status, error_type, exc.reason)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["request-id"] = request_id(request)
+
+
+# ---- Messages ---------------------------------------------------------------------------------
+
+
+def drop_connection(request: web.Request) -> None:
+    """Close the socket without writing a response, like a connection lost mid-request."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    emu = request.app[EMULATOR]
+    stats = emu.stats  # the request finishes on the stats it started on, even across a reset
+    stats.started()
+    status: int | None = None
+    key: str | None = None
+    response: web.StreamResponse | None = None
+    try:
+        key, response = await _messages(request, emu, stats)
+        status = None if response is None else response.status
+    except Reject as exc:
+        status = exc.status
+        if exc.status != 401:
+            exc.headers = {**emu.ratelimit_headers(), **(exc.headers or {})}
+        raise
+    finally:
+        stats.finished(status, key)
+    # For a dropped connection, aiohttp fails to write this placeholder and moves on quietly.
+    return web.Response(status=500) if response is None else response
+
+
+async def _messages(
+    request: web.Request, emu: Emulator, stats: Stats
+) -> tuple[str | None, web.StreamResponse | None]:
+    check_auth(request, emu.config)
+    body = await read_json(request, MAX_MESSAGES_BODY)
+    error = validate_params(body)
+    if error is not None:
+        raise Reject(400, "invalid_request_error", error)
+    key = request_key(body)
+    now = time.monotonic()
+    stats.received(key)
+    emu.watch.arrived(key, now)
+    error = model_error(body)
+    if error is not None:
+        raise Reject(404, "not_found_error", error)
+    extra_delay = _inject_fault(request, emu, stats, key, now)
+    if extra_delay is None:
+        return key, None
+    return key, await _reply(request, emu, stats, body, key, extra_delay)
+
+
+def _inject_fault(request: web.Request, emu: Emulator, stats: Stats, key: str, now: float) -> float | None:
+    """Raise the injected error, return None for a dropped connection, else the extra delay in seconds."""
+    fault = emu.faults.pick(key)
+    if fault is None:
+        return 0.0
+    stats.injected[fault] += 1
+    if fault in ("429", "529"):
+        retry_after = max(1, math.ceil(emu.config.retry_after_s))
+        emu.watch.told_to_wait(key, now, retry_after)
+        headers = {"retry-after": str(retry_after)}
+        if fault == "429":
+            message = "Number of concurrent connections has exceeded your rate limit. Please try again later."
+            raise Reject(429, "rate_limit_error", message, headers)
+        raise Reject(529, "overloaded_error", "Overloaded", headers)
+    if fault == "500":
+        raise Reject(500, "api_error", "Internal server error")
+    if fault == "drop":
+        drop_connection(request)
+        return None
+    return emu.config.slow_ms / 1000.0
+
+
+async def _reply(
+    request: web.Request, emu: Emulator, stats: Stats, body: dict, key: str, extra_delay: float
+) -> web.StreamResponse:
+    now = time.monotonic()
+    use = emu.cache.lookup(body, now)
+    limiter = emu.limiter  # refund to the buckets that were charged, even if reconfigured meanwhile
+    refusal = limiter.admit(count_input_tokens(body) - use.read, body["max_tokens"], now)
+    if refusal is not None:
+        stats.rate_limited += 1
+        emu.watch.told_to_wait(key, now, refusal.retry_after)
+        headers = {"retry-after": str(refusal.retry_after)}
+        raise Reject(429, "rate_limit_error", refusal.message, headers)
+    emu.cache.commit(use, now)
+    msg_id = "msg_emu" + secrets.token_hex(12)
+    message = build_message(
+        body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl
+    )
+    try:
+        await asyncio.sleep(emu.faults.latency_s() + extra_delay)
+    finally:
+        limiter.refund_output(body["max_tokens"] - message["usage"]["output_tokens"], time.monotonic())
+    emu.faults.succeeded(key)
+    stats.message_usage(body["model"], message["usage"])
+    headers = emu.ratelimit_headers()
+    if body.get("stream"):
+        stats.stream_requests += 1
+        return await _stream(request, message, headers)
+    return json_response(message, headers=headers)
+
+
+async def _stream(request: web.Request, message: dict, headers: dict[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
+    response.content_type = "text/event-stream"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    for event in stream_events(message):
+        await response.write(f"event: {event['type']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+async def handle_count_tokens(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    body = await read_json(request, MAX_MESSAGES_BODY)
+    emu.stats.count_tokens_requests += 1
+    if isinstance(body, dict) and "max_tokens" in body:
+        raise Reject(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+    error = validate_params({**body, "max_tokens": 1} if isinstance(body, dict) else body)
+    if error is not None:
+        raise Reject(400, "invalid_request_error", error)
+    error = model_error(body)
+    if error is not None:
+        raise Reject(404, "not_found_error", error)
+    return json_response({"input_tokens": count_input_tokens(body)})
+
+
+# ---- Message Batches --------------------------------------------------------------------------
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _batch_json(request: web.Request, batch: Any) -> web.Response:
+    return json_response(batch.to_json(_base_url(request)))
+
+
+async def handle_batch_create(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    items = check_requests(await read_json(request, MAX_BATCH_BODY))
+    return _batch_json(request, emu.batches.create(items, time.time()))
+
+
+async def handle_batch_get(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    return _batch_json(request, await emu.batches.get(request.match_info["batch_id"], time.time()))
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit():
+        raise Reject(400, "invalid_request_error", "limit: Input should be a valid integer")
+    if not 1 <= int(raw) <= 1000:
+        raise Reject(400, "invalid_request_error", "limit: Input should be between 1 and 1000")
+    return int(raw)
+
+
+async def handle_batch_list(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
+    if after_id and before_id:
+        raise Reject(400, "invalid_request_error", "Only one of after_id and before_id may be given")
+    page = await emu.batches.page(_limit(request), after_id, before_id, time.time())
+    page["data"] = [batch.to_json(_base_url(request)) for batch in page["data"]]
+    return json_response(page)
+
+
+async def handle_batch_cancel(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    return _batch_json(request, await emu.batches.cancel(request.match_info["batch_id"], time.time()))
+
+
+async def handle_batch_delete(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    batch_id = request.match_info["batch_id"]
+    await emu.batches.delete(batch_id, time.time())
+    return json_response({"id": batch_id, "type": "message_batch_deleted"})
+
+
+async def handle_batch_results(request: web.Request) -> web.StreamResponse:
+    emu = request.app[EMULATOR]
+    check_auth(request, emu.config)
+    batch = await emu.batches.get(request.match_info["batch_id"], time.time())
+    if batch.outcomes is None:
+        message = f"Message Batch {batch.id} has not finished processing (status: {batch.status()})"
+        raise Reject(400, "invalid_request_error", message)
+    response = web.StreamResponse(
+        headers={"Content-Disposition": f"attachment; filename*=utf-8''{batch.id}_results.jsonl"}
+    )
+    response.content_type = "application/x-jsonl"
+    await response.prepare(request)
+    for chunk in result_chunks(batch):  # streamed, so a 100k-item batch never sits in one string
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+# ---- Control ----------------------------------------------------------------------------------
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return json_response(request.app[EMULATOR].stats_json())
+
+
+async def handle_reset(request: web.Request) -> web.Response:
+    request.app[EMULATOR].reset()
+    return json_response({"ok": True})
+
+
+async def handle_config(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    if request.method == "POST":
+        patch = await read_json(request, MAX_MESSAGES_BODY)
+        if not isinstance(patch, dict):
+            raise Reject(400, "invalid_request_error", "config patch must be a JSON object")
+        try:
+            emu.reconfigure(patch)
+        except ValueError as exc:
+            raise Reject(400, "invalid_request_error", str(exc)) from None
+    return json_response(emu.config.to_dict())
+
+
+def make_app(config: EmulatorConfig) -> web.Application:
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BATCH_BODY + 1)
+    app[EMULATOR] = Emulator(config)
+    app.on_response_prepare.append(add_request_id)
+    batch = "/v1/messages/batches/{batch_id}"
+    app.router.add_post("/v1/messages", handle_messages)
+    app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
+    app.router.add_post("/v1/messages/batches", handle_batch_create)
+    app.router.add_get("/v1/messages/batches", handle_batch_list)
+    app.router.add_get(batch, handle_batch_get)
+    app.router.add_delete(batch, handle_batch_delete)
+    app.router.add_post(batch + "/cancel", handle_batch_cancel)
+    app.router.add_get(batch + "/results", handle_batch_results)
+    app.router.add_get("/_emulator/stats", handle_stats)
+    app.router.add_post("/_emulator/reset", handle_reset)
+    app.router.add_route("*", "/_emulator/config", handle_config)
+    return app
+
+
+async def start(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Start serving in the running event loop; returns (runner, base_url). Stop with runner.cleanup()."""
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, f"http://{bound_host}:{bound_port}"
+
+
+async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+    runner, base_url = await start(config, host, port)
+    print(f"batchrun-emulator listening on {base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve until SIGTERM or SIGINT; the first stdout line is `batchrun-emulator listening on URL`."""
+    asyncio.run(_serve(config, host, port))

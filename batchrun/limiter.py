@@ -1,0 +1,176 @@
+"""Admission control for the online path, learned from the API's `anthropic-ratelimit-*` headers.
+
+Three meters (requests, input tokens, output tokens per minute) are token buckets refilling at limit/60
+per second, as the API enforces them. A request is admitted when all three have room: input tokens are
+estimated before sending, output tokens are reserved at max_tokens and refunded from the usage that
+comes back. Every response's headers tell the limits and what is left; a 429 pauses every worker until
+its Retry-After, not just the one that got it. A concurrency gate adds AIMD on top: it backs off when
+the API says it is overloaded and grows back with each success, never above the user's ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+HEADER_PREFIX = "anthropic-ratelimit-"
+DIMENSIONS = {"requests": "requests", "input-tokens": "input_tokens", "output-tokens": "output_tokens"}
+
+
+class Meter:
+    """One per-minute limit as a token bucket. Unknown capacity means unlimited until a header says otherwise."""
+
+    def __init__(self, cap: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.user_cap = cap
+        self.capacity: float | None = cap
+        self.level: float = cap or 0.0
+        self.clock = clock
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if self.capacity is not None:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.capacity / 60.0)
+        self.stamp = now
+
+    def wait_time(self, amount: float) -> float:
+        """Seconds until `amount` fits (0 when it fits now). A request larger than the bucket waits for a full one."""
+        if self.capacity is None:
+            return 0.0
+        self._refill()
+        needed = min(amount, self.capacity) - self.level
+        return 0.0 if needed <= 0 else needed * 60.0 / self.capacity
+
+    def take(self, amount: float) -> None:
+        if self.capacity is not None:
+            self._refill()
+            self.level -= amount
+
+    def give(self, amount: float) -> None:
+        if self.capacity is not None and amount > 0:
+            self._refill()
+            self.level = min(self.capacity, self.level + amount)
+
+    def observe(self, limit: float | None, remaining: float | None) -> None:
+        """Learn the account's limit (kept under the user's cap) and never believe in more room than the server has."""
+        if limit is None or limit <= 0:
+            return
+        self._refill()
+        first = self.capacity is None
+        capacity = min(limit, self.user_cap) if self.user_cap else limit
+        if first:
+            self.level = capacity
+        self.capacity = capacity
+        if remaining is not None:
+            self.level = min(self.level, remaining)
+        self.level = min(self.level, self.capacity)
+
+
+@dataclass(slots=True)
+class Reservation:
+    input_tokens: int
+    output_tokens: int
+
+
+class Limiter:
+    def __init__(self, rpm: int | None = None, itpm: int | None = None, otpm: int | None = None,
+                 concurrency: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.meters = {
+            "requests": Meter(rpm, clock), "input_tokens": Meter(itpm, clock), "output_tokens": Meter(otpm, clock),
+        }
+        self.paused_until = 0.0
+        self.ceiling = concurrency
+        self.window = float(concurrency)
+        self.in_flight = 0
+        self._admit = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+        self.rate_limited = 0
+        self.overloaded = 0
+        self._last_narrowed = -math.inf
+
+    async def acquire(self, input_tokens: int, max_tokens: int) -> Reservation:
+        """Wait until a request of this size may be sent under every limit; in order of arrival."""
+        async with self._admit:
+            while True:
+                now = self.clock()
+                if now < self.paused_until:
+                    await asyncio.sleep(self.paused_until - now)
+                elif self.in_flight >= max(1, int(self.window)):
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                elif (wait := self._meter_wait(input_tokens, max_tokens)) > 0:
+                    await asyncio.sleep(wait)
+                else:
+                    break
+            self.meters["requests"].take(1)
+            self.meters["input_tokens"].take(input_tokens)
+            self.meters["output_tokens"].take(max_tokens)
+            self.in_flight += 1
+        return Reservation(input_tokens, max_tokens)
+
+    def _meter_wait(self, input_tokens: int, max_tokens: int) -> float:
+        return max(
+            self.meters["requests"].wait_time(1),
+            self.meters["input_tokens"].wait_time(input_tokens),
+            self.meters["output_tokens"].wait_time(max_tokens),
+        )
+
+    def release(self, reservation: Reservation, usage: Mapping[str, int] | None) -> None:
+        """Settle a reservation: refund the output tokens not used (all of them when no reply came back)."""
+        self.in_flight -= 1
+        self._slot_freed.set()
+        if usage is None:
+            self.meters["output_tokens"].give(reservation.output_tokens)
+            return
+        used_out = usage.get("output_tokens") or 0
+        self.meters["output_tokens"].give(reservation.output_tokens - used_out)
+        used_in = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+        correction = reservation.input_tokens - used_in
+        if correction > 0:
+            self.meters["input_tokens"].give(correction)
+        else:
+            self.meters["input_tokens"].take(-correction)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Update every meter from a response's rate-limit headers."""
+        for header_name, meter_name in DIMENSIONS.items():
+            limit = _number(headers.get(f"{HEADER_PREFIX}{header_name}-limit"))
+            remaining = _number(headers.get(f"{HEADER_PREFIX}{header_name}-remaining"))
+            self.meters[meter_name].observe(limit, remaining)
+
+    def succeeded(self) -> None:
+        self.window = min(self.ceiling, self.window + 1.0 / max(1.0, self.window))
+
+    def throttled(self, status: int | None, retry_after: float | None) -> None:
+        """A 429 pauses all admissions for its Retry-After; a 429 or 529 also narrows the concurrency window."""
+        if status == 429:
+            self.rate_limited += 1
+            self.paused_until = max(self.paused_until, self.clock() + (retry_after or 1.0))
+        elif status == 529:
+            self.overloaded += 1
+        else:
+            return
+        now = self.clock()
+        if now - self._last_narrowed >= 1.0:
+            self._last_narrowed = now
+            self.window = max(1.0, self.window * 0.75)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def estimate_input_tokens(params: Mapping[str, object]) -> int:
+    """A cheap upper-leaning estimate (4 characters a token) of a request's input tokens, corrected by usage."""
+    chars = len(str(params.get("system") or "")) + len(str(params.get("messages") or ""))
+    return chars // 4 + 8

@@ -1,0 +1,212 @@
+"""The online path: feeder -> bounded queue -> workers -> one writer that group-commits to the store.
+
+A worker keeps its item (and its slot) until the writer has committed the item's outcome, so a crash
+loses at most the replies in flight, never a backlog. Store calls run on one thread of their own so the
+event loop keeps sending while SQLite writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from batchrun.api import APIFailure, Reply, send
+from batchrun.limiter import Limiter, estimate_input_tokens
+from batchrun.retry import retrying
+from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, ClaimedItem, Outcome, Store
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+    from batchrun.job import Job
+    from batchrun.progress import Progress
+
+T = TypeVar("T")
+MAX_GROUP = 1000
+
+
+class StopRequested(Exception):
+    """The run is stopping (signal or fatal error): the item goes back to pending."""
+
+
+@dataclass(slots=True)
+class OnlineReport:
+    stopped_by: APIFailure | None
+    interrupted: bool
+    rate_limited: int
+    overloaded: int
+
+
+class Engine:
+    def __init__(self, store: Store, run_id: str, job: Job, client: AsyncAnthropic,
+                 progress: Progress | None = None, limiter: Limiter | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.job = job
+        self.client = client
+        self.progress = progress
+        self.limiter = limiter or Limiter(job.rpm, job.itpm, job.otpm, concurrency=job.concurrency)
+        self.queue: asyncio.Queue[ClaimedItem | None] = asyncio.Queue(maxsize=2 * job.concurrency)
+        self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
+        self.stopping = asyncio.Event()
+        self.first_reply = asyncio.Event()
+        self._leader_taken = False
+        self.fatal: APIFailure | None = None
+        self.interrupted = False
+        self.workers: list[asyncio.Task[None]] = []
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
+
+    async def _db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def run(self) -> OnlineReport:
+        try:
+            await self._db(self.store.release_in_flight, self.run_id)
+            writer = asyncio.create_task(self._writer())
+            self.workers = [asyncio.create_task(self._worker()) for _ in range(self.job.concurrency)]
+            feeder = asyncio.create_task(self._feeder())
+            await asyncio.gather(*self.workers, return_exceptions=True)
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            await self.results.put(None)
+            await writer
+            await self._db(self.store.release_in_flight, self.run_id)
+        finally:
+            self._db_thread.shutdown(wait=True)
+        return OnlineReport(self.fatal, self.interrupted, self.limiter.rate_limited, self.limiter.overloaded)
+
+    def stop(self, fatal: APIFailure | None = None) -> None:
+        """Stop taking new items; items not yet sent go back to pending."""
+        if fatal is not None and self.fatal is None:
+            self.fatal = fatal
+        self.stopping.set()
+        self.first_reply.set()
+
+    def interrupt(self) -> None:
+        """A signal: stop feeding and let requests in flight finish (until abort)."""
+        self.interrupted = True
+        self.stop()
+
+    def abort(self) -> None:
+        """Stop now: requests in flight are dropped (their items go back to pending); committed results stay."""
+        self.interrupted = True
+        self.stop()
+        for task in self.workers:
+            task.cancel()
+
+    async def _feeder(self) -> None:
+        last = 0
+        page = max(64, self.job.concurrency * 2)
+        try:
+            while not self.stopping.is_set():
+                items = await self._db(self.store.claim_pending, self.run_id, last, page)
+                if not items:
+                    break
+                for item in items:
+                    await self.queue.put(item)
+                last = items[-1].line_no
+        finally:
+            for _ in range(self.job.concurrency):
+                await self.queue.put(None)
+
+    async def _worker(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            if self.stopping.is_set():
+                outcome = Outcome(self.run_id, item.line_no, PENDING)
+            else:
+                outcome = await self._process(item)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await self.results.put((outcome, done))
+            await done
+
+    async def _process(self, item: ClaimedItem) -> Outcome:
+        attempts: list[Attempt] = []
+        try:
+            async for attempt in retrying(self.job.max_attempts, self._sleep):
+                with attempt:
+                    reply = await self._attempt(item, attempts)
+        except StopRequested:
+            return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
+        except APIFailure as failure:
+            if failure.fatal:
+                self.stop(failure)
+                return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
+            return failed_outcome(self.run_id, item.line_no, failure, attempts)
+        return succeeded_outcome(self.run_id, item.line_no, reply, attempts)
+
+    async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
+        """One request. Until the first reply is in, one request goes alone: its headers teach the limits."""
+        if not self.first_reply.is_set():
+            if self._leader_taken:
+                await self.first_reply.wait()
+            self._leader_taken = True
+        if self.stopping.is_set():
+            raise StopRequested
+        reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
+        started = time.time()
+        try:
+            reply = await send(self.client, item.params)
+        except APIFailure as failure:
+            self.limiter.release(reservation, None)
+            self.limiter.observe(failure.headers)
+            self.limiter.throttled(failure.status, failure.retry_after)
+            attempts.append(Attempt(started, time.time() - started, failure.error_type, failure.status,
+                                    failure.error_class, failure.retry_after, failure.request_id))
+            self.first_reply.set()
+            raise
+        self.limiter.release(reservation, reply.message.get("usage"))
+        self.limiter.observe(reply.headers)
+        self.limiter.succeeded()
+        attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
+        self.first_reply.set()
+        return reply
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise StopRequested
+
+    async def _writer(self) -> None:
+        while (first := await self.results.get()) is not None:
+            group = [first]
+            end = False
+            while len(group) < MAX_GROUP and not self.results.empty():
+                nxt = self.results.get_nowait()
+                if nxt is None:
+                    end = True
+                    break
+                group.append(nxt)
+            await self._db(self.store.record, [outcome for outcome, _ in group])
+            for _, done in group:
+                done.set_result(None)
+            self._report(group)
+            if end:
+                break
+
+    def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        if self.progress is None:
+            return
+        ok = sum(1 for o, _ in group if o.state == SUCCEEDED)
+        bad = sum(1 for o, _ in group if o.state == FAILED)
+        if ok or bad:
+            self.progress.update(ok, bad)
+
+
+def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[Attempt]) -> Outcome:
+    result = orjson.dumps({"type": "succeeded", "message": reply.message}).decode()
+    return Outcome(run_id, line_no, SUCCEEDED, result=result, usage=reply.message.get("usage") or {},
+                   request_id=reply.request_id, attempts=attempts)
+
+
+def failed_outcome(run_id: str, line_no: int, failure: APIFailure, attempts: list[Attempt]) -> Outcome:
+    result = orjson.dumps({"type": "errored", "error": failure.error_body()}).decode()
+    return Outcome(run_id, line_no, FAILED, result=result, error_type=failure.error_type,
+                   error_status=failure.status, error_class=failure.error_class, error_message=failure.message,
+                   request_id=failure.request_id, attempts=attempts)

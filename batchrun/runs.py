@@ -1,0 +1,145 @@
+"""A run's life: create it from an input file (or find the one that already exists), process it, say how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
+from batchrun.inputs import file_sha256, read_items
+from batchrun.job import Job
+from batchrun.lock import RunLock
+from batchrun.store import FAILED, IN_FLIGHT, PENDING, SUCCEEDED, Store
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(slots=True)
+class Ending:
+    run_id: str
+    counts: dict[str, int]
+    exit_code: int
+    seconds: float
+    sent: int
+    message: str | None = None
+
+
+def prepare_run(store: Store, input_path: str, job: Job, run_id: str | None = None) -> tuple[str, bool]:
+    """The run for this input and these settings: the existing one, or a new one with every item stored.
+
+    Returns (run id, created). A new run is written in one transaction, so bad input leaves the store as it was.
+    """
+    sha = file_sha256(input_path)
+    fingerprint = job.fingerprint()
+    if run_id is not None:
+        if not RUN_ID.match(run_id):
+            raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+        existing = store.get_run(run_id)
+        if existing is not None:
+            if (existing["input_sha256"], existing["fingerprint"]) != (sha, fingerprint):
+                raise UsageError(
+                    f"run {run_id} already exists with a different input file or settings "
+                    f"(use `batchrun resume {run_id}` to continue it, or choose another --run-id)"
+                )
+            return run_id, False
+    else:
+        found = store.find_run(sha, fingerprint)
+        if found is not None:
+            return found, False
+        run_id = default_run_id(input_path, sha, fingerprint)
+    run = {"id": run_id, "input_path": str(input_path), "input_sha256": sha, "fingerprint": fingerprint,
+           "mode": job.mode, "job": job.to_dict()}
+    store.create_run(run, read_items(input_path, job))
+    return run_id, True
+
+
+def default_run_id(input_path: str, sha: str, fingerprint: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(input_path).name.split(".")[0])[:40].strip("-") or "run"
+    return f"{stem}-{hashlib.sha256((sha + fingerprint).encode()).hexdigest()[:8]}"
+
+
+def load_run(store: Store, run_id: str) -> tuple[dict[str, Any], Job]:
+    run = store.get_run(run_id)
+    if run is None:
+        known = store.run_ids()
+        hint = f"known runs: {', '.join(known[-5:])}" if known else "this database has no runs yet"
+        raise UsageError(f"no run {run_id!r} in {store.path} ({hint}; `batchrun status` lists them)")
+    return run, Job.from_dict(run["job"])
+
+
+def process_run(store: Store, run_id: str, *, make_client: Callable[[], Any], progress: bool = True,
+                grace: float = 5.0) -> Ending:
+    """Send what has no result yet, holding the run's lock, and say how the run stands at the end."""
+    run, job = load_run(store, run_id)
+    started = time.monotonic()
+    with RunLock(store.path, run_id):
+        counts = store.counts(run_id)
+        todo = counts[PENDING] + counts[IN_FLIGHT]
+        message = None
+        attempts_before = store.attempt_count(run_id)
+        if todo:
+            if job.mode != "online":
+                raise UsageError(f"run {run_id} uses mode {job.mode!r}, which this version cannot process yet")
+            store.set_run_status(run_id, "running")
+            message = asyncio.run(_run_online(store, run_id, job, make_client(), progress, grace))
+        counts = store.counts(run_id)
+        sent = store.attempt_count(run_id) - attempts_before
+        ending = Ending(run_id, counts, exit_code_for(counts), time.monotonic() - started, sent, message)
+        store.set_run_status(run_id, {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}
+                             .get(ending.exit_code, "interrupted"))
+    return ending
+
+
+async def _run_online(store: Store, run_id: str, job: Job, client: Any, show: bool, grace: float) -> str | None:
+    from batchrun.online import Engine
+    from batchrun.progress import Progress
+
+    counts = store.counts(run_id)
+    total = sum(counts.values())
+    bar = Progress(total, counts[SUCCEEDED] + counts[FAILED], label=run_id, enabled=show)
+    engine = Engine(store, run_id, job, client, bar)
+    _on_signals(engine, grace)
+    try:
+        report = await engine.run()
+    finally:
+        bar.close()
+        await client.close()
+    if report.stopped_by is not None:
+        f = report.stopped_by
+        return (f"stopped: the API answered {f.status} {f.error_type}: {f.message} -- every item would fail the "
+                f"same way, so the rest stay pending (fix the key or account, then `batchrun resume {run_id}`)")
+    if report.interrupted:
+        return f"interrupted: unfinished items are pending again (`batchrun resume {run_id}` continues)"
+    return None
+
+
+def _on_signals(engine: Any, grace: float) -> None:
+    """First SIGINT/SIGTERM: stop feeding, give requests in flight `grace` seconds. Second: stop now."""
+    loop = asyncio.get_running_loop()
+
+    def handler(signame: str) -> None:
+        if engine.interrupted:
+            print(f"batchrun: {signame} again, stopping now", file=sys.stderr, flush=True)
+            engine.abort()
+            return
+        print(f"batchrun: {signame}: finishing requests in flight (up to {grace:g}s; again to stop now)",
+              file=sys.stderr, flush=True)
+        engine.interrupt()
+        loop.call_later(grace, engine.abort)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig.name)
+
+
+def exit_code_for(counts: dict[str, int]) -> int:
+    if counts[PENDING] or counts[IN_FLIGHT]:
+        return EXIT_NOT_FINISHED
+    return EXIT_FAILED_ITEMS if counts[FAILED] else EXIT_OK
