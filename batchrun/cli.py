@@ -103,7 +103,11 @@ def submit(items: str, job_path: str | None, run_id: str | None, no_wait: bool, 
     job = load_job(job_path).with_overrides(**flags)
     load_env()
     store = open_store(db_path)
-    run_id, created = prepare_run(store, items, job, run_id)
+    try:
+        run_id, created = prepare_run(store, items, job, run_id)
+    except BatchrunError:
+        store.discard()
+        raise
     click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
     _process(store, run_id, output=output, emulate=emulate, backend=backend, grace=grace, quiet=quiet)
 

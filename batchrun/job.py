@@ -137,7 +137,7 @@ def render(obj: dict[str, Any], job: Job) -> dict[str, Any]:
 
 def _prompt(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise RenderError('"prompt" must be a non-empty string')
+        raise RenderError('"prompt" must be a non-empty string (put the text to send in it)')
     return value
 
 
@@ -178,18 +178,18 @@ def route(obj: dict[str, Any], job: Job) -> str:
 def check_params(params: dict[str, Any]) -> None:
     """Checks the API would fail every time; anything subtler is left to the API."""
     if not isinstance(params.get("model"), str) or not params["model"]:
-        raise RenderError('"model" must be a non-empty string')
+        raise RenderError('"model" must be a non-empty string (e.g. "claude-haiku-4-5")')
     max_tokens = params.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise RenderError(f'"max_tokens" must be a whole number >= 1, not {max_tokens!r}')
+        raise RenderError(f'"max_tokens" must be a whole number >= 1, not {max_tokens!r} (e.g. "max_tokens": 256)')
     messages = params.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RenderError('"messages" must be a non-empty list (write "messages": [{"role": "user", "content": "..."}])')
     for n, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RenderError(f"messages[{n}] must be an object with role and content")
+            raise RenderError(f'messages[{n}] must be an object (write {{"role": "user", "content": "..."}})')
         if message.get("role") not in ("user", "assistant"):
-            raise RenderError(f'messages[{n}].role must be "user" or "assistant"')
+            raise RenderError(f'messages[{n}].role must be "user" or "assistant" (the first message is the user\'s)')
         content = message.get("content")
         if not content or not isinstance(content, str | list):
             raise RenderError(f"messages[{n}] has no content (give it a non-empty string or list of blocks)")

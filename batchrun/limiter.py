@@ -143,7 +143,8 @@ class Limiter:
             self.meters[meter_name].observe(limit, remaining)
 
     def succeeded(self) -> None:
-        self.window = min(self.ceiling, self.window + 1.0 / max(1.0, self.window))
+        """Each success widens the window by one slot: back to the ceiling within a few dozen replies."""
+        self.window = min(self.ceiling, self.window + 1.0)
 
     def throttled(self, status: int | None, retry_after: float | None) -> None:
         """A 429 pauses all admissions for its Retry-After; a 429 or 529 also narrows the concurrency window."""

@@ -127,6 +127,7 @@ def create_private_file(path: Path) -> None:
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.is_new = not self.path.exists()
         create_private_file(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
         self.db = Database(conn)
@@ -137,6 +138,13 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def discard(self) -> None:
+        """Remove a database this process created and that holds no run: bad input leaves no trace."""
+        if self.is_new and not self.run_ids():
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | tuple | None:
         return self.db.execute(sql, list(params)).fetchone()
