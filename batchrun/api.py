@@ -21,9 +21,18 @@ if TYPE_CHECKING:
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 FATAL_STATUS = frozenset({401, 402, 403})
 ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
-    404: "not_found_error", 408: "timeout_error", 409: "conflict_error", 413: "request_too_large",
-    422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 BACKENDS = ("aiohttp", "httpx")
@@ -39,9 +48,16 @@ class Reply:
 class APIFailure(Exception):
     """A failed request, normalised: HTTP status (None for connection errors), API error type and message."""
 
-    def __init__(self, status: int | None, error_type: str, message: str, error_class: str,
-                 retry_after: float | None = None, request_id: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        error_type: str,
+        message: str,
+        error_class: str,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{status or 'no response'} {error_type}: {message}")
         self.status = status
         self.error_type = error_type
@@ -61,12 +77,20 @@ class APIFailure(Exception):
 
     def error_body(self) -> dict[str, Any]:
         """The error in the API's own envelope, as the Message Batches results carry it."""
-        return {"type": "error", "error": {"type": self.error_type, "message": self.message},
-                "request_id": self.request_id}
+        return {
+            "type": "error",
+            "error": {"type": self.error_type, "message": self.message},
+            "request_id": self.request_id,
+        }
 
 
-def make_client(backend: str = "aiohttp", *, base_url: str | None = None, api_key: str | None = None,
-                timeout: float = 600.0) -> AsyncAnthropic:
+def make_client(
+    backend: str = "aiohttp",
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 600.0,
+) -> AsyncAnthropic:
     """One shared client for a run; the SDK's own retries are off because tenacity owns the policy."""
     import anthropic
 
@@ -96,8 +120,12 @@ async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
     import anthropic
 
     rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
-    args = {"model": params["model"], "max_tokens": params["max_tokens"], "messages": params["messages"],
-            "extra_body": rest or None}
+    args = {
+        "model": params["model"],
+        "max_tokens": params["max_tokens"],
+        "messages": params["messages"],
+        "extra_body": rest or None,
+    }
     try:
         if needs_streaming(params):
             async with client.messages.stream(**args) as stream:
@@ -111,8 +139,7 @@ async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
         raise failure_from_status(e, client.api_key) from None
     except anthropic.APIConnectionError as e:
         kind = "timeout_error" if isinstance(e, anthropic.APITimeoutError) else "api_error"
-        raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", client.api_key),
-                         type(e).__name__) from None
+        raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", client.api_key), type(e).__name__) from None
 
 
 def failure_from_status(e: Any, api_key: str | None) -> APIFailure:
@@ -122,8 +149,15 @@ def failure_from_status(e: Any, api_key: str | None) -> APIFailure:
     error_type = error.get("type") or ERROR_TYPES.get(status, "api_error")
     message = error.get("message") or e.message
     headers = e.response.headers
-    return APIFailure(status, error_type, redact(str(message), api_key), type(e).__name__,
-                      retry_after=retry_after(headers), request_id=headers.get("request-id"), headers=headers)
+    return APIFailure(
+        status,
+        error_type,
+        redact(str(message), api_key),
+        type(e).__name__,
+        retry_after=retry_after(headers),
+        request_id=headers.get("request-id"),
+        headers=headers,
+    )
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

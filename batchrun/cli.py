@@ -35,21 +35,43 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-                        help=f"SQLite store (default: $BATCHRUN_DB or ./{DEFAULT_DB}).")(fn)
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"SQLite store (default: $BATCHRUN_DB or ./{DEFAULT_DB}).",
+    )(fn)
 
 
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that sends requests."""
-    for option in reversed([
-        click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API."),
-        click.option("--backend", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True,
-                     help="HTTP stack of the Anthropic SDK."),
-        click.option("--grace", type=float, default=5.0, show_default=True,
-                     help="Seconds requests in flight get to finish after SIGINT/SIGTERM."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
-        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write results here when the run ends."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API."),
+            click.option(
+                "--backend",
+                type=click.Choice(["aiohttp", "httpx"]),
+                default="aiohttp",
+                show_default=True,
+                help="HTTP stack of the Anthropic SDK.",
+            ),
+            click.option(
+                "--grace",
+                type=float,
+                default=5.0,
+                show_default=True,
+                help="Seconds requests in flight get to finish after SIGINT/SIGTERM.",
+            ),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
+            click.option(
+                "-o",
+                "--output",
+                type=click.Path(dir_okay=False),
+                help="Write results here when the run ends.",
+            ),
+        ]
+    ):
         fn = option(fn)
     return fn
 
@@ -89,12 +111,25 @@ def cli() -> None:
 @click.option("--itpm", type=int, help="Stay under this many input tokens per minute.")
 @click.option("--otpm", type=int, help="Stay under this many output tokens per minute.")
 @click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
+@click.option("--new-run", is_flag=True, help="Start a new run even if the file changed under an unfinished one.")
 @click.option("--no-wait", is_flag=True, help="Batch mode: submit the batches and exit 3; `resume` collects.")
 @run_options
 @db_option
 @handle_errors
-def submit(items: str, job_path: str | None, run_id: str | None, no_wait: bool, db_path: str | None,
-           output: str | None, emulate: bool, backend: str, grace: float, quiet: bool, **flags: Any) -> None:
+def submit(
+    items: str,
+    job_path: str | None,
+    run_id: str | None,
+    new_run: bool,
+    no_wait: bool,
+    db_path: str | None,
+    output: str | None,
+    emulate: bool,
+    backend: str,
+    grace: float,
+    quiet: bool,
+    **flags: Any,
+) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
     from batchrun.job import load_job, load_system
     from batchrun.runs import prepare_run
@@ -104,7 +139,7 @@ def submit(items: str, job_path: str | None, run_id: str | None, no_wait: bool, 
     load_env()
     store = open_store(db_path)
     try:
-        run_id, created = prepare_run(store, items, job, run_id)
+        run_id, created = prepare_run(store, items, job, run_id, new_run)
     except BatchrunError:
         store.discard()
         raise
@@ -141,8 +176,9 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     _process(store, run_id, **options)
 
 
-def _process(store: Any, run_id: str, *, output: str | None, emulate: bool, backend: str, grace: float,
-             quiet: bool) -> None:
+def _process(
+    store: Any, run_id: str, *, output: str | None, emulate: bool, backend: str, grace: float, quiet: bool
+) -> None:
     from batchrun.runs import process_run
 
     with ExitStack() as stack:
@@ -172,12 +208,16 @@ def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Callable[[
         from batchrun.emulate import EMULATOR_KEY, emulator
 
         url = stack.enter_context(emulator())
-        click.echo(f"batchrun: --emulate: requests go to the built-in API emulator at {url}; "
-                   "no request leaves this machine", err=True)
+        click.echo(
+            f"batchrun: --emulate: requests go to the built-in API emulator at {url}; no request leaves this machine",
+            err=True,
+        )
         return lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY)
     if not os.environ.get("ANTHROPIC_API_KEY"):
-        raise UsageError("ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
-                         "or add --emulate to try batchrun on the built-in API emulator)")
+        raise UsageError(
+            "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
+            "or add --emulate to try batchrun on the built-in API emulator)"
+        )
     return lambda: make_client(backend)
 
 

@@ -19,7 +19,9 @@ def emulator(extra_args: str | None = None) -> Iterator[str]:
     args = (extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or DEFAULT_ARGS).split()
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchrun.emulator", "--port", "0", *args],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""

@@ -114,7 +114,5 @@ def parse_line(raw: bytes, line_no: int, job: Job) -> Item | None:
         raise RenderError(f"expected a JSON object, got {type(obj).__name__} (wrap the line in {{...}})")
     custom_id = obj.get("custom_id", derived_custom_id(line_no))
     if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
-        raise RenderError(
-            f"custom_id {custom_id!r} is not allowed (use 1-64 characters from a-z, A-Z, 0-9, _ and -)"
-        )
+        raise RenderError(f"custom_id {custom_id!r} is not allowed (use 1-64 characters from a-z, A-Z, 0-9, _ and -)")
     return Item(line_no, custom_id, render(obj, job))

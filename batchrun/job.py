@@ -85,7 +85,9 @@ def load_job(path: str | Path | None) -> Job:
         try:
             data["system"] = (path.parent / system_file).read_text(encoding="utf-8")
         except OSError as e:
-            raise UsageError(f"{path}: system_file {system_file!r}: {e.strerror} (path is relative to the job file)") from None
+            raise UsageError(
+                f"{path}: system_file {system_file!r}: {e.strerror} (path is relative to the job file)"
+            ) from None
     known = {f.name for f in fields(Job)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -184,7 +186,9 @@ def check_params(params: dict[str, Any]) -> None:
         raise RenderError(f'"max_tokens" must be a whole number >= 1, not {max_tokens!r} (e.g. "max_tokens": 256)')
     messages = params.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise RenderError('"messages" must be a non-empty list (write "messages": [{"role": "user", "content": "..."}])')
+        raise RenderError(
+            '"messages" must be a non-empty list (write "messages": [{"role": "user", "content": "..."}])'
+        )
     for n, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RenderError(f'messages[{n}] must be an object (write {{"role": "user", "content": "..."}})')

@@ -76,11 +76,19 @@ class Reservation:
 
 
 class Limiter:
-    def __init__(self, rpm: int | None = None, itpm: int | None = None, otpm: int | None = None,
-                 concurrency: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        concurrency: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.clock = clock
         self.meters = {
-            "requests": Meter(rpm, clock), "input_tokens": Meter(itpm, clock), "output_tokens": Meter(otpm, clock),
+            "requests": Meter(rpm, clock),
+            "input_tokens": Meter(itpm, clock),
+            "output_tokens": Meter(otpm, clock),
         }
         self.paused_until = 0.0
         self.ceiling = concurrency

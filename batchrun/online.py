@@ -43,8 +43,15 @@ class OnlineReport:
 
 
 class Engine:
-    def __init__(self, store: Store, run_id: str, job: Job, client: AsyncAnthropic,
-                 progress: Progress | None = None, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        job: Job,
+        client: AsyncAnthropic,
+        progress: Progress | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.job = job
@@ -155,8 +162,17 @@ class Engine:
             self.limiter.release(reservation, None)
             self.limiter.observe(failure.headers)
             self.limiter.throttled(failure.status, failure.retry_after)
-            attempts.append(Attempt(started, time.time() - started, failure.error_type, failure.status,
-                                    failure.error_class, failure.retry_after, failure.request_id))
+            attempts.append(
+                Attempt(
+                    started,
+                    time.time() - started,
+                    failure.error_type,
+                    failure.status,
+                    failure.error_class,
+                    failure.retry_after,
+                    failure.request_id,
+                )
+            )
             self.first_reply.set()
             raise
         self.limiter.release(reservation, reply.message.get("usage"))
@@ -201,12 +217,28 @@ class Engine:
 
 def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[Attempt]) -> Outcome:
     result = orjson.dumps({"type": "succeeded", "message": reply.message}).decode()
-    return Outcome(run_id, line_no, SUCCEEDED, result=result, usage=reply.message.get("usage") or {},
-                   request_id=reply.request_id, attempts=attempts)
+    return Outcome(
+        run_id,
+        line_no,
+        SUCCEEDED,
+        result=result,
+        usage=reply.message.get("usage") or {},
+        request_id=reply.request_id,
+        attempts=attempts,
+    )
 
 
 def failed_outcome(run_id: str, line_no: int, failure: APIFailure, attempts: list[Attempt]) -> Outcome:
     result = orjson.dumps({"type": "errored", "error": failure.error_body()}).decode()
-    return Outcome(run_id, line_no, FAILED, result=result, error_type=failure.error_type,
-                   error_status=failure.status, error_class=failure.error_class, error_message=failure.message,
-                   request_id=failure.request_id, attempts=attempts)
+    return Outcome(
+        run_id,
+        line_no,
+        FAILED,
+        result=result,
+        error_type=failure.error_type,
+        error_status=failure.status,
+        error_class=failure.error_class,
+        error_message=failure.message,
+        request_id=failure.request_id,
+        attempts=attempts,
+    )

@@ -31,13 +31,19 @@ def cost(row: Mapping[str, Any], overrides: Mapping[str, Mapping[str, float]] | 
     if price is None:
         return None
     per_token_in = price["input"] / 1e6
-    usd = (row["input"] * per_token_in + row["output"] * price["output"] / 1e6
-           + row["cache_creation"] * per_token_in * CACHE_WRITE + row["cache_read"] * per_token_in * CACHE_READ)
+    usd = (
+        row["input"] * per_token_in
+        + row["output"] * price["output"] / 1e6
+        + row["cache_creation"] * per_token_in * CACHE_WRITE
+        + row["cache_read"] * per_token_in * CACHE_READ
+    )
     return usd * (BATCH_DISCOUNT if row["via"] == "batch" else 1.0)
 
 
-def total_cost(rows: Iterable[Mapping[str, Any]], overrides: Mapping[str, Mapping[str, float]] | None = None,
-               ) -> tuple[float, list[str]]:
+def total_cost(
+    rows: Iterable[Mapping[str, Any]],
+    overrides: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[float, list[str]]:
     """Total USD, and the models that have no price (their usage is not in the total)."""
     total = 0.0
     unpriced: list[str] = []

@@ -10,8 +10,16 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int, done: int, *, label: str, stream: TextIO | None = None,
-                 interval: float = 10.0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        *,
+        label: str,
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        enabled: bool = True,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.total = total
         self.succeeded = 0
@@ -25,8 +33,15 @@ class Progress:
         self.enabled = enabled
         self.bar: tqdm | None = None
         if enabled and self.stream.isatty():
-            self.bar = tqdm(total=total, initial=done, desc=label, unit="item", file=self.stream,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                desc=label,
+                unit="item",
+                file=self.stream,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
 
     def update(self, succeeded: int = 0, failed: int = 0, **extra: object) -> None:
         self.succeeded += succeeded
@@ -42,8 +57,12 @@ class Progress:
     def log_line(self) -> None:
         elapsed = max(1e-9, time.monotonic() - self.started)
         rate = (self.done - self.start_done) / elapsed
-        print(f"batchrun: {self.label}: {self.done}/{self.total} done ({self.succeeded} succeeded, "
-              f"{self.failed} failed this session), {rate:.1f} items/s", file=self.stream, flush=True)
+        print(
+            f"batchrun: {self.label}: {self.done}/{self.total} done ({self.succeeded} succeeded, "
+            f"{self.failed} failed this session), {rate:.1f} items/s",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

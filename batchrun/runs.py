@@ -32,13 +32,18 @@ class Ending:
     message: str | None = None
 
 
-def prepare_run(store: Store, input_path: str, job: Job, run_id: str | None = None) -> tuple[str, bool]:
+def prepare_run(
+    store: Store, input_path: str, job: Job, run_id: str | None = None, new_run: bool = False
+) -> tuple[str, bool]:
     """The run for this input and these settings: the existing one, or a new one with every item stored.
 
     Returns (run id, created). A new run is written in one transaction, so bad input leaves the store as it was.
+    A file that changed under an unfinished run is refused unless `new_run`: sending it as a new run would
+    pay again for every line the old run already has.
     """
     sha = file_sha256(input_path)
     fingerprint = job.fingerprint()
+    input_path = str(Path(input_path).resolve())
     if run_id is not None:
         if not RUN_ID.match(run_id):
             raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64)")
@@ -54,9 +59,22 @@ def prepare_run(store: Store, input_path: str, job: Job, run_id: str | None = No
         found = store.find_run(sha, fingerprint)
         if found is not None:
             return found, False
+        unfinished = store.unfinished_run_from(input_path, fingerprint)
+        if unfinished is not None and not new_run:
+            raise UsageError(
+                f"{input_path} changed since run {unfinished} was created from it, and that run is not finished "
+                f"(`batchrun resume {unfinished}` finishes it from the stored items; "
+                "or pass --new-run to start a new run from the changed file)"
+            )
         run_id = default_run_id(input_path, sha, fingerprint)
-    run = {"id": run_id, "input_path": str(input_path), "input_sha256": sha, "fingerprint": fingerprint,
-           "mode": job.mode, "job": job.to_dict()}
+    run = {
+        "id": run_id,
+        "input_path": str(input_path),
+        "input_sha256": sha,
+        "fingerprint": fingerprint,
+        "mode": job.mode,
+        "job": job.to_dict(),
+    }
     store.create_run(run, read_items(input_path, job))
     return run_id, True
 
@@ -75,10 +93,11 @@ def load_run(store: Store, run_id: str) -> tuple[dict[str, Any], Job]:
     return run, Job.from_dict(run["job"])
 
 
-def process_run(store: Store, run_id: str, *, make_client: Callable[[], Any], progress: bool = True,
-                grace: float = 5.0) -> Ending:
+def process_run(
+    store: Store, run_id: str, *, make_client: Callable[[], Any], progress: bool = True, grace: float = 5.0
+) -> Ending:
     """Send what has no result yet, holding the run's lock, and say how the run stands at the end."""
-    run, job = load_run(store, run_id)
+    _, job = load_run(store, run_id)
     started = time.monotonic()
     with RunLock(store.path, run_id):
         counts = store.counts(run_id)
@@ -93,8 +112,10 @@ def process_run(store: Store, run_id: str, *, make_client: Callable[[], Any], pr
         counts = store.counts(run_id)
         sent = store.attempt_count(run_id) - attempts_before
         ending = Ending(run_id, counts, exit_code_for(counts), time.monotonic() - started, sent, message)
-        store.set_run_status(run_id, {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}
-                             .get(ending.exit_code, "interrupted"))
+        store.set_run_status(
+            run_id,
+            {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}.get(ending.exit_code, "interrupted"),
+        )
     return ending
 
 
@@ -114,8 +135,10 @@ async def _run_online(store: Store, run_id: str, job: Job, client: Any, show: bo
         await client.close()
     if report.stopped_by is not None:
         f = report.stopped_by
-        return (f"stopped: the API answered {f.status} {f.error_type}: {f.message} -- every item would fail the "
-                f"same way, so the rest stay pending (fix the key or account, then `batchrun resume {run_id}`)")
+        return (
+            f"stopped: the API answered {f.status} {f.error_type}: {f.message} -- every item would fail the "
+            f"same way, so the rest stay pending (fix the key or account, then `batchrun resume {run_id}`)"
+        )
     if report.interrupted:
         return f"interrupted: unfinished items are pending again (`batchrun resume {run_id}` continues)"
     return None
@@ -130,8 +153,11 @@ def _on_signals(engine: Any, grace: float) -> None:
             print(f"batchrun: {signame} again, stopping now", file=sys.stderr, flush=True)
             engine.abort()
             return
-        print(f"batchrun: {signame}: finishing requests in flight (up to {grace:g}s; again to stop now)",
-              file=sys.stderr, flush=True)
+        print(
+            f"batchrun: {signame}: finishing requests in flight (up to {grace:g}s; again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
         engine.interrupt()
         loop.call_later(grace, engine.abort)
 

@@ -158,6 +158,15 @@ class Store:
         )
         return row[0] if row else None
 
+    def unfinished_run_from(self, input_path: str, fingerprint: str) -> str | None:
+        """A run made from this path with these settings that still has items to send."""
+        row = self._one(
+            "SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND EXISTS (SELECT 1 FROM items "
+            "WHERE run_id = r.id AND state IN (?, ?)) ORDER BY created_at DESC LIMIT 1",
+            [input_path, fingerprint, PENDING, IN_FLIGHT],
+        )
+        return row[0] if row else None
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
         if not rows:
@@ -172,8 +181,14 @@ class Store:
     def create_run(self, run: dict[str, Any], items: Iterable[Any]) -> int:
         """Insert a run and all its items in one transaction: on any input problem nothing is written."""
         now = time.time()
-        row = {**run, "job": orjson.dumps(run["job"]).decode(), "created_at": now, "updated_at": now,
-               "status": "pending", "total": 0}
+        row = {
+            **run,
+            "job": orjson.dumps(run["job"]).decode(),
+            "created_at": now,
+            "updated_at": now,
+            "status": "pending",
+            "total": 0,
+        }
         total = 0
         with self.db.atomic():
             self.db.execute(
@@ -185,8 +200,17 @@ class Store:
             for chunk in _chunks(items, INSERT_CHUNK):
                 self.db.conn.executemany(
                     "INSERT INTO items (run_id, line_no, custom_id, model, params, state) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(run["id"], i.line_no, i.custom_id, i.params["model"], orjson.dumps(i.params), PENDING)
-                     for i in chunk],
+                    [
+                        (
+                            run["id"],
+                            i.line_no,
+                            i.custom_id,
+                            i.params["model"],
+                            orjson.dumps(i.params),
+                            PENDING,
+                        )
+                        for i in chunk
+                    ],
                 )
                 total += len(chunk)
             self._refuse_duplicates(run["id"], run["input_path"])
@@ -217,9 +241,7 @@ class Store:
 
     def release_in_flight(self, run_id: str) -> int:
         """Items a dead process left in flight have no result: they go back to pending."""
-        cur = self.db.execute(
-            "UPDATE items SET state = ? WHERE run_id = ? AND state = ?", [PENDING, run_id, IN_FLIGHT]
-        )
+        cur = self.db.execute("UPDATE items SET state = ? WHERE run_id = ? AND state = ?", [PENDING, run_id, IN_FLIGHT])
         return cur.rowcount
 
     def claim_pending(self, run_id: str, after_line: int, limit: int) -> list[ClaimedItem]:
@@ -249,8 +271,21 @@ class Store:
             self.db.conn.executemany(
                 "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, "
                 "retry_after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(o.run_id, o.line_no, a.started_at, a.seconds, a.status, a.outcome, a.error_class, a.retry_after,
-                  a.request_id) for o in outcomes for a in o.attempts],
+                [
+                    (
+                        o.run_id,
+                        o.line_no,
+                        a.started_at,
+                        a.seconds,
+                        a.status,
+                        a.outcome,
+                        a.error_class,
+                        a.retry_after,
+                        a.request_id,
+                    )
+                    for o in outcomes
+                    for a in o.attempts
+                ],
             )
 
     def retry_failed(self, run_id: str, error_type: str | None = None) -> int:
@@ -269,20 +304,24 @@ class Store:
 
     def usage(self, run_id: str) -> list[dict[str, Any]]:
         """Tokens by model and path (online or batch), for what the run has been billed so far."""
-        return list(self.db.query(
-            "SELECT model, via, count(*) AS items, sum(input_tokens) AS input, sum(output_tokens) AS output, "
-            "sum(cache_creation_tokens) AS cache_creation, sum(cache_read_tokens) AS cache_read "
-            "FROM items WHERE run_id = ? AND via IS NOT NULL GROUP BY model, via ORDER BY model, via",
-            [run_id],
-        ))
+        return list(
+            self.db.query(
+                "SELECT model, via, count(*) AS items, sum(input_tokens) AS input, sum(output_tokens) AS output, "
+                "sum(cache_creation_tokens) AS cache_creation, sum(cache_read_tokens) AS cache_read "
+                "FROM items WHERE run_id = ? AND via IS NOT NULL GROUP BY model, via ORDER BY model, via",
+                [run_id],
+            )
+        )
 
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         """Failed items grouped by error type and status, with one example message each."""
-        return list(self.db.query(
-            "SELECT error_type, error_status, count(*) AS items, min(error_message) AS example "
-            "FROM items WHERE run_id = ? AND state = ? GROUP BY error_type, error_status ORDER BY items DESC",
-            [run_id, FAILED],
-        ))
+        return list(
+            self.db.query(
+                "SELECT error_type, error_status, count(*) AS items, min(error_message) AS example "
+                "FROM items WHERE run_id = ? AND state = ? GROUP BY error_type, error_status ORDER BY items DESC",
+                [run_id, FAILED],
+            )
+        )
 
     def attempt_count(self, run_id: str) -> int:
         return self._one("SELECT count(*) FROM attempts WHERE run_id = ?", [run_id])[0]
@@ -301,14 +340,22 @@ class Store:
 
 def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
     return {
-        "run_id": o.run_id, "line_no": o.line_no, "state": o.state,
-        "via": o.via if o.state != PENDING else None, "result": o.result,
-        "error_type": o.error_type, "error_status": o.error_status, "error_class": o.error_class,
-        "error_message": o.error_message, "request_id": o.request_id,
-        "input_tokens": o.usage.get("input_tokens") or 0, "output_tokens": o.usage.get("output_tokens") or 0,
+        "run_id": o.run_id,
+        "line_no": o.line_no,
+        "state": o.state,
+        "via": o.via if o.state != PENDING else None,
+        "result": o.result,
+        "error_type": o.error_type,
+        "error_status": o.error_status,
+        "error_class": o.error_class,
+        "error_message": o.error_message,
+        "request_id": o.request_id,
+        "input_tokens": o.usage.get("input_tokens") or 0,
+        "output_tokens": o.usage.get("output_tokens") or 0,
         "cache_creation_tokens": o.usage.get("cache_creation_input_tokens") or 0,
         "cache_read_tokens": o.usage.get("cache_read_input_tokens") or 0,
-        "n_attempts": len(o.attempts), "now": now,
+        "n_attempts": len(o.attempts),
+        "now": now,
     }
 
 

@@ -7,6 +7,7 @@ only urllib.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import selectors
@@ -29,7 +30,7 @@ class EmulatorProcess:
     """`python -m batchrun.emulator --port 0` running in a subprocess."""
 
     def __init__(self, config: EmulatorConfig | None = None, **fields: Any) -> None:
-        config = config or EmulatorConfig()
+        config = dataclasses.replace(config or EmulatorConfig())
         config.update(**fields)
         cmd = [sys.executable, "-m", "batchrun.emulator", "--port", "0", *config_to_argv(config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_child_env())

@@ -38,14 +38,21 @@ def bad_input_cases() -> dict[str, tuple[bytes, int, str]]:
         "missing content": (GOOD + b'{"messages": [{"role": "user"}]}\n', 2, "has no content"),
         "empty prompt": (GOOD + b'{"prompt": ""}\n', 2, '"prompt" must be a non-empty string'),
         "bad custom_id": (GOOD + b'{"custom_id": "has space", "prompt": "x"}\n', 2, "custom_id 'has space'"),
-        "long custom_id": (GOOD + b'{"custom_id": "' + b"x" * 65 + b'", "prompt": "x"}\n', 2, "1-64 characters"),
-        "duplicate custom_id": (GOOD + b'\n' + GOOD, 3, "duplicate custom_id 'a-1', first used on line 1"),
+        "long custom_id": (
+            GOOD + b'{"custom_id": "' + b"x" * 65 + b'", "prompt": "x"}\n',
+            2,
+            "1-64 characters",
+        ),
+        "duplicate custom_id": (GOOD + b"\n" + GOOD, 3, "duplicate custom_id 'a-1', first used on line 1"),
         "not utf-8": (GOOD + b'{"prompt": "caf\xe9"}\n', 2, "not valid UTF-8"),
         "params not a dict": (GOOD + b'{"params": "model=x"}\n', 2, '"params" must be an object'),
         "messages not a list": (GOOD + b'{"messages": "hi"}\n', 2, '"messages" must be a non-empty list'),
-        "no prompt at all": (GOOD + b'{"text": "hi"}\n', 2, "no \"params\", \"prompt\" or \"messages\""),
-        "max_tokens zero": (GOOD + b'{"params": {"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}}\n',
-                            2, "max_tokens"),
+        "no prompt at all": (GOOD + b'{"text": "hi"}\n', 2, 'no "params", "prompt" or "messages"'),
+        "max_tokens zero": (
+            GOOD + b'{"params": {"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}}\n',
+            2,
+            "max_tokens",
+        ),
     }
 
 
@@ -83,10 +90,13 @@ def test_store_keeps_earlier_runs_untouched_after_bad_input(submit, workdir: Pat
     assert db_dump(workdir / "batchrun.db") == before
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", "no items"),
-    (b"\n\n  \n", "no items"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "no items"),
+        (b"\n\n  \n", "no items"),
+    ],
+)
 def test_empty_file(content: bytes, words: str, submit, workdir: Path, emulator) -> None:
     path = workdir / "items.jsonl"
     path.write_bytes(content)

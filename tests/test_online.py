@@ -32,8 +32,22 @@ def assert_results_match_inputs(results: list[dict], db: Path) -> None:
 def test_chaos_1000_items_all_succeed_and_retry_after_is_honoured(workdir: Path, emulator) -> None:
     emulator.configure(p429=0.10, p529=0.05, p500=0.05, p_drop=0.02, retry_after_s=0.2, latency_ms=5)
     items = write_jsonl(workdir / "items.jsonl", prompts(1000))
-    proc = batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "50", "-o", "out.jsonl",
-                     "--concurrency", "32"], cwd=workdir, env=cli_env(emulator.base_url))
+    proc = batchrun(
+        [
+            "submit",
+            str(items),
+            "--model",
+            MODEL,
+            "--max-tokens",
+            "50",
+            "-o",
+            "out.jsonl",
+            "--concurrency",
+            "32",
+        ],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
     assert proc.returncode == 0, proc.stderr
     results = read_jsonl(workdir / "out.jsonl")
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(1000)]
@@ -49,11 +63,16 @@ def test_chaos_1000_items_all_succeed_and_retry_after_is_honoured(workdir: Path,
 def test_permanently_bad_items_fail_alone_with_the_api_message(workdir: Path, emulator) -> None:
     rows = prompts(20)
     for i in (3, 11, 17):
-        rows[i] = {"custom_id": f"item-{i}", "params": {"messages": [{"role": "user", "content": "x"}],
-                                                         "bogus_field": 1}}
+        rows[i] = {
+            "custom_id": f"item-{i}",
+            "params": {"messages": [{"role": "user", "content": "x"}], "bogus_field": 1},
+        }
     items = write_jsonl(workdir / "items.jsonl", rows)
-    proc = batchrun(["submit", str(items), "--model", MODEL, "-o", "out.jsonl"],
-                    cwd=workdir, env=cli_env(emulator.base_url))
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "-o", "out.jsonl"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
     assert proc.returncode == 1, proc.stderr
     results = read_jsonl(workdir / "out.jsonl")
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(20)]
@@ -101,8 +120,11 @@ def test_sigkill_mid_run_then_resume_never_resends_a_finished_item(workdir: Path
     emulator.configure(latency_ms=40, latency_jitter_ms=20)
     items = write_jsonl(workdir / "items.jsonl", prompts(600))
     env = cli_env(emulator.base_url)
-    proc = start_batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r1", "--concurrency", "16"],
-                          cwd=workdir, env=env)
+    proc = start_batchrun(
+        ["submit", str(items), "--model", MODEL, "--run-id", "r1", "--concurrency", "16"],
+        cwd=workdir,
+        env=env,
+    )
     db = workdir / "batchrun.db"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -131,8 +153,11 @@ def test_sigkill_mid_run_then_resume_never_resends_a_finished_item(workdir: Path
 def test_bad_key_stops_the_run_at_once_and_leaves_items_pending(workdir: Path, emulator) -> None:
     emulator.configure(api_key="the-right-key-1234")
     items = write_jsonl(workdir / "items.jsonl", prompts(200))
-    proc = batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r1"], cwd=workdir,
-                    env=cli_env(emulator.base_url))
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--run-id", "r1"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
     assert proc.returncode == 3
     assert "401 authentication_error" in proc.stderr and "resume r1" in proc.stderr
     assert emulator.stats()["requests"] <= 1  # the first request goes alone, and its 401 stops the run
@@ -143,8 +168,11 @@ def test_bad_key_stops_the_run_at_once_and_leaves_items_pending(workdir: Path, e
 
 def test_large_max_tokens_are_streamed_transparently(workdir: Path, emulator) -> None:
     items = write_jsonl(workdir / "items.jsonl", prompts(3))
-    proc = batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "64000", "-o", "out.jsonl"],
-                    cwd=workdir, env=cli_env(emulator.base_url))
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--max-tokens", "64000", "-o", "out.jsonl"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
     assert proc.returncode == 0, proc.stderr
     results = read_jsonl(workdir / "out.jsonl")
     assert_results_match_inputs(results, workdir / "batchrun.db")

@@ -136,9 +136,7 @@ def check_requests(body: Any) -> list[tuple[str, Any]]:
     for i, request in enumerate(requests):
         custom_id = _check_request(i, request)
         if custom_id in seen:
-            raise _invalid(
-                f"requests.{i}.custom_id: Duplicate custom_id '{custom_id}' (must be unique in a batch)"
-            )
+            raise _invalid(f"requests.{i}.custom_id: Duplicate custom_id '{custom_id}' (must be unique in a batch)")
         seen.add(custom_id)
         items.append((custom_id, request["params"]))
     return items

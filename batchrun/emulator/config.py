@@ -8,9 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 LIMIT_FIELDS = frozenset({"rpm", "itpm", "otpm", "bucket_seconds"})
-PROBABILITY_FIELDS = frozenset(
-    {"p429", "p529", "p500", "p_drop", "p_slow", "batch_p_errored", "batch_p_expired"}
-)
+PROBABILITY_FIELDS = frozenset({"p429", "p529", "p500", "p_drop", "p_slow", "batch_p_errored", "batch_p_expired"})
 
 
 @dataclass
@@ -124,6 +122,11 @@ def build_arg_parser(prog: str = "python -m batchrun.emulator") -> argparse.Argu
 
 def config_from_argv(argv: list[str] | None = None) -> tuple[EmulatorConfig, str, int]:
     """Parse command-line flags into (config, host, port)."""
-    args = vars(build_arg_parser().parse_args(argv))
+    parser = build_arg_parser()
+    args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
-    return EmulatorConfig(**{k: v for k, v in args.items() if v is not None}), host, port
+    try:
+        config = EmulatorConfig(**{k: v for k, v in args.items() if v is not None})
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, host, port

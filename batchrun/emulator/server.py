@@ -90,9 +90,7 @@ def error_response(
     request: web.Request, status: int, error_type: str, message: str, headers: dict | None = None
 ) -> web.Response:
     error = {"type": error_type, "message": message}
-    return json_response(
-        {"type": "error", "error": error, "request_id": request_id(request)}, status, headers
-    )
+    return json_response({"type": "error", "error": error, "request_id": request_id(request)}, status, headers)
 
 
 def check_auth(request: web.Request, config: EmulatorConfig) -> None:
@@ -163,15 +161,16 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         if exc.status != 401:
             exc.headers = {**emu.ratelimit_headers(), **(exc.headers or {})}
         raise
+    except Exception:
+        status = 500  # a bug here must not be counted as an intentionally dropped connection
+        raise
     finally:
         stats.finished(status, key)
     # For a dropped connection, aiohttp fails to write this placeholder and moves on quietly.
     return web.Response(status=500) if response is None else response
 
 
-async def _messages(
-    request: web.Request, emu: Emulator, stats: Stats
-) -> tuple[str | None, web.StreamResponse | None]:
+async def _messages(request: web.Request, emu: Emulator, stats: Stats) -> tuple[str | None, web.StreamResponse | None]:
     check_auth(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
     error = validate_params(body)
@@ -190,6 +189,12 @@ async def _messages(
     return key, await _reply(request, emu, stats, body, key, extra_delay)
 
 
+def injected_retry_after(seconds: float) -> str:
+    """Whole seconds (at least 1) as the API sends them; a sub-second setting, which only chaos tests use to
+    stay fast, is sent as a decimal, which the SDK and batchrun both accept."""
+    return f"{seconds:g}" if seconds < 1 else str(math.ceil(seconds))
+
+
 def _inject_fault(request: web.Request, emu: Emulator, stats: Stats, key: str, now: float) -> float | None:
     """Raise the injected error, return None for a dropped connection, else the extra delay in seconds."""
     fault = emu.faults.pick(key)
@@ -197,9 +202,9 @@ def _inject_fault(request: web.Request, emu: Emulator, stats: Stats, key: str, n
         return 0.0
     stats.injected[fault] += 1
     if fault in ("429", "529"):
-        retry_after = max(1, math.ceil(emu.config.retry_after_s))
-        emu.watch.told_to_wait(key, now, retry_after)
-        headers = {"retry-after": str(retry_after)}
+        retry_after = injected_retry_after(emu.config.retry_after_s)
+        emu.watch.told_to_wait(key, now, float(retry_after))
+        headers = {"retry-after": retry_after}
         if fault == "429":
             message = "Number of concurrent connections has exceeded your rate limit. Please try again later."
             raise Reject(429, "rate_limit_error", message, headers)
@@ -226,9 +231,7 @@ async def _reply(
         raise Reject(429, "rate_limit_error", refusal.message, headers)
     emu.cache.commit(use, now)
     msg_id = "msg_emu" + secrets.token_hex(12)
-    message = build_message(
-        body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl
-    )
+    message = build_message(body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl)
     try:
         await asyncio.sleep(emu.faults.latency_s() + extra_delay)
     finally:
@@ -237,7 +240,7 @@ async def _reply(
     stats.message_usage(body["model"], message["usage"])
     headers = emu.ratelimit_headers()
     if body.get("stream"):
-        stats.stream_requests += 1
+        stats.streamed += 1
         return await _stream(request, message, headers)
     return json_response(message, headers=headers)
 

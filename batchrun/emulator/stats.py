@@ -23,7 +23,7 @@ class Stats:
         self.injected: Counter[str] = Counter()
         self.rate_limited = 0
         self.dropped = 0
-        self.stream_requests = 0
+        self.streamed = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.count_tokens_requests = 0
@@ -65,7 +65,7 @@ class Stats:
             "dropped": self.dropped,
             "injected": dict(self.injected),
             "rate_limited": self.rate_limited,
-            "stream_requests": self.stream_requests,
+            "streamed": self.streamed,
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
             "early_retries": early_retries,
