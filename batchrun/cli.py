@@ -265,6 +265,25 @@ def results(run_id: str, output: str | None, only: str | None, db_path: str | No
         sys.stdout.buffer.flush()
 
 
+@cli.command()
+@db_option
+@handle_errors
+def doctor(db_path: str | None) -> None:
+    """Check the store for damage or inconsistent rows; exit 1 if any are found."""
+    store = open_store(db_path)
+    problems = store.check()
+    for problem in problems:
+        click.echo(f"batchrun doctor: {problem}")
+    in_flight = store.in_flight_count()
+    if in_flight:
+        click.echo(
+            f"batchrun doctor: note: {in_flight} item(s) in flight (being sent, or left by a process that died: "
+            "`batchrun resume RUN` sends them again)"
+        )
+    click.echo(f"batchrun doctor: {store.path}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    sys.exit(1 if problems else 0)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.pass_context
 def emulator(ctx: click.Context) -> None:

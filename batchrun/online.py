@@ -31,7 +31,7 @@ MAX_GROUP = 1000
 
 
 class StopRequested(Exception):
-    """The run is stopping (signal or fatal error): the item goes back to pending."""
+    """The run is stopping (signal, or an error every item would meet): the item goes back to pending."""
 
 
 @dataclass(slots=True)
@@ -64,6 +64,7 @@ class Engine:
         self.first_reply = asyncio.Event()
         self._leader_taken = False
         self.fatal: APIFailure | None = None
+        self.last_success = 0.0
         self.interrupted = False
         self.workers: list[asyncio.Task[None]] = []
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
@@ -107,19 +108,21 @@ class Engine:
             task.cancel()
 
     async def _feeder(self) -> None:
+        """Claim pending items page by page into the bounded queue, then tell each worker there is no more.
+
+        Abort cancels the feeder; it then puts no end markers, since the workers are cancelled too.
+        """
         last = 0
         page = max(64, self.job.concurrency * 2)
-        try:
-            while not self.stopping.is_set():
-                items = await self._db(self.store.claim_pending, self.run_id, last, page)
-                if not items:
-                    break
-                for item in items:
-                    await self.queue.put(item)
-                last = items[-1].line_no
-        finally:
-            for _ in range(self.job.concurrency):
-                await self.queue.put(None)
+        while not self.stopping.is_set():
+            items = await self._db(self.store.claim_pending, self.run_id, last, page)
+            if not items:
+                break
+            for item in items:
+                await self.queue.put(item)
+            last = items[-1].line_no
+        for _ in range(self.job.concurrency):
+            await self.queue.put(None)
 
     async def _worker(self) -> None:
         while (item := await self.queue.get()) is not None:
@@ -140,11 +143,16 @@ class Engine:
         except StopRequested:
             return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
         except APIFailure as failure:
-            if failure.fatal:
+            if failure.fatal or self._looks_like_outage(failure, attempts):
                 self.stop(failure)
                 return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
             return failed_outcome(self.run_id, item.line_no, failure, attempts)
         return succeeded_outcome(self.run_id, item.line_no, reply, attempts)
+
+    def _looks_like_outage(self, failure: APIFailure, attempts: list[Attempt]) -> bool:
+        """Retries ran out and nothing succeeded anywhere meanwhile: the API is down or unreachable, and failing
+        the item would only burn it; the run stops and the item waits for a resume."""
+        return failure.retryable and bool(attempts) and self.last_success < attempts[0].started_at
 
     async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
         """One request. Until the first reply is in, one request goes alone: its headers teach the limits."""
@@ -178,6 +186,7 @@ class Engine:
         self.limiter.release(reservation, reply.message.get("usage"))
         self.limiter.observe(reply.headers)
         self.limiter.succeeded()
+        self.last_success = time.time()
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
         self.first_reply.set()
         return reply
@@ -201,7 +210,8 @@ class Engine:
                 group.append(nxt)
             await self._db(self.store.record, [outcome for outcome, _ in group])
             for _, done in group:
-                done.set_result(None)
+                if not done.done():  # a worker aborted while waiting has cancelled its future
+                    done.set_result(None)
             self._report(group)
             if end:
                 break

@@ -133,11 +133,22 @@ async def _run_online(store: Store, run_id: str, job: Job, client: Any, show: bo
     finally:
         bar.close()
         await client.close()
-    if report.stopped_by is not None:
-        f = report.stopped_by
+    return stop_message(report, run_id, job)
+
+
+def stop_message(report: Any, run_id: str, job: Job) -> str | None:
+    """Why an online run ended before its items did, and what to do about it."""
+    f = report.stopped_by
+    if f is not None and f.fatal:
         return (
             f"stopped: the API answered {f.status} {f.error_type}: {f.message} -- every item would fail the "
             f"same way, so the rest stay pending (fix the key or account, then `batchrun resume {run_id}`)"
+        )
+    if f is not None:
+        return (
+            f"stopped: nothing succeeded while an item used up its {job.max_attempts} attempts (last: "
+            f"{f.status or 'no response'} {f.error_type}: {f.message}); the API looks down or unreachable, so the "
+            f"rest stay pending (`batchrun resume {run_id}` later)"
         )
     if report.interrupted:
         return f"interrupted: unfinished items are pending again (`batchrun resume {run_id}` continues)"

@@ -289,12 +289,45 @@ class Store:
             )
 
     def retry_failed(self, run_id: str, error_type: str | None = None) -> int:
-        sql = "UPDATE items SET state = ? WHERE run_id = ? AND state = ?"
+        """Failed items back to pending; their earlier errors stay in the attempts table."""
+        sql = (
+            "UPDATE items SET state = ?, result = NULL, error_type = NULL, error_status = NULL, error_class = NULL, "
+            "error_message = NULL WHERE run_id = ? AND state = ?"
+        )
         params: list[Any] = [PENDING, run_id, FAILED]
         if error_type is not None:
             sql += " AND error_type = ?"
             params.append(error_type)
         return self.db.execute(sql, params).rowcount
+
+    def check(self) -> list[str]:
+        """Inconsistencies a crash or a hand edit could leave; an empty list means the store is sound."""
+        problems = [f"integrity_check: {row[0]}" for row in self.db.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        checks = {
+            "items whose run does not exist": "SELECT count(*) FROM items WHERE run_id NOT IN (SELECT id FROM runs)",
+            "attempts whose item does not exist": "SELECT count(*) FROM attempts a WHERE NOT EXISTS "
+            "(SELECT 1 FROM items i WHERE i.run_id = a.run_id AND i.line_no = a.line_no)",
+            "items in an unknown state": f"SELECT count(*) FROM items WHERE state NOT IN {STATES!r}",
+            "succeeded items without a result": "SELECT count(*) FROM items WHERE state = 'succeeded' "
+            "AND (result IS NULL OR json_extract(result, '$.type') != 'succeeded')",
+            "failed items without an error": "SELECT count(*) FROM items WHERE state = 'failed' "
+            "AND (result IS NULL OR error_type IS NULL)",
+            "pending items holding a result": "SELECT count(*) FROM items WHERE state IN ('pending', 'in_flight') "
+            "AND result IS NOT NULL",
+            "runs whose item count is wrong": "SELECT count(*) FROM runs r WHERE total != "
+            "(SELECT count(*) FROM items WHERE run_id = r.id)",
+            "custom_ids used twice in a run": "SELECT count(*) FROM (SELECT 1 FROM items GROUP BY run_id, custom_id "
+            "HAVING count(*) > 1)",
+        }
+        for what, sql in checks.items():
+            n = self.db.execute(sql).fetchone()[0]
+            if n:
+                problems.append(f"{n} {what}")
+        return problems
+
+    def in_flight_count(self) -> int:
+        """Items left in flight: a process is sending them, or one died and a resume will send them again."""
+        return self._one("SELECT count(*) FROM items WHERE state = ?", [IN_FLIGHT])[0]
 
     def counts(self, run_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

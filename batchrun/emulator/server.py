@@ -394,7 +394,7 @@ def make_app(config: EmulatorConfig) -> web.Application:
 
 async def start(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
     """Start serving in the running event loop; returns (runner, base_url). Stop with runner.cleanup()."""
-    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
     await site.start()
