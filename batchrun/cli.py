@@ -65,10 +65,40 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
             click.option(
+                "--no-cache",
+                is_flag=True,
+                help="Send every item, even those an identical earlier request in this database answered.",
+            ),
+            click.option(
                 "-o",
                 "--output",
                 type=click.Path(dir_okay=False),
                 help="Write results here when the run ends.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the Message Batches path, for the commands that process a run."""
+    for option in reversed(
+        [
+            click.option(
+                "--batch-size",
+                type=click.IntRange(1, 100_000),
+                help="Batch mode: at most this many requests per batch (default 100,000, the API's limit).",
+            ),
+            click.option(
+                "--poll-interval",
+                type=click.FloatRange(0, min_open=True),
+                help="Batch mode: seconds between the first checks of a batch (default 5; the wait grows to 60).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(0),
+                help="Batch mode: stop waiting for batches after this many seconds and exit 3 (they keep running).",
             ),
         ]
     ):
@@ -111,8 +141,10 @@ def cli() -> None:
 @click.option("--itpm", type=int, help="Stay under this many input tokens per minute.")
 @click.option("--otpm", type=int, help="Stay under this many output tokens per minute.")
 @click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
+@click.option("--dry-run", is_flag=True, help="Validate, count tokens, print expected cost and time; send nothing.")
 @click.option("--new-run", is_flag=True, help="Start a new run even if the file changed under an unfinished one.")
 @click.option("--no-wait", is_flag=True, help="Batch mode: submit the batches and exit 3; `resume` collects.")
+@batch_options
 @run_options
 @db_option
 @handle_errors
@@ -120,14 +152,17 @@ def submit(
     items: str,
     job_path: str | None,
     run_id: str | None,
+    dry_run: bool,
     new_run: bool,
     no_wait: bool,
+    timeout: float | None,
     db_path: str | None,
     output: str | None,
     emulate: bool,
     backend: str,
     grace: float,
     quiet: bool,
+    no_cache: bool,
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
@@ -137,6 +172,9 @@ def submit(
     flags["system"] = load_system(flags["system"])
     job = load_job(job_path).with_overrides(**flags)
     load_env()
+    if dry_run:
+        _dry_run(items, job, emulate, backend)
+        return
     store = open_store(db_path)
     try:
         run_id, created = prepare_run(store, items, job, run_id, new_run)
@@ -144,18 +182,42 @@ def submit(
         store.discard()
         raise
     click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
-    _process(store, run_id, output=output, emulate=emulate, backend=backend, grace=grace, quiet=quiet)
+    overrides = {"batch_size": flags["batch_size"], "poll_interval": flags["poll_interval"]}
+    _process(
+        store,
+        run_id,
+        output=output,
+        emulate=emulate,
+        backend=backend,
+        grace=grace,
+        quiet=quiet,
+        no_cache=no_cache,
+        no_wait=no_wait,
+        timeout=timeout,
+        overrides=overrides,
+    )
 
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--no-wait", is_flag=True, help="Batch mode: collect ended batches, create new ones, exit 3 if open.")
+@batch_options
 @run_options
 @db_option
 @handle_errors
-def resume(run_id: str, db_path: str | None, **options: Any) -> None:
-    """Continue an interrupted run: send only what has no result yet."""
+def resume(
+    run_id: str,
+    db_path: str | None,
+    no_wait: bool,
+    batch_size: int | None,
+    poll_interval: float | None,
+    timeout: float | None,
+    **options: Any,
+) -> None:
+    """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
     load_env()
-    _process(open_store(db_path), run_id, **options)
+    overrides = {"batch_size": batch_size, "poll_interval": poll_interval}
+    _process(open_store(db_path), run_id, no_wait=no_wait, timeout=timeout, overrides=overrides, **options)
 
 
 @cli.command()
@@ -176,20 +238,101 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     _process(store, run_id, **options)
 
 
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    help="Stop waiting for the canceled batches to end after this many seconds (exit 3; cancel again collects).",
+)
+@click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API.")
+@click.option("--backend", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results collected so far here.")
+@db_option
+@handle_errors
+def cancel(
+    run_id: str,
+    timeout: float | None,
+    emulate: bool,
+    backend: str,
+    quiet: bool,
+    output: str | None,
+    db_path: str | None,
+) -> None:
+    """Cancel RUN's open batches: what they finished is stored, the rest stays pending for `resume` (exit 3)."""
+    from batchrun.batches import cancel_run
+
+    load_env()
+    store = open_store(db_path)
+    with ExitStack() as stack:
+        make_client = _client_factory(stack, emulate, backend)
+        ending = cancel_run(store, run_id, make_client=make_client, progress=not quiet, timeout=timeout)
+    _report_ending(store, run_id, ending, output)
+
+
+def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
+    from batchrun.dryrun import format_plan, plan
+
+    with ExitStack() as stack:
+        counting = emulate or bool(os.environ.get("ANTHROPIC_API_KEY"))
+        make_client = _client_factory(stack, emulate, backend) if counting else None
+        click.echo(format_plan(plan(items, job, make_client)))
+
+
 def _process(
-    store: Any, run_id: str, *, output: str | None, emulate: bool, backend: str, grace: float, quiet: bool
+    store: Any,
+    run_id: str,
+    *,
+    output: str | None,
+    emulate: bool,
+    backend: str,
+    grace: float,
+    quiet: bool,
+    no_cache: bool = False,
+    no_wait: bool = False,
+    timeout: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     from batchrun.runs import process_run
 
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     with ExitStack() as stack:
         make_client = _client_factory(stack, emulate, backend)
-        ending = process_run(store, run_id, make_client=make_client, progress=not quiet, grace=grace)
+        ending = process_run(
+            store,
+            run_id,
+            make_client=make_client,
+            progress=not quiet,
+            grace=grace,
+            use_cache=not no_cache,
+            no_wait=no_wait,
+            timeout=timeout,
+            overrides=given,
+        )
+    _report_ending(store, run_id, ending, output)
+
+
+def _cost_line(store: Any, run_id: str, ending: Any) -> str:
+    from batchrun.report import run_status
+
+    s = run_status(store, run_id)
+    t = s["tokens"]
+    return (
+        f"cost so far ${s['cost_usd']:.4f}: {t['input']:,} input, {t['output']:,} output, "
+        f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
+        f"{ending.reused} item(s) from the response cache"
+    )
+
+
+def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> None:
     c = ending.counts
     click.echo(
         f"batchrun: run {run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
         f"{c['pending'] + c['in_flight']} pending; {ending.sent} request(s) sent in {ending.seconds:.1f}s",
         err=True,
     )
+    click.echo(f"batchrun: {_cost_line(store, run_id, ending)}", err=True)
     if ending.message:
         click.echo(f"batchrun: {ending.message}", err=True)
     if output:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from batchrun.caching import cached_system
 from batchrun.errors import UsageError
 
 MODES = ("online", "batch")
@@ -36,6 +37,8 @@ class Job:
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
     route_field: str | None = None
     routes: dict[str, str] = field(default_factory=dict)
+    cache: bool = True
+    cache_ttl: str = "5m"
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -47,6 +50,8 @@ class Job:
     def check(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.cache_ttl not in ("5m", "1h"):
+            raise UsageError(f'cache_ttl must be "5m" or "1h", not {self.cache_ttl!r}')
         for name in ("max_tokens", "concurrency", "max_attempts", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -54,7 +59,18 @@ class Job:
 
     def fingerprint(self) -> str:
         """What decides the requests a run sends: the same input and fingerprint continue the same run."""
-        keys = ("model", "max_tokens", "system", "template", "mode", "params", "route_field", "routes")
+        keys = (
+            "model",
+            "max_tokens",
+            "system",
+            "template",
+            "mode",
+            "params",
+            "route_field",
+            "routes",
+            "cache",
+            "cache_ttl",
+        )
         data = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -161,7 +177,7 @@ def _apply_defaults(params: dict[str, Any], obj: dict[str, Any], job: Job) -> No
         params["model"] = route(obj, job)
     params.setdefault("max_tokens", job.max_tokens)
     if job.system is not None and "system" not in params:
-        params["system"] = job.system
+        params["system"] = cached_system(job.system, params["model"], job.cache_ttl) if job.cache else job.system
 
 
 def route(obj: dict[str, Any], job: Job) -> str:

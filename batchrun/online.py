@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from batchrun.api import APIFailure, Reply, send
+from batchrun.caching import prefix_key
 from batchrun.limiter import Limiter, estimate_input_tokens
 from batchrun.retry import retrying
 from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, ClaimedItem, Outcome, Store
@@ -61,8 +62,7 @@ class Engine:
         self.queue: asyncio.Queue[ClaimedItem | None] = asyncio.Queue(maxsize=2 * job.concurrency)
         self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
         self.stopping = asyncio.Event()
-        self.first_reply = asyncio.Event()
-        self._leader_taken = False
+        self.gates: dict[str, asyncio.Event] = {}
         self.fatal: APIFailure | None = None
         self.last_success = 0.0
         self.interrupted = False
@@ -93,7 +93,8 @@ class Engine:
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
         self.stopping.set()
-        self.first_reply.set()
+        for gate in self.gates.values():
+            gate.set()
 
     def interrupt(self) -> None:
         """A signal: stop feeding and let requests in flight finish (until abort)."""
@@ -155,13 +156,34 @@ class Engine:
         return failure.retryable and bool(attempts) and self.last_success < attempts[0].started_at
 
     async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
-        """One request. Until the first reply is in, one request goes alone: its headers teach the limits."""
-        if not self.first_reply.is_set():
-            if self._leader_taken:
-                await self.first_reply.wait()
-            self._leader_taken = True
+        led = await self._wait_turn(item.params)
+        try:
+            return await self._send(item, attempts)
+        finally:
+            for gate in led:
+                gate.set()
+
+    async def _wait_turn(self, params: dict[str, Any]) -> list[asyncio.Event]:
+        """The run's first request goes alone: its headers teach the limits. So does the first request of each
+        cached prefix: it writes the cache that the others then read, instead of each worker writing its own.
+        Returns the gates this request leads, opened when its reply (or failure) is in."""
+        led = []
+        for key in ("first", prefix_key(params)):
+            if key is None:
+                continue
+            gate = self.gates.get(key)
+            if gate is None:
+                self.gates[key] = gate = asyncio.Event()
+                led.append(gate)
+            else:
+                await gate.wait()
         if self.stopping.is_set():
+            for gate in led:
+                gate.set()
             raise StopRequested
+        return led
+
+    async def _send(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
         reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
         started = time.time()
         try:
@@ -181,14 +203,12 @@ class Engine:
                     failure.request_id,
                 )
             )
-            self.first_reply.set()
             raise
         self.limiter.release(reservation, reply.message.get("usage"))
         self.limiter.observe(reply.headers)
         self.limiter.succeeded()
         self.last_success = time.time()
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
-        self.first_reply.set()
         return reply
 
     async def _sleep(self, seconds: float) -> None:

@@ -27,6 +27,8 @@ def price_for(model: str, overrides: Mapping[str, Mapping[str, float]] | None = 
 
 def cost(row: Mapping[str, Any], overrides: Mapping[str, Mapping[str, float]] | None = None) -> float | None:
     """Cost in USD of one usage row (model, via, input, output, cache_creation, cache_read); None if unpriced."""
+    if row["via"] == "cache":
+        return 0.0
     price = price_for(row["model"], overrides)
     if price is None:
         return None

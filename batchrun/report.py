@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from batchrun.pricing import PRICES_TAKEN, cost, total_cost
@@ -27,7 +28,40 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "prices_taken": PRICES_TAKEN,
         "by_model": [{**row, "cost_usd": cost(row, job.prices)} for row in usage],
         "failures": store.failures(run_id),
+        "batches": batch_status(store, run_id),
     }
+
+
+def batch_status(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The run's Message Batches: API id, status and counts as last seen, timestamps, and whether the results
+    are stored. Our own times (planned, collected) are UTC like the API's."""
+    return [
+        {
+            "seq": b["seq"],
+            "id": b["id"],
+            "processing_status": b["processing_status"],
+            "request_counts": b["request_counts"],
+            "requests": b["n_items"],
+            "bytes": b["n_bytes"],
+            "first_custom_id": b["first_custom_id"],
+            "last_custom_id": b["last_custom_id"],
+            "planned_at": _utc(b["planned_at"]),
+            "created_at": b["created_at"],
+            "ended_at": b["ended_at"],
+            "expires_at": b["expires_at"],
+            "cancel_initiated_at": b["cancel_initiated_at"],
+            "results_stored_at": _utc(b["collected_at"]),
+            "adopted": bool(b["adopted"]),
+            "error": b["error"],
+        }
+        for b in store.batches(run_id)
+    ]
+
+
+def _utc(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -44,4 +78,21 @@ def format_status(s: dict[str, Any]) -> str:
     for f in s["failures"]:
         status = f" {f['error_status']}" if f["error_status"] else ""
         lines.append(f"  {f['items']} failed with{status} {f['error_type']}: {f['example']}")
+    lines.extend(format_batch(b) for b in s.get("batches") or [])
     return "\n".join(lines)
+
+
+def format_batch(b: dict[str, Any]) -> str:
+    if b["id"] is None:
+        what = "never created" if b["processing_status"] == "not_created" else "planned, not created yet"
+        line = f"  batch {b['seq']} ({what}): {b['requests']} requests, planned {b['planned_at']}"
+        return line + (f"; {b['error']}" if b["error"] else "")
+    counts = b["request_counts"] or {}
+    kinds = ("processing", "succeeded", "errored", "expired", "canceled")
+    shown = ", ".join(f"{counts[k]} {k}" for k in kinds if counts.get(k))
+    stored = "results stored" if b["results_stored_at"] else "results not stored yet"
+    line = f"  batch {b['seq']} {b['id']}: {b['processing_status']}, {stored}; {b['requests']} requests"
+    line += f" ({shown})" if shown else ""
+    line += f"; created {b['created_at']}"
+    line += f", ended {b['ended_at']}" if b["ended_at"] else f", expires {b['expires_at']}"
+    return line + (" (adopted after a crash)" if b["adopted"] else "")

@@ -30,6 +30,7 @@ class Ending:
     seconds: float
     sent: int
     message: str | None = None
+    reused: int = 0
 
 
 def prepare_run(
@@ -94,27 +95,53 @@ def load_run(store: Store, run_id: str) -> tuple[dict[str, Any], Job]:
 
 
 def process_run(
-    store: Store, run_id: str, *, make_client: Callable[[], Any], progress: bool = True, grace: float = 5.0
+    store: Store,
+    run_id: str,
+    *,
+    make_client: Callable[[], Any],
+    progress: bool = True,
+    grace: float = 5.0,
+    use_cache: bool = True,
+    no_wait: bool = False,
+    timeout: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Ending:
-    """Send what has no result yet, holding the run's lock, and say how the run stands at the end."""
+    """Send what has no result yet, holding the run's lock, and say how the run stands at the end.
+
+    Batch mode: `no_wait` returns once the batches are created (or collected), `timeout` bounds the wait for
+    them; `overrides` (batch_size, poll_interval) apply to this process only.
+    """
     _, job = load_run(store, run_id)
+    if overrides:
+        job = job.with_overrides(**overrides)
     started = time.monotonic()
     with RunLock(store.path, run_id):
+        reused = store.reuse_results(run_id) if use_cache else 0
         counts = store.counts(run_id)
         todo = counts[PENDING] + counts[IN_FLIGHT]
         message = None
         attempts_before = store.attempt_count(run_id)
         if todo:
-            if job.mode != "online":
+            if job.mode not in ("online", "batch"):
                 raise UsageError(f"run {run_id} uses mode {job.mode!r}, which this version cannot process yet")
             store.set_run_status(run_id, "running")
-            message = asyncio.run(_run_online(store, run_id, job, make_client(), progress, grace))
+            if job.mode == "batch":
+                from batchrun.batches import run_batches
+
+                message = run_batches(
+                    store, run_id, job, make_client, progress=progress, no_wait=no_wait, timeout=timeout
+                )
+            else:
+                message = asyncio.run(_run_online(store, run_id, job, make_client(), progress, grace))
         counts = store.counts(run_id)
         sent = store.attempt_count(run_id) - attempts_before
-        ending = Ending(run_id, counts, exit_code_for(counts), time.monotonic() - started, sent, message)
+        ending = Ending(run_id, counts, exit_code_for(counts), time.monotonic() - started, sent, message, reused)
+        unfinished = "batches processing" if job.mode == "batch" and store.batches(run_id, open_only=True) else None
         store.set_run_status(
             run_id,
-            {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}.get(ending.exit_code, "interrupted"),
+            {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}.get(
+                ending.exit_code, unfinished or "interrupted"
+            ),
         )
     return ending
 

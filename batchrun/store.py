@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -79,6 +80,52 @@ def m001_initial(db: Database) -> None:
         CREATE INDEX attempts_by_item ON attempts (run_id, line_no);
         """
     )
+
+
+@migrations()
+def m002_batches(db: Database) -> None:
+    """The Message Batches path: one row per batch (planned before it is created), and each item's batch.
+
+    Statement by statement (not executescript, which commits first) so the migration stays one transaction.
+    """
+    script = """
+        CREATE TABLE batches (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            seq INTEGER NOT NULL,
+            id TEXT UNIQUE,
+            planned_at REAL NOT NULL,
+            n_items INTEGER NOT NULL,
+            n_bytes INTEGER NOT NULL,
+            first_line INTEGER NOT NULL,
+            last_line INTEGER NOT NULL,
+            first_custom_id TEXT NOT NULL,
+            last_custom_id TEXT NOT NULL,
+            processing_status TEXT NOT NULL,
+            request_counts TEXT,
+            created_at TEXT,
+            ended_at TEXT,
+            expires_at TEXT,
+            cancel_initiated_at TEXT,
+            results_url TEXT,
+            adopted INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            collected_at REAL,
+            PRIMARY KEY (run_id, seq)
+        );
+        ALTER TABLE items ADD COLUMN batch_seq INTEGER;
+        CREATE INDEX items_by_batch ON items (run_id, batch_seq, state);
+        ALTER TABLE runs ADD COLUMN cancel_requested_at REAL;
+        """
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@migrations()
+def m003_response_cache(db: Database) -> None:
+    """Each item's request hash, so an identical request made before in this database is answered from the store."""
+    db.execute("ALTER TABLE items ADD COLUMN request_hash TEXT")
+    db.execute("CREATE INDEX items_by_request ON items (request_hash, state)")
 
 
 @dataclass(slots=True)
@@ -199,14 +246,16 @@ class Store:
             )
             for chunk in _chunks(items, INSERT_CHUNK):
                 self.db.conn.executemany(
-                    "INSERT INTO items (run_id, line_no, custom_id, model, params, state) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (run_id, line_no, custom_id, model, params, request_hash, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             run["id"],
                             i.line_no,
                             i.custom_id,
                             i.params["model"],
-                            orjson.dumps(i.params),
+                            (params := orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)),
+                            hashlib.sha256(params).hexdigest(),
                             PENDING,
                         )
                         for i in chunk
@@ -287,6 +336,20 @@ class Store:
                     for a in o.attempts
                 ],
             )
+
+    def reuse_results(self, run_id: str) -> int:
+        """Answer pending items from identical requests that already succeeded in this database: never pay twice.
+
+        The reused result is the original reply; the item is billed nothing (via 'cache', zero tokens).
+        """
+        cur = self.db.execute(
+            "UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result FROM items c "
+            "WHERE c.request_hash = items.request_hash AND c.state = ? LIMIT 1), updated_at = ? "
+            "WHERE run_id = ? AND state = ? AND request_hash IN "
+            "(SELECT request_hash FROM items WHERE state = ? AND request_hash IS NOT NULL)",
+            [SUCCEEDED, SUCCEEDED, time.time(), run_id, PENDING, SUCCEEDED],
+        )
+        return cur.rowcount
 
     def retry_failed(self, run_id: str, error_type: str | None = None) -> int:
         """Failed items back to pending; their earlier errors stay in the attempts table."""
@@ -369,6 +432,152 @@ class Store:
         )
         while rows := cur.fetchmany(1000):
             yield from rows
+
+    # batches
+
+    def pending_sizes(self, run_id: str) -> Iterator[tuple[int, int]]:
+        """(line_no, bytes of custom_id + params) of the pending items, in input order, without loading params."""
+        cur = self.db.execute(
+            "SELECT line_no, length(custom_id) + length(CAST(params AS BLOB)) FROM items "
+            "WHERE run_id = ? AND state = ? ORDER BY line_no",
+            [run_id, PENDING],
+        )
+        while rows := cur.fetchmany(5000):
+            yield from rows
+
+    def add_batch_plans(self, run_id: str, plans: list[tuple[int, int, int, int]], now: float) -> list[dict[str, Any]]:
+        """Write planned batches, each `(first_line, last_line, n_items, n_bytes)` over the pending items, in one
+        transaction: the plan rows, and every item moved to in_flight with its batch. Nothing is sent yet; after a
+        crash, a plan without a batch id is reconciled against the account's batches before anything is created."""
+        with self.db.atomic():
+            seq = self._one("SELECT coalesce(max(seq), 0) FROM batches WHERE run_id = ?", [run_id])[0]
+            for first, last, n_items, n_bytes in plans:
+                seq += 1
+                moved = self.db.execute(
+                    "UPDATE items SET state = ?, batch_seq = ? WHERE run_id = ? AND state = ? "
+                    "AND line_no BETWEEN ? AND ?",
+                    [IN_FLIGHT, seq, run_id, PENDING, first, last],
+                ).rowcount
+                if moved != n_items:
+                    raise RuntimeError(f"batch plan {seq} of run {run_id}: {moved} pending items, expected {n_items}")
+                first_id, last_id = (
+                    self._one("SELECT custom_id FROM items WHERE run_id = ? AND line_no = ?", [run_id, line])[0]
+                    for line in (first, last)
+                )
+                self.db.execute(
+                    "INSERT INTO batches (run_id, seq, planned_at, n_items, n_bytes, first_line, last_line, "
+                    "first_custom_id, last_custom_id, processing_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, seq, now, n_items, n_bytes, first, last, first_id, last_id, "planned"],
+                )
+            count = len(plans)
+        return self.batches(run_id)[-count:] if count else []
+
+    def batch_request_lines(self, run_id: str, seq: int) -> Iterator[bytes]:
+        """The batch's requests as `{"custom_id":...,"params":...}` JSON, in input order, from the stored params
+        (never re-serialised: what was validated at input is what is sent)."""
+        cur = self.db.execute(
+            "SELECT custom_id, params FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? ORDER BY line_no",
+            [run_id, seq, IN_FLIGHT],
+        )
+        while rows := cur.fetchmany(5000):
+            for custom_id, params in rows:
+                if isinstance(params, str):
+                    params = params.encode()
+                yield b'{"custom_id":"%s","params":%s}' % (custom_id.encode(), params)
+
+    def batch_content(self, run_id: str, seq: int) -> tuple[int, int]:
+        """(items, bytes of custom_id + params) the batch holds now, to check against its plan before sending."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(length(custom_id) + length(CAST(params AS BLOB))), 0) FROM items "
+            "WHERE run_id = ? AND batch_seq = ? AND state = ?",
+            [run_id, seq, IN_FLIGHT],
+        )
+        return row[0], row[1]
+
+    def batch_created(self, run_id: str, seq: int, batch: dict[str, Any], *, adopted: bool = False) -> None:
+        """The API's batch id, stored right after create returns (or when a reconcile found it)."""
+        self.db.execute(
+            "UPDATE batches SET id = ?, adopted = ? WHERE run_id = ? AND seq = ?",
+            [batch["id"], int(adopted), run_id, seq],
+        )
+        self.update_batch(run_id, seq, batch)
+
+    def update_batch(self, run_id: str, seq: int, batch: dict[str, Any]) -> None:
+        """What the API last said about the batch (status, counts, timestamps)."""
+        self.db.execute(
+            "UPDATE batches SET processing_status = ?, request_counts = ?, created_at = ?, ended_at = ?, "
+            "expires_at = ?, cancel_initiated_at = ?, results_url = ? WHERE run_id = ? AND seq = ?",
+            [
+                batch.get("processing_status"),
+                orjson.dumps(batch.get("request_counts")).decode(),
+                batch.get("created_at"),
+                batch.get("ended_at"),
+                batch.get("expires_at"),
+                batch.get("cancel_initiated_at"),
+                batch.get("results_url"),
+                run_id,
+                seq,
+            ],
+        )
+
+    def batches(self, run_id: str, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """The run's batches in order; `open_only`: those whose results are not stored yet (planned ones too)."""
+        sql = "SELECT * FROM batches WHERE run_id = ?" + (" AND collected_at IS NULL" if open_only else "")
+        rows = list(self.db.query(sql + " ORDER BY seq", [run_id]))
+        for row in rows:
+            row["request_counts"] = orjson.loads(row["request_counts"]) if row["request_counts"] else None
+        return rows
+
+    def batch_known(self, batch_id: str) -> bool:
+        """Whether any run in this store already owns this API batch id."""
+        return self._one("SELECT 1 FROM batches WHERE id = ?", [batch_id]) is not None
+
+    def batch_members(self, run_id: str, seq: int, custom_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """custom_id -> (line_no, attempts so far) of those items of the batch that still wait for a result.
+        Items already recorded are left out, so reading a batch's results again never records twice."""
+        rows = self.db.execute(
+            "SELECT custom_id, line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "AND custom_id IN (SELECT value FROM json_each(?))",
+            [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
+        ).fetchall()
+        return {custom_id: (line_no, attempts) for custom_id, line_no, attempts in rows}
+
+    def release_batch(self, run_id: str, seq: int) -> int:
+        """Items of the batch still without a result go back to pending (sent again by a later batch)."""
+        return self.db.execute(
+            "UPDATE items SET state = ? WHERE run_id = ? AND batch_seq = ? AND state = ?",
+            [PENDING, run_id, seq, IN_FLIGHT],
+        ).rowcount
+
+    def close_batch(self, run_id: str, seq: int, *, status: str | None = None, error: str | None = None) -> None:
+        """The batch is done with: its results are stored (or, status 'not_created', it was never sent)."""
+        self.db.execute(
+            "UPDATE batches SET collected_at = ?, processing_status = coalesce(?, processing_status), "
+            "error = coalesce(?, error) WHERE run_id = ? AND seq = ?",
+            [time.time(), status, error, run_id, seq],
+        )
+
+    def set_batch_error(self, run_id: str, seq: int, error: str | None) -> None:
+        self.db.execute("UPDATE batches SET error = ? WHERE run_id = ? AND seq = ?", [error, run_id, seq])
+
+    def release_stray_in_flight(self, run_id: str) -> int:
+        """In-flight items in no open batch (none should exist) go back to pending, so nothing is stuck."""
+        return self.db.execute(
+            "UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND (batch_seq IS NULL OR batch_seq NOT IN "
+            "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL))",
+            [PENDING, run_id, IN_FLIGHT, run_id],
+        ).rowcount
+
+    def request_cancel(self, run_id: str) -> None:
+        """`batchrun cancel`: a process polling this run stops at its next check, and creates no batch."""
+        self.db.execute("UPDATE runs SET cancel_requested_at = ? WHERE id = ?", [time.time(), run_id])
+
+    def cancel_requested(self, run_id: str) -> bool:
+        row = self._one("SELECT cancel_requested_at FROM runs WHERE id = ?", [run_id])
+        return bool(row and row[0] is not None)
+
+    def clear_cancel(self, run_id: str) -> None:
+        self.db.execute("UPDATE runs SET cancel_requested_at = NULL WHERE id = ?", [run_id])
 
 
 def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:

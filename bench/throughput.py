@@ -87,6 +87,9 @@ def plain_main(args: argparse.Namespace) -> None:
     if args.limit:
         lines = lines[: args.limit]
     prompts = [line["prompt"] for line in lines]
+    import anthropic  # noqa: F401  (imported here so the send phase, like batchrun's, excludes imports)
+    import tenacity  # noqa: F401
+
     send_start = time.time()
     results = asyncio.run(plain_loop(prompts, args.model, args.max_tokens, args.concurrency, args.backend))
     send_end = time.time()

@@ -1,0 +1,785 @@
+"""The Message Batches path: half the price of the online path, results within 24 hours.
+
+A run in batch mode goes through these steps, and each one is in the store before the next begins, so a
+crash or a kill anywhere is resumed by `batchrun resume` without losing a result or paying for one twice:
+
+1. plan: the pending items, in input order, are cut into batches of at most `batch_size` requests and
+   `batch_max_bytes` bytes of request body. Each plan row and the move of its items to in_flight are one
+   transaction, written before anything is sent.
+2. create: the body is built from the params stored at input (never re-serialised) and sent; the batch id the
+   API returns is stored at once. A plan left without an id (the process died between the two, or a create
+   failed in a way that leaves open whether the API got it) is reconciled before anything else is created:
+   the account's batches are listed newest first back to the plan's time, and one created since then with
+   the same number of requests that no run of this store owns is adopted instead of creating another.
+3. poll: every open batch is retrieved, with exponential backoff and jitter from `poll_interval` up to
+   `poll_max_interval`.
+4. collect: an ended batch's results are streamed into the store in chunks; each result is written in the
+   transaction that marks its item succeeded or failed, in the same format as the online path's results.
+5. follow up: items that errored with a retryable error type, and expired items, go back to pending; once
+   every open batch is collected they are sent again in a follow-up batch, until `max_attempts`. Items a
+   cancel stopped go back to pending and wait for `batchrun resume`.
+
+SIGINT and SIGTERM never cancel a batch: the process stops polling and exits 3, and the batches keep
+processing at Anthropic until `resume` (or a later `submit`) collects them. Only `batchrun cancel` cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from batchrun.api import APIFailure, failure_from_status, redact
+from batchrun.errors import RunLocked, UsageError
+from batchrun.lock import RunLock
+from batchrun.retry import retrying
+from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, Outcome, Store
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+    from anthropic.types.messages import MessageBatch
+
+    from batchrun.job import Job
+    from batchrun.progress import Progress
+    from batchrun.runs import Ending
+
+T = TypeVar("T")
+
+API_MAX_REQUESTS = 100_000
+API_MAX_BYTES = 256_000_000
+# Exact body size: the envelope, then each request's custom_id and params with the JSON around them and the
+# comma before the next one (the last has none, hence the -1).
+BODY_OVERHEAD = len(b'{"requests":[]}') - 1
+REQUEST_OVERHEAD = len(b'{"custom_id":"","params":},')
+RETRYABLE_RESULT_ERRORS = frozenset({"rate_limit_error", "overloaded_error", "api_error", "timeout_error"})
+CLOCK_SKEW_S = 600.0  # the plan's time is ours, a batch's created_at the API's: look this much further back
+LIST_PAGE = 100
+INGEST_CHUNK = 2000  # results per store transaction
+BODY_PIECE = 1 << 20  # bytes of request body read from the store at a time
+MIN_POLL_S = 0.01
+POLL_GROWTH = 1.5
+CANCEL_CHECK_S = 1.0  # how often a waiting process looks for `batchrun cancel`
+LOCK_WAIT_S = 120.0  # how long `batchrun cancel` waits for a process polling the run to stop
+# Test hook (tests only): with BATCHRUN_TEST_CRASH_AFTER_CREATE=1 the process kills itself with SIGKILL right
+# after the API returned a created batch and before its id is stored -- the one moment at which a crash
+# would pay for a batch twice if resume did not reconcile. tests/test_batches.py sets it; nothing else may.
+CRASH_AFTER_CREATE = "BATCHRUN_TEST_CRASH_AFTER_CREATE"
+
+
+class Stopped(Exception):
+    """The process stops here (signal, cancel, timeout, an API failure); the run stays resumable."""
+
+
+def plan_cuts(sizes: Iterable[tuple[int, int]], max_items: int, max_bytes: int) -> list[tuple[int, int, int, int]]:
+    """Cut (line_no, bytes) of pending items, in input order, into (first_line, last_line, n_items, n_bytes)."""
+    plans: list[tuple[int, int, int, int]] = []
+    first = last = 0
+    n = 0
+    n_bytes = BODY_OVERHEAD
+    for line_no, size in sizes:
+        size += REQUEST_OVERHEAD
+        if n and (n >= max_items or n_bytes + size > max_bytes):
+            plans.append((first, last, n, n_bytes))
+            n, n_bytes = 0, BODY_OVERHEAD
+        if not n:
+            first = line_no
+        last = line_no
+        n += 1
+        n_bytes += size
+    if n:
+        plans.append((first, last, n, n_bytes))
+    return plans
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one batch's results did to its items."""
+
+    succeeded: int = 0
+    failed: int = 0
+    again: int = 0  # retryable error or expired: pending for a follow-up
+    canceled: int = 0
+    stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
+
+    @property
+    def stored(self) -> int:
+        return self.succeeded + self.failed + self.again + self.canceled
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        job: Job,
+        client: AsyncAnthropic,
+        *,
+        show: bool = True,
+        no_wait: bool = False,
+        timeout: float | None = None,
+        honour_cancel: bool = True,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.job = job
+        self.client = client
+        self.show = show
+        self.no_wait = no_wait
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.honour_cancel = honour_cancel
+        self.max_items = min(job.batch_size, API_MAX_REQUESTS)
+        self.max_bytes = min(job.batch_max_bytes, API_MAX_BYTES)
+        self.poll_min = max(MIN_POLL_S, job.poll_interval)
+        self.poll_max = max(self.poll_min, job.poll_max_interval)
+        self.api_key = getattr(client, "api_key", None)
+        self.stopping = asyncio.Event()
+        self.stop_message: str | None = None
+        self.canceled_items = 0
+        self.progress: Progress | None = None
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
+
+    # the run
+
+    async def run(self) -> str | None:
+        """Process the run until every item has its result, or until it must stop; returns why it stopped."""
+        self._open_progress()
+        try:
+            return await self._run()
+        except Stopped as stop:
+            return str(stop)
+        finally:
+            self.close()
+
+    async def _run(self) -> str | None:
+        stray = self.store.release_stray_in_flight(self.run_id)
+        if stray:
+            self.log(f"{stray} item(s) in flight outside any open batch are pending again")
+        for row in self.store.batches(self.run_id, open_only=True):
+            if row["id"] is None:
+                await self._create(row, reconcile=True)
+        interval = self.poll_min
+        while True:
+            await self._collect_ended()
+            self._check_stop()
+            if not self.store.batches(self.run_id, open_only=True):
+                if self.canceled_items:
+                    return (
+                        f"a batch of this run was canceled: {self.canceled_items} item(s) it did not process are "
+                        f"pending again (`batchrun resume {self.run_id}` sends them)"
+                    )
+                if not self.store.counts(self.run_id)[PENDING]:
+                    return None
+                await self._submit_pending()
+                interval = self.poll_min
+            if self.no_wait:
+                return self._still_open("--no-wait")
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return self._still_open(f"--timeout {self.timeout:g}s reached")
+            self._report_poll(interval)
+            await self._pause(interval / 2 + random.uniform(0, interval / 2))
+            interval = min(self.poll_max, interval * POLL_GROWTH)
+
+    def interrupt(self, message: str) -> None:
+        """A signal: stop at the next safe point (after a create's id is stored, between result chunks)."""
+        if self.stop_message is None:
+            self.stop_message = message
+        self.stopping.set()
+
+    def close(self) -> None:
+        self._db_thread.shutdown(wait=True)
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+    def _check_signal(self) -> None:
+        if self.stopping.is_set():
+            raise Stopped(self.stop_message or "stopped")
+
+    def _check_stop(self) -> None:
+        self._check_signal()
+        if self.honour_cancel and self.store.cancel_requested(self.run_id):
+            raise Stopped(
+                "stopped: `batchrun cancel` was asked for this run; it cancels the batches and stores what they "
+                f"finished (`batchrun resume {self.run_id}` sends the rest later)"
+            )
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by a signal, a cancel request or the --timeout deadline."""
+        end = time.monotonic() + seconds
+        if self.deadline is not None:
+            end = min(end, self.deadline)
+        while True:
+            self._check_stop()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(left, CANCEL_CHECK_S))
+
+    def _still_open(self, why: str) -> str:
+        open_ids = [row["id"] for row in self.store.batches(self.run_id, open_only=True) if row["id"]]
+        shown = ", ".join(open_ids[:5]) + (f" and {len(open_ids) - 5} more" if len(open_ids) > 5 else "")
+        return (
+            f"{why}: {len(open_ids)} batch(es) still processing at Anthropic ({shown}); "
+            f"`batchrun resume {self.run_id}` collects their results when they end"
+        )
+
+    # creating batches
+
+    async def _submit_pending(self) -> None:
+        plans = plan_cuts(self.store.pending_sizes(self.run_id), self.max_items, self.max_bytes)
+        if not plans:
+            return
+        follow_up = bool(self.store.batches(self.run_id))
+        rows = self.store.add_batch_plans(self.run_id, plans, time.time())
+        items = sum(p[2] for p in plans)
+        kind = "follow-up batch(es) for items to send again" if follow_up else "batch(es)"
+        self.log(f"{self.run_id}: {items} item(s) planned in {len(rows)} {kind}")
+        for i, row in enumerate(rows):
+            try:
+                self._check_stop()
+            except Stopped:
+                self._drop_plans(rows[i:])
+                raise
+            try:
+                await self._create(row, reconcile=False)
+            except (Stopped, asyncio.CancelledError):
+                self._drop_plans(rows[i + 1 :])
+                raise
+
+    def _drop_plans(self, rows: list[dict[str, Any]]) -> None:
+        """Plans this process never sent (no create attempted): their items go back to pending, and no
+        reconcile is needed for them later."""
+        for row in rows:
+            self.store.release_batch(self.run_id, row["seq"])
+            self.store.close_batch(self.run_id, row["seq"], status="not_created")
+
+    async def _create(self, row: dict[str, Any], *, reconcile: bool) -> None:
+        """Create the planned batch (or adopt the one an earlier attempt created) and store its id."""
+
+        seq = row["seq"]
+        checked = False
+        batch: MessageBatch | None = None
+        listing = False
+        try:
+            async for attempt in retrying(self.job.max_attempts, self._pause):
+                with attempt:
+                    if reconcile:
+                        listing = True
+                        found = await self._translate(lambda: self._find_orphan(row))
+                        listing = False
+                        if found is not None:
+                            self.store.batch_created(self.run_id, seq, found.to_dict(mode="json"), adopted=True)
+                            self.log(
+                                f"{self.run_id}: batch {seq}: adopted {found.id} ({row['n_items']} requests), "
+                                "created before the process that planned it stopped; nothing was sent again"
+                            )
+                            return
+                    # From here on a failure may leave open whether the API created the batch: look first.
+                    reconcile = True
+                    if not checked:
+                        self._check_plan(row)
+                        checked = True
+                    batch = await self._translate(functools.partial(self._post_batch, row))
+        except APIFailure as failure:
+            if failure.retryable or listing:  # the batch may exist: keep the plan for a reconcile
+                self.store.set_batch_error(self.run_id, seq, str(failure))
+                raise Stopped(
+                    f"stopped: could not create batch {seq}: {failure.status or 'no response'} {failure.error_type}: "
+                    f"{failure.message} (`batchrun resume {self.run_id}` checks whether it was created, then "
+                    "creates it if not)"
+                ) from None
+            # The API refused it: no batch exists; its items go back to pending.
+            self.store.release_batch(self.run_id, seq)
+            self.store.close_batch(self.run_id, seq, status="not_created", error=str(failure))
+            raise Stopped(
+                f"stopped: the API refused batch {seq} ({row['n_items']} requests, {row['n_bytes']:,} bytes): "
+                f"{failure.status} {failure.error_type}: {failure.message} (its items are pending again; fix the "
+                f"cause, then `batchrun resume {self.run_id}`)"
+            ) from None
+        assert batch is not None
+        if os.environ.get(CRASH_AFTER_CREATE) == "1":  # test hook, see CRASH_AFTER_CREATE
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.store.batch_created(self.run_id, seq, batch.to_dict(mode="json"))
+        self.log(
+            f"{self.run_id}: batch {seq}: created {batch.id} with {row['n_items']} requests "
+            f"({row['n_bytes']:,} bytes, items {row['first_custom_id']} .. {row['last_custom_id']})"
+        )
+
+    async def _post_batch(self, row: dict[str, Any]) -> MessageBatch:
+        """POST the batch, its body streamed from the store in pieces with the exact Content-Length the plan
+        computed (on the wire the same as a body sent whole): a 256 MB batch never sits in memory, and what was
+        validated at input is sent byte for byte, never parsed and re-serialised as the SDK's create would."""
+        from anthropic.types.messages import MessageBatch
+
+        return await self.client.post(
+            "/v1/messages/batches",
+            cast_to=MessageBatch,
+            content=self._body(row),
+            options={"headers": {"Content-Type": "application/json", "Content-Length": str(row["n_bytes"])}},
+        )
+
+    def _check_plan(self, row: dict[str, Any]) -> None:
+        n_items, n_bytes = self.store.batch_content(self.run_id, row["seq"])
+        body_bytes = BODY_OVERHEAD + n_bytes + n_items * REQUEST_OVERHEAD
+        if (n_items, body_bytes) != (row["n_items"], row["n_bytes"]):
+            raise RuntimeError(
+                f"batch {row['seq']} of run {self.run_id} holds {n_items} items in {body_bytes} bytes, "
+                f"its plan says {row['n_items']} in {row['n_bytes']}"
+            )
+
+    async def _body(self, row: dict[str, Any]) -> AsyncIterator[bytes]:
+        """`{"requests":[...]}` in pieces of about BODY_PIECE bytes, read from the store as they are sent."""
+        piece = bytearray(b'{"requests":[')
+        n = sent = 0
+        for line in self.store.batch_request_lines(self.run_id, row["seq"]):
+            if n:
+                piece += b","
+            piece += line
+            n += 1
+            if len(piece) >= BODY_PIECE:
+                sent += len(piece)
+                yield bytes(piece)
+                piece.clear()
+        piece += b"]}"
+        sent += len(piece)
+        if (n, sent) != (row["n_items"], row["n_bytes"]):  # _check_plan makes this unreachable
+            raise RuntimeError(f"batch {row['seq']}: sent {n} items in {sent} bytes, planned {row['n_bytes']}")
+        yield bytes(piece)
+
+    async def _find_orphan(self, row: dict[str, Any]) -> MessageBatch | None:
+        """The batch an interrupted create made for this plan, if any: created after the plan was written (allowing
+        for clock skew), with as many requests, and owned by no run of this store. The oldest such one wins, as
+        plans are created in order. Its results are matched to items by custom_id, so a batch that is not this
+        plan's would only leave the plan's items pending, never give an item a foreign result."""
+        floor = row["planned_at"] - CLOCK_SKEW_S
+        found: list[MessageBatch] = []
+        async for batch in self.client.messages.batches.list(limit=LIST_PAGE):
+            if batch.created_at.timestamp() < floor:
+                break
+            if self.store.batch_known(batch.id):
+                continue
+            c = batch.request_counts
+            if c.processing + c.succeeded + c.errored + c.canceled + c.expired == row["n_items"]:
+                found.append(batch)
+        return min(found, key=lambda b: b.created_at) if found else None
+
+    # polling and collecting
+
+    async def _collect_ended(self) -> None:
+        """Retrieve every open batch; store the results of those that ended."""
+        for row in self.store.batches(self.run_id, open_only=True):
+            if row["id"] is None:
+                continue
+            self._check_stop()
+            batch = await self._call(
+                f"check batch {row['id']}", lambda batch_id=row["id"]: self.client.messages.batches.retrieve(batch_id)
+            )
+            info = batch.to_dict(mode="json")
+            self.store.update_batch(self.run_id, row["seq"], info)
+            if batch.processing_status == "ended":
+                await self._collect(row, batch)
+
+    async def _collect(self, row: dict[str, Any], batch: MessageBatch) -> None:
+        started = time.monotonic()
+        tally = Tally()
+        try:
+            async for attempt in retrying(self.job.max_attempts, self._pause):
+                with attempt:
+                    await self._translate(lambda: self._ingest(row, batch, tally))
+        except APIFailure as failure:
+            raise Stopped(
+                f"stopped: could not read the results of {batch.id}: {failure.status or 'no response'} "
+                f"{failure.error_type}: {failure.message} (what was read is stored; `batchrun resume "
+                f"{self.run_id}` reads the rest)"
+            ) from None
+        missing = self.store.release_batch(self.run_id, row["seq"])
+        self.store.close_batch(self.run_id, row["seq"])
+        self.canceled_items += tally.canceled
+        seconds = time.monotonic() - started
+        c = batch.request_counts
+        self.log(
+            f"{self.run_id}: batch {row['seq']} {batch.id} ended: {c.succeeded} succeeded, {c.errored} errored, "
+            f"{c.expired} expired, {c.canceled} canceled; {tally.stored} result(s) stored in {seconds:.2f}s "
+            f"({tally.stored / max(seconds, 1e-9):,.0f}/s): {tally.succeeded} succeeded, {tally.failed} failed "
+            f"for good, {tally.again} to send again, {tally.canceled} canceled"
+        )
+        if missing:
+            self.log(f"{self.run_id}: {missing} item(s) of {batch.id} had no result: pending again")
+        if tally.stray:
+            self.log(f"{self.run_id}: {tally.stray} result(s) of {batch.id} matched no item waiting in it: ignored")
+
+    async def _ingest(self, row: dict[str, Any], batch: MessageBatch, tally: Tally) -> None:
+        """Stream the results file: lines are parsed and stored by the store's thread, one transaction per
+        chunk, while the next chunk downloads; memory holds two chunks at most, never the file."""
+        loop = asyncio.get_running_loop()
+        started = batch.created_at.timestamp()
+        seconds = (batch.ended_at.timestamp() - started) if batch.ended_at else 0.0
+        writing: asyncio.Future[Tally] | None = None
+
+        async def flush(lines: list[bytes]) -> None:
+            nonlocal writing
+            if writing is not None:
+                done, writing = writing, None
+                self._add(tally, await done)
+            self._check_signal()
+            if lines:
+                writing = loop.run_in_executor(self._db_thread, self._write_chunk, row["seq"], lines, started, seconds)
+
+        try:
+            async with self.client.messages.batches.with_streaming_response.results(batch.id) as response:
+                lines: list[bytes] = []
+                rest = b""
+                async for data in response.iter_bytes():
+                    parts = (rest + data).split(b"\n")
+                    rest = parts.pop()
+                    lines.extend(part for part in parts if part.strip())
+                    if len(lines) >= INGEST_CHUNK:
+                        await flush(lines)
+                        lines = []
+                if rest.strip():
+                    lines.append(rest)
+                await flush(lines)
+        finally:
+            if writing is not None:  # a transaction under way is completed, never abandoned
+                self._add(tally, await writing)
+
+    def _add(self, tally: Tally, part: Tally) -> None:
+        tally.succeeded += part.succeeded
+        tally.failed += part.failed
+        tally.again += part.again
+        tally.canceled += part.canceled
+        tally.stray += part.stray
+        if self.progress is not None and (part.succeeded or part.failed):
+            self.progress.update(part.succeeded, part.failed)
+
+    def _write_chunk(self, seq: int, lines: list[bytes], started: float, seconds: float) -> Tally:
+        """On the store's thread: decide each result's outcome and record the chunk in one transaction."""
+        try:
+            parsed = [orjson.loads(line) for line in lines]
+            ids = [p["custom_id"] for p in parsed]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
+        members = self.store.batch_members(self.run_id, seq, ids)
+        part = Tally()
+        outcomes: list[Outcome] = []
+        for custom_id, line in zip(ids, parsed, strict=True):
+            member = members.pop(custom_id, None)
+            if member is None:
+                part.stray += 1
+                continue
+            outcome = self._outcome(member[0], member[1], line.get("result") or {}, started, seconds)
+            if outcome.state == SUCCEEDED:
+                part.succeeded += 1
+            elif outcome.state == FAILED:
+                part.failed += 1
+            elif outcome.attempts:
+                part.again += 1
+            else:
+                part.canceled += 1
+            outcomes.append(outcome)
+        self.store.record(outcomes)
+        return part
+
+    def _outcome(self, line_no: int, attempts: int, result: dict[str, Any], started: float, seconds: float) -> Outcome:
+        """One result line as the item's outcome, in the same result format as the online path."""
+        kind = result.get("type")
+        last_try = attempts + 1 >= self.job.max_attempts
+        if kind == "succeeded":
+            message = result.get("message") or {}
+            return Outcome(
+                self.run_id,
+                line_no,
+                SUCCEEDED,
+                via="batch",
+                result=orjson.dumps({"type": "succeeded", "message": message}).decode(),
+                usage=message.get("usage") or {},
+                attempts=[Attempt(started, seconds, "succeeded")],
+            )
+        if kind == "errored":
+            envelope = result.get("error") or {}
+            error = envelope.get("error") or {}
+            error_type = str(error.get("type") or "api_error")
+            text = redact(str(error.get("message") or ""), self.api_key)
+            request_id = envelope.get("request_id")
+            attempt = Attempt(started, seconds, error_type, request_id=request_id)
+            if error_type in RETRYABLE_RESULT_ERRORS and not last_try:
+                return Outcome(self.run_id, line_no, PENDING, attempts=[attempt])
+            body = {"type": "error", "error": {"type": error_type, "message": text}, "request_id": request_id}
+            return Outcome(
+                self.run_id,
+                line_no,
+                FAILED,
+                via="batch",
+                result=orjson.dumps({"type": "errored", "error": body}).decode(),
+                error_type=error_type,
+                error_message=text,
+                request_id=request_id,
+                attempts=[attempt],
+            )
+        if kind == "expired":
+            attempt = Attempt(started, seconds, "expired")
+            if not last_try:
+                return Outcome(self.run_id, line_no, PENDING, attempts=[attempt])
+            return Outcome(
+                self.run_id,
+                line_no,
+                FAILED,
+                via="batch",
+                result=orjson.dumps({"type": "expired"}).decode(),
+                error_type="expired",
+                error_message=f"expired unprocessed in {attempts + 1} batch(es) (a batch expires after 24 hours)",
+                attempts=[attempt],
+            )
+        # canceled (or a type this version does not know): not processed, so no attempt is counted
+        return Outcome(self.run_id, line_no, PENDING)
+
+    # cancel
+
+    async def cancel_open(self, *, reconcile: bool) -> int:
+        """Ask the API to cancel every open batch still in progress; with `reconcile`, a plan without an id is
+        first looked for (and canceled if found) or dropped, its items pending again. Returns batches canceled."""
+        canceled = 0
+        for row in self.store.batches(self.run_id, open_only=True):
+            if row["id"] is None:
+                if not reconcile:
+                    continue
+                found = await self._call("list batches", lambda row=row: self._find_orphan(row))
+                if found is None:
+                    self.store.release_batch(self.run_id, row["seq"])
+                    self.store.close_batch(self.run_id, row["seq"], status="not_created")
+                    continue
+                self.store.batch_created(self.run_id, row["seq"], found.to_dict(mode="json"), adopted=True)
+                row = {**row, "id": found.id, "processing_status": found.processing_status}
+            if row["processing_status"] not in ("in_progress", "planned"):
+                continue
+            try:
+                batch = await self._call(
+                    f"cancel batch {row['id']}",
+                    lambda batch_id=row["id"]: self.client.messages.batches.cancel(batch_id),
+                    stop_on_failure=False,
+                )
+            except APIFailure as failure:  # e.g. it ended meanwhile: the next retrieve says how
+                self.log(f"{self.run_id}: cancel {row['id']}: {failure}")
+                continue
+            self.store.update_batch(self.run_id, row["seq"], batch.to_dict(mode="json"))
+            self.log(f"{self.run_id}: batch {row['seq']} {row['id']}: {batch.processing_status}")
+            canceled += 1
+        return canceled
+
+    async def drain(self) -> str | None:
+        """Wait until every open batch has ended and store what it finished."""
+        interval = self.poll_min
+        while True:
+            await self._collect_ended()
+            if not self.store.batches(self.run_id, open_only=True):
+                return None
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return self._still_open(f"--timeout {self.timeout:g}s reached while batches were being canceled")
+            self._report_poll(interval)
+            await self._pause(interval / 2 + random.uniform(0, interval / 2))
+            interval = min(self.poll_max, interval * POLL_GROWTH)
+
+    # calling the API
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, stop_on_failure: bool = True) -> T:
+        """One API call with the run's retry policy (backoff with jitter, Retry-After honoured)."""
+        try:
+            async for attempt in retrying(self.job.max_attempts, self._pause):
+                with attempt:
+                    result = await self._translate(fn)
+        except APIFailure as failure:
+            if not stop_on_failure:
+                raise
+            raise Stopped(
+                f"stopped: could not {what}: {failure.status or 'no response'} {failure.error_type}: "
+                f"{failure.message} (batches keep processing; `batchrun resume {self.run_id}` tries again)"
+            ) from None
+        return result
+
+    async def _translate(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """SDK and transport errors as APIFailure, with the API key redacted from every message."""
+        import anthropic
+        import httpx2
+
+        try:
+            return await fn()
+        except anthropic.APIStatusError as e:
+            raise failure_from_status(e, self.api_key) from None
+        except (anthropic.APIConnectionError, httpx2.HTTPError, ConnectionError) as e:
+            kind = (
+                "timeout_error" if isinstance(e, anthropic.APITimeoutError | httpx2.TimeoutException) else "api_error"
+            )
+            raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", self.api_key), type(e).__name__) from None
+        except anthropic.AnthropicError as e:  # e.g. an ended batch without a results_url
+            raise APIFailure(None, "api_error", redact(str(e), self.api_key), type(e).__name__) from None
+
+    # progress
+
+    def _open_progress(self) -> None:
+        from batchrun.progress import Progress
+
+        counts = self.store.counts(self.run_id)
+        done = counts[SUCCEEDED] + counts[FAILED]
+        self.progress = Progress(sum(counts.values()), done, label=self.run_id, enabled=self.show)
+
+    def log(self, text: str) -> None:
+        if not self.show:
+            return
+        bar = self.progress.bar if self.progress is not None else None
+        if bar is not None:
+            bar.write(f"batchrun: {text}", file=sys.stderr)
+        else:
+            print(f"batchrun: {text}", file=sys.stderr, flush=True)
+
+    def _report_poll(self, interval: float) -> None:
+        rows = [row for row in self.store.batches(self.run_id, open_only=True) if row["id"]]
+        if not rows or not self.show:
+            return
+        summary = ", ".join(f"{row['id']} {row['processing_status']}" for row in rows[:3])
+        if len(rows) > 3:
+            summary += f" and {len(rows) - 3} more"
+        processing = sum((row["request_counts"] or {}).get("processing", 0) for row in rows)
+        if self.progress is not None and self.progress.bar is not None:
+            self.progress.update(batches=f"{len(rows)} open, {processing} processing")
+        else:
+            self.log(f"{self.run_id}: {summary}; {processing} request(s) processing; next check in ~{interval:.3g}s")
+
+
+def run_batches(
+    store: Store,
+    run_id: str,
+    job: Job,
+    make_client: Callable[[], Any],
+    *,
+    progress: bool = True,
+    no_wait: bool = False,
+    timeout: float | None = None,
+) -> str | None:
+    """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did."""
+    store.clear_cancel(run_id)
+    return asyncio.run(_run(store, run_id, job, make_client(), progress, no_wait, timeout))
+
+
+async def _run(
+    store: Store, run_id: str, job: Job, client: Any, show: bool, no_wait: bool, timeout: float | None
+) -> str | None:
+    engine = BatchEngine(store, run_id, job, client, show=show, no_wait=no_wait, timeout=timeout)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    interrupted = (
+        "interrupted: no batch was canceled; they keep processing at Anthropic "
+        f"(`batchrun resume {run_id}` collects their results)"
+    )
+
+    def on_signal(signame: str) -> None:
+        if engine.stopping.is_set():
+            print(f"batchrun: {signame} again, stopping now", file=sys.stderr, flush=True)
+            if task is not None:
+                task.cancel()
+            return
+        print(
+            f"batchrun: {signame}: stopping at the next safe point; batches are not canceled "
+            f"({signame} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        engine.interrupt(interrupted)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        return await engine.run()
+    except asyncio.CancelledError:
+        return interrupted
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await client.close()
+
+
+def cancel_run(
+    store: Store,
+    run_id: str,
+    *,
+    make_client: Callable[[], Any],
+    progress: bool = True,
+    timeout: float | None = None,
+) -> Ending:
+    """`batchrun cancel`: cancel the run's open batches, store what they finished, leave the rest pending.
+
+    The cancel request is stored first and the API batches are canceled at once, even while another process
+    polls the run; that process sees the request, stops, and frees the run's lock, which this one then takes
+    to collect the canceled batches' results.
+    """
+    from batchrun.runs import Ending, exit_code_for, load_run
+
+    _, job = load_run(store, run_id)
+    if job.mode != "batch":
+        raise UsageError(
+            f"run {run_id} is an online run: it has no batches to cancel (stop the process running it with "
+            f"Ctrl-C or SIGTERM; `batchrun resume {run_id}` continues it)"
+        )
+    started = time.monotonic()
+    attempts_before = store.attempt_count(run_id)
+    store.request_cancel(run_id)
+    message = asyncio.run(_cancel(store, run_id, job, make_client(), progress, timeout))
+    counts = store.counts(run_id)
+    ending = Ending(
+        run_id, counts, exit_code_for(counts), time.monotonic() - started, store.attempt_count(run_id) - attempts_before
+    )
+    if message is None and (counts[PENDING] or counts["in_flight"]):
+        message = f"canceled: the rest stay pending (`batchrun resume {run_id}` sends them)"
+    ending.message = message
+    store.set_run_status(run_id, {0: "succeeded", 1: "finished with failures"}.get(ending.exit_code, "canceled"))
+    return ending
+
+
+async def _cancel(store: Store, run_id: str, job: Job, client: Any, show: bool, timeout: float | None) -> str | None:
+    engine = BatchEngine(store, run_id, job, client, show=show, timeout=timeout, honour_cancel=False)
+    engine._open_progress()
+    try:
+        await engine.cancel_open(reconcile=False)
+        try:
+            lock = await _wait_for_lock(store, run_id, timeout if timeout is not None else LOCK_WAIT_S)
+        except RunLocked as e:
+            raise RunLocked(
+                f"{e}; the batches it knew of are canceled; `batchrun cancel {run_id}` again collects them"
+            ) from None
+        try:
+            await engine.cancel_open(reconcile=True)
+            return await engine.drain()
+        finally:
+            lock.__exit__(None, None, None)
+    except Stopped as stop:
+        return str(stop)
+    finally:
+        engine.close()
+        await client.close()
+
+
+async def _wait_for_lock(store: Store, run_id: str, wait: float) -> RunLock:
+    """The run's lock (held on return), once a process polling the run has seen the cancel request and stopped."""
+    deadline = time.monotonic() + wait
+    while True:
+        lock = RunLock(store.path, run_id)
+        try:
+            lock.__enter__()
+        except RunLocked:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        return lock

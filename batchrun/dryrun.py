@@ -1,0 +1,171 @@
+"""`submit --dry-run`: validate the file, count its input tokens, and say what the run would cost and take.
+
+Input tokens are counted by the API's count_tokens endpoint for a sample of items and estimated for the rest
+(the sample's counted/estimated ratio corrects the estimate, model by model). Output is priced at max_tokens,
+so the cost printed is an upper bound. No Messages request is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrun.caching import min_cacheable_tokens, prefix_key
+from batchrun.inputs import read_items
+from batchrun.job import Job
+from batchrun.limiter import estimate_input_tokens
+from batchrun.pricing import PRICES_TAKEN, cost
+
+SAMPLE = 20
+# Used for the duration estimate when neither the job nor the flags give limits: the published Start tier.
+ASSUMED_LIMITS = {"rpm": 1000, "itpm": 2_000_000, "otpm": 400_000}
+
+
+@dataclass
+class ModelTally:
+    items: int = 0
+    estimated_input: int = 0
+    max_output: int = 0
+    system_estimate: int = 0
+    cached_items: int = 0
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, params: dict[str, Any], rng: random.Random) -> None:
+        self.items += 1
+        self.estimated_input += estimate_input_tokens(params)
+        self.max_output += params["max_tokens"]
+        if prefix_key(params) is not None:
+            self.cached_items += 1
+            self.system_estimate = max(self.system_estimate, estimate_input_tokens({"system": params["system"]}))
+        self.seen += 1
+        if len(self.sample) < SAMPLE:
+            self.sample.append(params)
+        elif (j := rng.randrange(self.seen)) < SAMPLE:
+            self.sample[j] = params
+
+
+def tally(input_path: str, job: Job) -> dict[str, ModelTally]:
+    """One streaming pass over the file (which also validates every line), in constant memory."""
+    rng = random.Random(0)
+    models: dict[str, ModelTally] = {}
+    for item in read_items(input_path, job):
+        models.setdefault(item.params["model"], ModelTally()).add(item.params, rng)
+    return models
+
+
+async def count_sample(client: Any, sample: list[dict[str, Any]]) -> list[int]:
+    from batchrun.api import APIFailure, failure_from_status
+    from batchrun.retry import retrying
+
+    async def one(params: dict[str, Any]) -> int:
+        import anthropic
+
+        body = {k: params[k] for k in ("model", "messages", "system", "tools", "thinking") if k in params}
+        async for attempt in retrying(4, asyncio.sleep):
+            with attempt:
+                try:
+                    return (await client.messages.count_tokens(**body)).input_tokens
+                except anthropic.APIStatusError as e:
+                    raise failure_from_status(e, client.api_key) from None
+                except anthropic.APIConnectionError as e:
+                    raise APIFailure(None, "api_error", str(e), type(e).__name__) from None
+        raise AssertionError("unreachable")
+
+    return list(await asyncio.gather(*(one(p) for p in sample)))
+
+
+def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> dict[str, Any]:
+    models = tally(input_path, job)
+    counted = asyncio.run(_count_all(models, make_client)) if make_client else {}
+    rows = [_model_plan(model, t, counted.get(model), job) for model, t in sorted(models.items())]
+    limits = {k: getattr(job, k) or ASSUMED_LIMITS[k] for k in ASSUMED_LIMITS}
+    return {
+        "items": sum(t.items for t in models.values()),
+        "models": rows,
+        "counted_with_api": bool(counted),
+        "cost_usd": {mode: round(sum(r[f"cost_{mode}_usd"] or 0 for r in rows), 6) for mode in ("online", "batch")},
+        "limits": limits,
+        "limits_assumed": [k for k in ASSUMED_LIMITS if not getattr(job, k)],
+        "online_minutes": _minutes(rows, limits),
+        "prices_taken": PRICES_TAKEN,
+    }
+
+
+async def _count_all(models: dict[str, ModelTally], make_client: Callable[[], Any]) -> dict[str, float]:
+    """Counted/estimated input tokens per model, from the sample."""
+    client = make_client()
+    try:
+        ratios = {}
+        for model, t in models.items():
+            counts = await count_sample(client, t.sample)
+            estimates = sum(estimate_input_tokens(p) for p in t.sample)
+            ratios[model] = sum(counts) / max(1, estimates)
+        return ratios
+    finally:
+        await client.close()
+
+
+def _model_plan(model: str, t: ModelTally, ratio: float | None, job: Job) -> dict[str, Any]:
+    ratio = ratio or 1.0
+    total_in = round(t.estimated_input * ratio)
+    system = round(t.system_estimate * ratio)
+    cacheable = t.cached_items > 1 and system >= min_cacheable_tokens(model)
+    writes = system if cacheable else 0
+    reads = system * (t.cached_items - 1) if cacheable else 0
+    usage = {
+        "model": model,
+        "input": total_in - writes - reads,
+        "output": t.max_output,
+        "cache_creation": writes,
+        "cache_read": reads,
+    }
+    return {
+        "model": model,
+        "items": t.items,
+        "input_tokens": total_in,
+        "max_output_tokens": t.max_output,
+        "cache_creation_tokens": writes,
+        "cache_read_tokens": reads,
+        "cost_online_usd": _rounded(cost({**usage, "via": "online"}, job.prices)),
+        "cost_batch_usd": _rounded(cost({**usage, "via": "batch"}, job.prices)),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _minutes(rows: list[dict[str, Any]], limits: dict[str, int]) -> float:
+    """Minutes the online path needs at these limits: the tightest of requests, input tokens (cache reads do not
+    count) and output tokens (reserved at max_tokens)."""
+    items = sum(r["items"] for r in rows)
+    counted_in = sum(r["input_tokens"] - r["cache_read_tokens"] for r in rows)
+    out = sum(r["max_output_tokens"] for r in rows)
+    return round(max(items / limits["rpm"], counted_in / limits["itpm"], out / limits["otpm"]), 2)
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    how = "counted with count_tokens on a sample" if p["counted_with_api"] else "estimated (no API access)"
+    lines = [f"dry run: {p['items']:,} items, nothing sent; input tokens {how}; prices of {p['prices_taken']}"]
+    for r in p["models"]:
+        price = lambda v: "no price" if v is None else f"${v:,.4f}"  # noqa: E731
+        lines.append(
+            f"  {r['model']}: {r['items']:,} items, {r['input_tokens']:,} input tokens "
+            f"({r['cache_read_tokens']:,} as cache reads, {r['cache_creation_tokens']:,} as cache writes), "
+            f"at most {r['max_output_tokens']:,} output tokens: online {price(r['cost_online_usd'])}, "
+            f"batch {price(r['cost_batch_usd'])}"
+        )
+    lines.append(
+        f"  expected cost at most: online ${p['cost_usd']['online']:,.4f}, batch ${p['cost_usd']['batch']:,.4f} "
+        "(output priced at max_tokens)"
+    )
+    limits = ", ".join(f"{k.upper()} {v:,}" for k, v in p["limits"].items())
+    assumed = (
+        f" (assumed for {', '.join(p['limits_assumed'])}: pass --rpm/--itpm/--otpm)" if p["limits_assumed"] else ""
+    )
+    lines.append(f"  online path at {limits}{assumed}: about {p['online_minutes']:,} minutes")
+    return "\n".join(lines)
