@@ -18,6 +18,7 @@ import orjson
 from batchrun.api import APIFailure, Reply, send
 from batchrun.caching import prefix_key
 from batchrun.limiter import Limiter, estimate_input_tokens
+from batchrun.pricing import cost
 from batchrun.retry import retrying
 from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, ClaimedItem, Outcome, Store
 
@@ -241,8 +242,22 @@ class Engine:
             return
         ok = sum(1 for o, _ in group if o.state == SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == FAILED)
+        usd = sum(outcome_cost(o, self.job.prices) for o, _ in group if o.state == SUCCEEDED)
         if ok or bad:
-            self.progress.update(ok, bad)
+            self.progress.update(ok, bad, usd)
+
+
+def outcome_cost(outcome: Outcome, prices: dict[str, dict[str, float]]) -> float:
+    u = outcome.usage
+    row = {
+        "model": outcome.model or "",
+        "via": outcome.via,
+        "input": u.get("input_tokens") or 0,
+        "output": u.get("output_tokens") or 0,
+        "cache_creation": u.get("cache_creation_input_tokens") or 0,
+        "cache_read": u.get("cache_read_input_tokens") or 0,
+    }
+    return cost(row, prices) or 0.0
 
 
 def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[Attempt]) -> Outcome:
@@ -255,6 +270,7 @@ def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[At
         usage=reply.message.get("usage") or {},
         request_id=reply.request_id,
         attempts=attempts,
+        model=reply.message.get("model"),
     )
 
 

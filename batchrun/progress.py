@@ -24,6 +24,7 @@ class Progress:
         self.total = total
         self.succeeded = 0
         self.failed = 0
+        self.usd = 0.0
         self.interval = interval
         self.label = label
         self.started = time.monotonic()
@@ -43,12 +44,13 @@ class Progress:
                 smoothing=0.1,
             )
 
-    def update(self, succeeded: int = 0, failed: int = 0, **extra: object) -> None:
+    def update(self, succeeded: int = 0, failed: int = 0, usd: float = 0.0, **extra: object) -> None:
         self.succeeded += succeeded
         self.failed += failed
         self.done += succeeded + failed
+        self.usd += usd
         if self.bar is not None:
-            self.bar.set_postfix(ok=self.succeeded, failed=self.failed, **extra, refresh=False)
+            self.bar.set_postfix(ok=self.succeeded, failed=self.failed, cost=f"${self.usd:.4f}", **extra, refresh=False)
             self.bar.update(succeeded + failed)
         elif self.enabled and time.monotonic() - self.last_line >= self.interval:
             self.last_line = time.monotonic()
@@ -59,7 +61,7 @@ class Progress:
         rate = (self.done - self.start_done) / elapsed
         print(
             f"batchrun: {self.label}: {self.done}/{self.total} done ({self.succeeded} succeeded, "
-            f"{self.failed} failed this session), {rate:.1f} items/s",
+            f"{self.failed} failed this session, ${self.usd:.4f}), {rate:.1f} items/s",
             file=self.stream,
             flush=True,
         )

@@ -155,6 +155,7 @@ class Outcome:
     error_message: str | None = None
     request_id: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
