@@ -11,7 +11,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from batchrun.job import Job
     from batchrun.progress import Progress
 
-T = TypeVar("T")
 MAX_GROUP = 1000
 
 
@@ -64,7 +63,7 @@ class Engine:
         self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
         self.stopping = asyncio.Event()
         self.gates: dict[str, asyncio.Event] = {}
-        self.fatal: APIFailure | None = None
+        self.stopped_by: APIFailure | None = None
         self.last_success = 0.0
         self.interrupted = False
         self.workers: list[asyncio.Task[None]] = []
@@ -87,12 +86,12 @@ class Engine:
             await self._db(self.store.release_in_flight, self.run_id)
         finally:
             self._db_thread.shutdown(wait=True)
-        return OnlineReport(self.fatal, self.interrupted, self.limiter.rate_limited, self.limiter.overloaded)
+        return OnlineReport(self.stopped_by, self.interrupted, self.limiter.rate_limited, self.limiter.overloaded)
 
-    def stop(self, fatal: APIFailure | None = None) -> None:
+    def stop(self, cause: APIFailure | None = None) -> None:
         """Stop taking new items; items not yet sent go back to pending."""
-        if fatal is not None and self.fatal is None:
-            self.fatal = fatal
+        if cause is not None and self.stopped_by is None:
+            self.stopped_by = cause
         self.stopping.set()
         for gate in self.gates.values():
             gate.set()
