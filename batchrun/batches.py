@@ -43,6 +43,7 @@ import orjson
 from batchrun.api import APIFailure, failure_from_status, redact
 from batchrun.errors import RunLocked, UsageError
 from batchrun.lock import RunLock
+from batchrun.online import outcome_cost
 from batchrun.retry import retrying
 from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, Outcome, Store
 
@@ -111,6 +112,8 @@ class Tally:
     again: int = 0  # retryable error or expired: pending for a follow-up
     canceled: int = 0
     stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
+    lines: int = 0  # result lines read
+    usd: float = 0.0  # cost of the results stored (batch price)
 
     @property
     def stored(self) -> int:
@@ -429,6 +432,8 @@ class BatchEngine:
         seconds = (batch.ended_at.timestamp() - started) if batch.ended_at else 0.0
         writing: asyncio.Future[Tally] | None = None
 
+        tally.lines = 0  # lines of this download (a retry reads the whole file again)
+
         async def flush(lines: list[bytes]) -> None:
             nonlocal writing
             if writing is not None:
@@ -455,6 +460,12 @@ class BatchEngine:
         finally:
             if writing is not None:  # a transaction under way is completed, never abandoned
                 self._add(tally, await writing)
+        c = batch.request_counts
+        expected = c.succeeded + c.errored + c.canceled + c.expired
+        if tally.lines < expected:  # never let a cut download send items again: read the file again
+            raise APIFailure(
+                None, "api_error", f"the results of {batch.id} ended after {tally.lines} of {expected} lines", "Short"
+            )
 
     def _add(self, tally: Tally, part: Tally) -> None:
         tally.succeeded += part.succeeded
@@ -462,8 +473,10 @@ class BatchEngine:
         tally.again += part.again
         tally.canceled += part.canceled
         tally.stray += part.stray
+        tally.lines += part.lines
+        tally.usd += part.usd
         if self.progress is not None and (part.succeeded or part.failed):
-            self.progress.update(part.succeeded, part.failed)
+            self.progress.update(part.succeeded, part.failed, part.usd)
 
     def _write_chunk(self, seq: int, lines: list[bytes], started: float, seconds: float) -> Tally:
         """On the store's thread: decide each result's outcome and record the chunk in one transaction."""
@@ -473,7 +486,7 @@ class BatchEngine:
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
         members = self.store.batch_members(self.run_id, seq, ids)
-        part = Tally()
+        part = Tally(lines=len(lines))
         outcomes: list[Outcome] = []
         for custom_id, line in zip(ids, parsed, strict=True):
             member = members.pop(custom_id, None)
@@ -483,6 +496,7 @@ class BatchEngine:
             outcome = self._outcome(member[0], member[1], line.get("result") or {}, started, seconds)
             if outcome.state == SUCCEEDED:
                 part.succeeded += 1
+                part.usd += outcome_cost(outcome, self.job.prices)
             elif outcome.state == FAILED:
                 part.failed += 1
             elif outcome.attempts:
@@ -507,6 +521,7 @@ class BatchEngine:
                 result=orjson.dumps({"type": "succeeded", "message": message}).decode(),
                 usage=message.get("usage") or {},
                 attempts=[Attempt(started, seconds, "succeeded")],
+                model=message.get("model"),
             )
         if kind == "errored":
             envelope = result.get("error") or {}

@@ -50,7 +50,7 @@ def batch_status(store: Store, run_id: str) -> list[dict[str, Any]]:
             "ended_at": b["ended_at"],
             "expires_at": b["expires_at"],
             "cancel_initiated_at": b["cancel_initiated_at"],
-            "results_stored_at": _utc(b["collected_at"]),
+            "results_stored_at": _utc(b["collected_at"]) if b["id"] else None,
             "adopted": bool(b["adopted"]),
             "error": b["error"],
         }

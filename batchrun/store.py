@@ -113,7 +113,7 @@ def m002_batches(db: Database) -> None:
             PRIMARY KEY (run_id, seq)
         );
         ALTER TABLE items ADD COLUMN batch_seq INTEGER;
-        CREATE INDEX items_by_batch ON items (run_id, batch_seq, state);
+        CREATE INDEX items_by_batch ON items (run_id, batch_seq);
         ALTER TABLE runs ADD COLUMN cancel_requested_at REAL;
         """
     for statement in script.split(";"):

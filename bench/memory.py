@@ -64,12 +64,12 @@ def one(emu: Emulator, items: Path, n: int, workdir: Path, concurrency: int) -> 
         "rss_end_mb": child.rss_samples[-1][1] if child.rss_samples else None,
         "cpu_s": child.cpu_s,
         "db_mb": db_mb,
-        "before_send_s": store_seconds,
+        "outside_send_s": store_seconds,
     }
     shutil.rmtree(run_dir, ignore_errors=True)
     print(
         f"  {n:>9,} items: peak RSS {child.maxrss_mb:6.1f} MB (highest sample at {fmt(peak_at[0])} s of "
-        f"{child.wall:.0f} s; ~{store_seconds:.0f} s before sending), {phase['ok']:,} ok, "
+        f"{child.wall:.0f} s; {store_seconds:.0f} s outside the send phase), {phase['ok']:,} ok, "
         f"{phase['ok'] / result['send']:.0f} items/s, db {db_mb:.0f} MB",
         flush=True,
     )
@@ -114,7 +114,7 @@ def main() -> None:
             [
                 f"{n:,}",
                 fmt(median([r["wall"] for r in rs])),
-                fmt(median([r["before_send_s"] for r in rs])),
+                fmt(median([r["outside_send_s"] for r in rs])),
                 fmt(median([r["ok"] / r["send"] for r in rs]), ".0f"),
                 fmt(peak),
                 f"{peak / base:.2f}x",
@@ -128,7 +128,7 @@ def main() -> None:
             [
                 "items",
                 "wall s",
-                "before send s",
+                "outside send s",
                 "items/s (send)",
                 "peak RSS MB",
                 f"vs {base_n:,}",

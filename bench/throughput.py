@@ -50,7 +50,8 @@ from common import (
 )
 
 THIS = Path(__file__).resolve()
-STEADY_AFTER_S = 10.0
+STEADY_AFTER_S = 10.0  # the "after the first 10 s"
+LATE_AFTER_S = 60.0  # by then even the slowest client has drained the full initial buckets
 
 # ---- the baseline: the plain loop from the tutorials ----------------------------------------------
 
@@ -160,6 +161,7 @@ class Measure:
     max_in_flight: int
     steady: dict[str, float] | None = None
     steady_store: dict[str, float] | None = None
+    late: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -205,6 +207,11 @@ def measure(emu: Emulator, items: ItemSet, variant: Variant, workdir: Path, time
         report = json.loads(child.stdout.strip().splitlines()[-1])
         start, end, ok, failed = report["send_start"], report["send_end"], report["ok"], report["failed"]
         steady_store = None
+    if by_status.get("200", 0) < ok:
+        print(
+            f"  WARNING: {variant.name}: {ok} items succeeded but the emulator answered only {by_status.get('200', 0)} "
+            "requests with 200 (results not fetched from the API are not a throughput figure)"
+        )
     return Measure(
         variant=variant.name,
         n=variant.limit or items.n,
@@ -219,6 +226,7 @@ def measure(emu: Emulator, items: ItemSet, variant: Variant, workdir: Path, time
         requests=finished,
         max_in_flight=stats["max_in_flight"],
         steady=poller.window(start + STEADY_AFTER_S),
+        late=poller.window(start + LATE_AFTER_S),
         steady_store=steady_store,
     )
 
@@ -291,39 +299,36 @@ def scenario_a(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         res = run_variants(emu, items, variants, args.runs, workdir, timeout=1200, poll=0.5)
     rows = []
     for name, ms in res.items():
-        rows.append(
-            [
-                name,
-                f"{med(ms, 'ok'):.0f}/{ms[0].n}",
-                fmt(med(ms, "wall")),
-                fmt(med(ms, "send")),
-                fmt(med(ms, "rate_send"), ".2f"),
-                pct(median([m.rate_send / allowed_overall for m in ms])),
-                pct(med(ms, "share_429"), 2),
-                fmt(med_window(ms, "steady", "items_per_s"), ".2f"),
-                pct(median([(m.steady or {}).get("items_per_s", 0) / allowed_steady for m in ms])),
-                pct(med_window(ms, "steady", "share_429"), 2),
-                fmt(med_window(ms, "steady_store", "items_per_s"), ".2f"),
+        row = [
+            name,
+            f"{med(ms, 'ok'):.0f}/{ms[0].n}",
+            fmt(med(ms, "wall")),
+            fmt(med(ms, "send")),
+            fmt(med(ms, "rate_send"), ".2f"),
+            pct(median([m.rate_send / allowed_overall for m in ms])),
+            pct(med(ms, "share_429"), 2),
+        ]
+        for source in ("steady", "late"):
+            row += [
+                fmt(med_window(ms, source, "items_per_s"), ".2f"),
+                pct(median([(getattr(m, source) or {}).get("items_per_s", 0) / allowed_steady for m in ms])),
+                pct(med_window(ms, source, "share_429"), 2),
             ]
-        )
+        rows.append(row)
     print()
+    s10, s60 = f"{STEADY_AFTER_S:.0f}", f"{LATE_AFTER_S:.0f}"
+    headers = ["client", "ok", "wall s", "send s", "items/s", "of allowed", "429s"]
+    headers += [f">{s10}s items/s", "of allowed", f">{s10}s 429s", f">{s60}s items/s", "of allowed", f">{s60}s 429s"]
+    print(table(headers, rows))
+    for name, ms in res.items():
+        if ms[0].steady_store is not None:
+            rate = med_window(ms, "steady_store", "items_per_s")
+            share = pct(med_window(ms, "steady_store", "share_429"), 2)
+            print(f"  {name}, from its store's attempts table: >{s10}s {rate:.2f} items/s, {share} 429s")
     print(
-        table(
-            [
-                "client",
-                "ok",
-                "wall s",
-                "send s",
-                "items/s",
-                "of allowed",
-                "429s",
-                f"steady/s (>{STEADY_AFTER_S:.0f}s)",
-                "of allowed",
-                "steady 429s",
-                "steady/s (store)",
-            ],
-            rows,
-        )
+        f"  (items/s: succeeded items over the send phase, against the {allowed_overall:.2f}/s the full buckets allow; "
+        f">{s10}s and >{s60}s: the emulator's 200s per second from that point of the send phase to its end, against "
+        f"the steady {allowed_steady:.2f}/s)"
     )
     print(
         f"  targets: batchrun steady >= 95% of allowed ({allowed_steady:.2f}/s), <= 1% 429s after the first "

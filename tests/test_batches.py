@@ -32,6 +32,11 @@ MODEL = "claude-haiku-4-5"
 FAST = ["--poll-interval", "0.1"]
 
 
+def distinct_prompts(n: int, prefix: str) -> list[dict]:
+    """Items whose requests differ from those of `prompts` (identical requests would be answered from the store)."""
+    return [{"custom_id": f"{prefix}-{i}", "prompt": f"{prefix} question {i}: what is {i} cubed?"} for i in range(n)]
+
+
 def submit_batch(items: Path, *extra: str) -> list[str]:
     return ["submit", str(items), "--mode", "batch", "--model", MODEL, "--max-tokens", "40", *FAST, *extra]
 
@@ -229,9 +234,9 @@ def test_reconcile_adopts_only_an_unowned_batch_of_the_same_size(workdir: Path, 
     a batch of the same size owned by another run of this store, and an unowned batch of another size."""
     emulator.configure(batch_seconds=0.2)
     env = cli_env(emulator.base_url)
-    owned = write_jsonl(workdir / "owned.jsonl", prompts(60, prefix="owned"))
+    owned = write_jsonl(workdir / "owned.jsonl", distinct_prompts(60, "owned"))
     assert batchrun(submit_batch(owned, "--run-id", "o"), cwd=workdir, env=env).returncode == 0
-    stranger = write_jsonl(workdir / "stranger.jsonl", prompts(59, prefix="s"))
+    stranger = write_jsonl(workdir / "stranger.jsonl", distinct_prompts(59, "s"))
     assert batchrun(submit_batch(stranger, "--run-id", "s", "--db", "x.db"), cwd=workdir, env=env).returncode == 0
     items = write_jsonl(workdir / "items.jsonl", prompts(60))
     crash = {**env, "BATCHRUN_TEST_CRASH_AFTER_CREATE": "1"}
@@ -282,6 +287,31 @@ def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path,
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(300)]
     assert all(r["result"]["type"] == "succeeded" for r in results)
     assert_replies_match_requests(results, db)
+
+
+def test_cancel_with_no_process_polling_then_resume(workdir: Path, emulator) -> None:
+    emulator.configure(batch_seconds=3.0)
+    items = write_jsonl(workdir / "items.jsonl", prompts(100))
+    env = cli_env(emulator.base_url)
+    assert batchrun(submit_batch(items, "--run-id", "r", "--no-wait"), cwd=workdir, env=env).returncode == 3
+    time.sleep(1.0)
+    canceled = batchrun(["cancel", "r", "-o", "partial.jsonl"], cwd=workdir, env=env)
+    assert canceled.returncode == 3, canceled.stderr
+    partial = read_jsonl(workdir / "partial.jsonl")
+    counts = status(workdir, env, "r")["counts"]
+    assert 0 < len(partial) == counts["succeeded"] < 100 and counts["pending"] == 100 - len(partial)
+    assert [r["custom_id"] for r in partial] == [f"item-{i}" for i in range(len(partial))]
+    emulator.configure(batch_seconds=0.1)
+    assert batchrun(["resume", "r", *FAST], cwd=workdir, env=env).returncode == 0
+    assert status(workdir, env, "r")["counts"]["succeeded"] == 100
+
+
+def test_cancel_refuses_an_online_run(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    env = cli_env(emulator.base_url)
+    assert batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r"], cwd=workdir, env=env).returncode == 0
+    proc = batchrun(["cancel", "r"], cwd=workdir, env=env)
+    assert proc.returncode == 2 and "online run" in proc.stderr
 
 
 def test_sigterm_stops_polling_and_never_cancels_a_batch(workdir: Path, emulator) -> None:
@@ -392,7 +422,8 @@ def test_batch_results_are_byte_for_byte_the_shape_of_online_results(workdir: Pa
         cwd=workdir,
         env=env,
     )
-    batch = batchrun(submit_batch(items, "--run-id", "ba", "-o", "batch.jsonl"), cwd=workdir, env=env)
+    # its own store: the same requests in one store would be answered from the online run's results
+    batch = batchrun(submit_batch(items, "--run-id", "ba", "-o", "batch.jsonl", "--db", "b.db"), cwd=workdir, env=env)
     assert online.returncode == batch.returncode == 1, (online.stderr, batch.stderr)
     on, ba = read_jsonl(workdir / "online.jsonl"), read_jsonl(workdir / "batch.jsonl")
     assert [r["custom_id"] for r in on] == [r["custom_id"] for r in ba] == [f"item-{i}" for i in range(25)]
@@ -401,5 +432,5 @@ def test_batch_results_are_byte_for_byte_the_shape_of_online_results(workdir: Pa
     # the same bytes once the values that differ by nature are blanked: same keys, same order, same formatting
     assert normalised_lines(workdir / "online.jsonl") == normalised_lines(workdir / "batch.jsonl")
     # and `batchrun results` exports the same way
-    exported = batchrun(["results", "ba"], cwd=workdir, env=env)
+    exported = batchrun(["results", "ba", "--db", "b.db"], cwd=workdir, env=env)
     assert exported.stdout.encode() == (workdir / "batch.jsonl").read_bytes()
