@@ -6,10 +6,11 @@ store (status, results) must start fast.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,8 +118,6 @@ def needs_streaming(params: Mapping[str, Any]) -> bool:
 
 async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
     """Send one Messages request (streamed when its max_tokens requires it); raise APIFailure."""
-    import anthropic
-
     rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
     args = {
         "model": params["model"],
@@ -126,7 +125,7 @@ async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
         "messages": params["messages"],
         "extra_body": rest or None,
     }
-    try:
+    with api_errors(client.api_key):
         if needs_streaming(params):
             async with client.messages.stream(**args) as stream:
                 message = await stream.get_final_message()
@@ -135,11 +134,23 @@ async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
         raw = await client.messages.with_raw_response.create(**args)
         message = orjson.loads(raw.http_response.content)
         return Reply(message, raw.headers, raw.headers.get("request-id"))
+
+
+@contextlib.contextmanager
+def api_errors(api_key: str | None) -> Iterator[None]:
+    """SDK and transport errors of any call become APIFailure, with the API key redacted from every message."""
+    import anthropic
+    import httpx2
+
+    try:
+        yield
     except anthropic.APIStatusError as e:
-        raise failure_from_status(e, client.api_key) from None
-    except anthropic.APIConnectionError as e:
-        kind = "timeout_error" if isinstance(e, anthropic.APITimeoutError) else "api_error"
-        raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", client.api_key), type(e).__name__) from None
+        raise failure_from_status(e, api_key) from None
+    except (anthropic.APIConnectionError, httpx2.HTTPError, ConnectionError) as e:
+        kind = "timeout_error" if isinstance(e, anthropic.APITimeoutError | httpx2.TimeoutException) else "api_error"
+        raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", api_key), type(e).__name__) from None
+    except anthropic.AnthropicError as e:  # e.g. an ended batch without a results_url
+        raise APIFailure(None, "api_error", redact(str(e), api_key), type(e).__name__) from None
 
 
 def failure_from_status(e: Any, api_key: str | None) -> APIFailure:

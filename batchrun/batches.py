@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from batchrun.api import APIFailure, failure_from_status, redact
+from batchrun.api import APIFailure, api_errors, redact
 from batchrun.errors import RunLocked, UsageError
 from batchrun.lock import RunLock
 from batchrun.online import outcome_cost
@@ -625,21 +625,8 @@ class BatchEngine:
         return result
 
     async def _translate(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """SDK and transport errors as APIFailure, with the API key redacted from every message."""
-        import anthropic
-        import httpx2
-
-        try:
+        with api_errors(self.api_key):
             return await fn()
-        except anthropic.APIStatusError as e:
-            raise failure_from_status(e, self.api_key) from None
-        except (anthropic.APIConnectionError, httpx2.HTTPError, ConnectionError) as e:
-            kind = (
-                "timeout_error" if isinstance(e, anthropic.APITimeoutError | httpx2.TimeoutException) else "api_error"
-            )
-            raise APIFailure(None, kind, redact(f"{e} ({type(e).__name__})", self.api_key), type(e).__name__) from None
-        except anthropic.AnthropicError as e:  # e.g. an ended batch without a results_url
-            raise APIFailure(None, "api_error", redact(str(e), self.api_key), type(e).__name__) from None
 
     # progress
 

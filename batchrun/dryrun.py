@@ -58,21 +58,14 @@ def tally(input_path: str, job: Job) -> dict[str, ModelTally]:
 
 
 async def count_sample(client: Any, sample: list[dict[str, Any]]) -> list[int]:
-    from batchrun.api import APIFailure, failure_from_status
+    from batchrun.api import api_errors
     from batchrun.retry import retrying
 
     async def one(params: dict[str, Any]) -> int:
-        import anthropic
-
         body = {k: params[k] for k in ("model", "messages", "system", "tools", "thinking") if k in params}
         async for attempt in retrying(4, asyncio.sleep):
-            with attempt:
-                try:
-                    return (await client.messages.count_tokens(**body)).input_tokens
-                except anthropic.APIStatusError as e:
-                    raise failure_from_status(e, client.api_key) from None
-                except anthropic.APIConnectionError as e:
-                    raise APIFailure(None, "api_error", str(e), type(e).__name__) from None
+            with attempt, api_errors(client.api_key):
+                return (await client.messages.count_tokens(**body)).input_tokens
         raise AssertionError("unreachable")
 
     return list(await asyncio.gather(*(one(p) for p in sample)))
