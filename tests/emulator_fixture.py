@@ -1,103 +1,12 @@
-"""The API emulator as a subprocess, plus the `emulator_proc` / `emulator` pytest fixtures.
-
-A separate process keeps the emulator off the test's event loop, so a test that blocks (or a
-synchronous control call from inside an async test) cannot stall the server. Control calls use
-only urllib.
-"""
+"""The `emulator_proc` (one per session) and `emulator` (fresh state per test) pytest fixtures."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import selectors
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from batchrun.emulator.config import EmulatorConfig, config_to_argv
-
-READY_PREFIX = "batchrun-emulator listening on "
-START_TIMEOUT_S = 20.0
-
-
-class EmulatorProcess:
-    """`python -m batchrun.emulator --port 0` running in a subprocess."""
-
-    def __init__(self, config: EmulatorConfig | None = None, **fields: Any) -> None:
-        config = dataclasses.replace(config or EmulatorConfig())
-        config.update(**fields)
-        cmd = [sys.executable, "-m", "batchrun.emulator", "--port", "0", *config_to_argv(config)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_child_env())
-        self.base_url = self._read_base_url()
-
-    def _read_base_url(self) -> str:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = selector.select(START_TIMEOUT_S)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith(READY_PREFIX):
-            self.stop()
-            raise RuntimeError(f"emulator did not start (exit code {self.proc.returncode}, first line {line!r})")
-        return line[len(READY_PREFIX) :].strip()
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path} -> {exc.code}: {exc.read().decode()}") from None
-
-    def configure(self, **fields: Any) -> dict:
-        """Patch the running emulator's EmulatorConfig; returns the full config."""
-        return self._call("POST", "/_emulator/config", fields)
-
-    def config(self) -> dict:
-        return self._call("GET", "/_emulator/config")
-
-    def restore_defaults(self) -> dict:
-        return self.configure(**EmulatorConfig().to_dict())
-
-    def reset(self) -> None:
-        """Clear stats, rate-limit buckets, prompt cache, fault counters and batches."""
-        self._call("POST", "/_emulator/reset", {})
-
-    def stats(self) -> dict:
-        return self._call("GET", "/_emulator/stats")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> EmulatorProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def _child_env() -> dict[str, str]:
-    """Make `batchrun` importable in the child even when the package is not installed."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
-    return env
+from batchrun.emulator.process import EmulatorProcess
 
 
 @pytest.fixture(scope="session")
