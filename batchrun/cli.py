@@ -106,10 +106,20 @@ def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def open_store(db_path: str | None) -> Any:
+def db_location(db_path: str | None) -> Path:
+    return Path(db_path or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+
+
+def open_store(db_path: str | None, create: bool = False) -> Any:
+    """Only `submit` creates a database; every other command on a missing one says where it looked."""
     from batchrun.store import Store
 
-    return Store(db_path or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+    path = db_location(db_path)
+    if not create and not path.exists():
+        raise UsageError(
+            f"no batchrun database at {path} (give --db or set BATCHRUN_DB; `batchrun submit` creates one)"
+        )
+    return Store(path)
 
 
 def load_env() -> None:
@@ -175,7 +185,7 @@ def submit(
     if dry_run:
         _dry_run(items, job, emulate, backend)
         return
-    store = open_store(db_path)
+    store = open_store(db_path, create=True)
     try:
         run_id, created = prepare_run(store, items, job, run_id, new_run)
     except BatchrunError:
@@ -375,6 +385,9 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
 
     from batchrun.report import format_status, run_status
 
+    if run_id is None and not db_location(db_path).exists():
+        click.echo('{"runs": []}' if as_json else "no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
+        return
     store = open_store(db_path)
     ids = [run_id] if run_id else store.run_ids()
     statuses = [run_status(store, i) for i in ids]

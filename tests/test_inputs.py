@@ -149,3 +149,14 @@ def test_bad_job_file(submit, workdir: Path) -> None:
     job.write_text('model = "claude-haiku-4-5"\nmax_tokenz = 5\n')
     code, err = submit(path, "--job", str(job))
     assert code == 2 and "unknown key(s) max_tokenz" in err and str(job) in err
+
+
+def test_only_submit_creates_a_database(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHRUN_DB", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["status"]).output.startswith("no runs yet")
+    assert runner.invoke(cli, ["status", "--json"]).output.strip() == '{"runs": []}'
+    for args in (["resume", "r"], ["results", "r"], ["status", "r"], ["retry", "r"], ["doctor"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2 and "no batchrun database at batchrun.db" in result.stderr, args
+    assert not (workdir / "batchrun.db").exists()
