@@ -311,7 +311,7 @@ def scenario_a(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for source in ("steady", "late"):
             row += [
                 fmt(med_window(ms, source, "items_per_s"), ".2f"),
-                pct(median([(getattr(m, source) or {}).get("items_per_s", 0) / allowed_steady for m in ms])),
+                pct(median([w["items_per_s"] / allowed_steady if (w := getattr(m, source)) else None for m in ms])),
                 pct(med_window(ms, source, "share_429"), 2),
             ]
         rows.append(row)
