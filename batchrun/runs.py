@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -132,6 +130,8 @@ def process_run(
                     store, run_id, job, make_client, progress=progress, no_wait=no_wait, timeout=timeout
                 )
             else:
+                import asyncio  # here, not at the top: status and results start faster without it
+
                 message = asyncio.run(_run_online(store, run_id, job, make_client(), progress, grace))
         counts = store.counts(run_id)
         sent = store.attempt_count(run_id) - attempts_before
@@ -184,6 +184,9 @@ def stop_message(report: Any, run_id: str, job: Job) -> str | None:
 
 def _on_signals(engine: Any, grace: float) -> None:
     """First SIGINT/SIGTERM: stop feeding, give requests in flight `grace` seconds. Second: stop now."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
 
     def handler(signame: str) -> None:

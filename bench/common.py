@@ -12,15 +12,12 @@ import json
 import os
 import platform
 import random
-import selectors
 import sqlite3
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +28,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # batchrun from this checkout, installed or not
 PYTHON = sys.executable
 MODEL = "claude-haiku-4-5"
+
+from batchrun.emulator.process import EmulatorProcess  # noqa: E402 (after the path is set)
+
 API_KEY = "sk-ant-bench-not-a-real-key-0000000000"
-READY_PREFIX = "batchrun-emulator listening on "
 
 # Words for prompts: each word plus its space is about one emulator token (4 characters).
 _TEXT = (
@@ -57,66 +56,9 @@ def child_env(base_url: str | None = None) -> dict[str, str]:
 # ---- the emulator -------------------------------------------------------------------------------
 
 
-class Emulator:
-    """`python -m batchrun.emulator --port 0 --no-track-keys ...` in its own process (its own core)."""
-
-    def __init__(self, **config: Any) -> None:
-        argv = ["--no-track-keys"]
-        for name, value in config.items():
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "batchrun.emulator", "--port", "0", *argv],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=child_env(),
-        )
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith(READY_PREFIX):
-            self.stop()
-            raise RuntimeError(f"emulator did not start (first line {line!r})")
-        self.base_url = line[len(READY_PREFIX) :].strip()
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path} -> {exc.code}: {exc.read().decode()}") from None
-
-    def reset(self) -> None:
-        self._call("POST", "/_emulator/reset", {})
-
-    def stats(self) -> dict:
-        return self._call("GET", "/_emulator/stats")
-
-    def configure(self, **fields: Any) -> dict:
-        return self._call("POST", "/_emulator/config", fields)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> Emulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def Emulator(**config: Any) -> EmulatorProcess:
+    """The emulator in its own process (so on 2 cores, its own core), keeping no per-request records."""
+    return EmulatorProcess(track_keys=False, **config)
 
 
 class StatsPoller:
