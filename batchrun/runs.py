@@ -120,8 +120,6 @@ def process_run(
         message = None
         attempts_before = store.attempt_count(run_id)
         if todo:
-            if job.mode not in ("online", "batch"):
-                raise UsageError(f"run {run_id} uses mode {job.mode!r}, which this version cannot process yet")
             store.set_run_status(run_id, "running")
             if job.mode == "batch":
                 from batchrun.batches import run_batches
