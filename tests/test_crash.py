@@ -239,3 +239,19 @@ def test_changed_input_file_is_refused_while_its_run_is_unfinished(workdir: Path
     assert emulator.stats()["requests"] == 0
     assert batchrun(["submit", str(items), "--model", MODEL, "--new-run"], cwd=workdir, env=env).returncode == 0
     assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM runs") == [(2,)]
+
+
+def test_doctor_finds_inconsistent_rows(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(4))
+    env = cli_env(emulator.base_url)
+    assert batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r"], cwd=workdir, env=env).returncode == 0
+    assert_store_sound(workdir, env)
+    conn = sqlite3.connect(workdir / "batchrun.db")
+    conn.execute("UPDATE items SET result = NULL WHERE line_no = 2")
+    conn.execute("UPDATE items SET state = 'pending' WHERE line_no = 3")
+    conn.commit()
+    conn.close()
+    doctor = batchrun(["doctor"], cwd=workdir, env=env)
+    assert doctor.returncode == 1
+    assert "1 succeeded items without a result" in doctor.stdout
+    assert "1 pending items holding a result" in doctor.stdout
