@@ -40,3 +40,21 @@ class RunLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = None
+
+
+def lock_holder(db_path: str | Path, run_id: str) -> str | None:
+    """Who holds the run's lock right now (pid and host), or None when no process does."""
+    path = Path(f"{db_path}.locks") / f"{run_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from batchrun.lock import lock_holder
 from batchrun.pricing import PRICES_TAKEN, cost, total_cost
 from batchrun.runs import load_run
 from batchrun.store import Store
@@ -17,7 +18,7 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
     tokens = {k: sum(row[k] or 0 for row in usage) for k in ("input", "output", "cache_creation", "cache_read")}
     return {
         "run_id": run_id,
-        "status": run["status"],
+        "status": _live_status(store, run_id, run["status"]),
         "mode": run["mode"],
         "input_path": run["input_path"],
         "total": run["total"],
@@ -96,3 +97,11 @@ def format_batch(b: dict[str, Any]) -> str:
     line += f"; created {b['created_at']}"
     line += f", ended {b['ended_at']}" if b["ended_at"] else f", expires {b['expires_at']}"
     return line + (" (adopted after a crash)" if b["adopted"] else "")
+
+
+def _live_status(store: Store, run_id: str, recorded: str) -> str:
+    """A run recorded as running whose lock nobody holds was left by a process that died."""
+    if recorded != "running":
+        return recorded
+    holder = lock_holder(store.path, run_id)
+    return f"running ({holder})" if holder else "interrupted (its process died; `batchrun resume` continues it)"

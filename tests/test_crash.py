@@ -141,6 +141,8 @@ def test_two_processes_on_one_run_the_second_exits_75(workdir: Path, emulator) -
     wait_until(lambda: succeeded(db) >= 5)
     second = batchrun(["resume", "r"], cwd=workdir, env=env)
     assert second.returncode == 75
+    status = orjson.loads(batchrun(["status", "r", "--json"], cwd=workdir, env=env).stdout)
+    assert status["status"] == f"running (pid {first.pid} on {socket.gethostname()})"
     assert f"pid {first.pid}" in second.stderr and "try again" in second.stderr
     # a different run in the same database proceeds at once
     other = write_jsonl(workdir / "other.jsonl", prompts(5, prefix="other"))

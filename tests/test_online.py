@@ -138,6 +138,8 @@ def test_sigkill_mid_run_then_resume_never_resends_a_finished_item(workdir: Path
     in_flight = db_rows(db, "SELECT count(*) FROM items WHERE state = 'in_flight'")[0][0]
     assert in_flight > 0  # the kill really happened mid-run
     params = stored_params(db)
+    status = orjson.loads(batchrun(["status", "r1", "--json"], cwd=workdir, env=env).stdout)
+    assert status["status"].startswith("interrupted (its process died")
     emulator.reset()
     emulator.configure(latency_ms=1)
     resumed = batchrun(["resume", "r1", "-o", "out.jsonl"], cwd=workdir, env=env)
