@@ -127,16 +127,25 @@ class Engine:
 
     async def _worker(self) -> None:
         while (item := await self.queue.get()) is not None:
-            if self.stopping.is_set():
-                outcome = Outcome(self.run_id, item.line_no, PENDING)
-            else:
-                outcome = await self._process(item)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            await self.results.put((outcome, done))
-            await done
+            attempts: list[Attempt] = []
+            try:
+                if self.stopping.is_set():
+                    outcome = Outcome(self.run_id, item.line_no, PENDING)
+                else:
+                    outcome = await self._process(item, attempts)
+            except asyncio.CancelledError:
+                # aborted mid-request: the item goes back to pending, and the request it sent stays on record
+                self._commit_later(Outcome(self.run_id, item.line_no, PENDING, attempts=attempts))
+                raise
+            await self._commit_later(outcome)
 
-    async def _process(self, item: ClaimedItem) -> Outcome:
-        attempts: list[Attempt] = []
+    def _commit_later(self, outcome: Outcome) -> asyncio.Future[None]:
+        """Hand an outcome to the writer; the future resolves once it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.results.put_nowait((outcome, done))
+        return done
+
+    async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):
                 with attempt:
@@ -188,6 +197,9 @@ class Engine:
         started = time.time()
         try:
             reply = await send(self.client, item.params)
+        except asyncio.CancelledError:
+            attempts.append(Attempt(started, time.time() - started, "aborted"))
+            raise
         except APIFailure as failure:
             self.limiter.release(reservation, None)
             self.limiter.observe(failure.headers)

@@ -99,6 +99,8 @@ def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulat
     assert time.monotonic() - sent <= 2 + 1
     assert "SIGTERM" in err and "resume r" in err
     assert db_rows(db, "SELECT count(*) FROM items WHERE state = 'in_flight'") == [(0,)]
+    # the 8 requests cut off at the end of the grace period were sent, maybe paid: they stay on record
+    assert db_rows(db, "SELECT count(*) FROM attempts WHERE outcome = 'aborted'") == [(8,)]
     done = succeeded(db)
     emulator.configure(latency_ms=0)
     resumed = batchrun(["resume", "r", "-o", "out.jsonl"], cwd=workdir, env=env)
