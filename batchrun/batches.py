@@ -43,7 +43,7 @@ import orjson
 from batchrun.api import APIFailure, api_errors, redact
 from batchrun.errors import RunLocked, UsageError
 from batchrun.lock import RunLock
-from batchrun.online import outcome_cost
+from batchrun.pricing import usage_cost
 from batchrun.retry import retrying
 from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, Outcome, Store
 
@@ -496,7 +496,7 @@ class BatchEngine:
             outcome = self._outcome(member[0], member[1], line.get("result") or {}, started, seconds)
             if outcome.state == SUCCEEDED:
                 part.succeeded += 1
-                part.usd += outcome_cost(outcome, self.job.prices)
+                part.usd += usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices) or 0.0
             elif outcome.state == FAILED:
                 part.failed += 1
             elif outcome.attempts:

@@ -306,7 +306,6 @@ def _process(
 ) -> None:
     from batchrun.runs import process_run
 
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     with ExitStack() as stack:
         make_client = _client_factory(stack, emulate, backend)
         ending = process_run(
@@ -318,7 +317,7 @@ def _process(
             use_cache=not no_cache,
             no_wait=no_wait,
             timeout=timeout,
-            overrides=given,
+            overrides=overrides,
         )
     _report_ending(store, run_id, ending, output)
 

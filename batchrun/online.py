@@ -18,7 +18,7 @@ import orjson
 from batchrun.api import APIFailure, Reply, send
 from batchrun.caching import prefix_key
 from batchrun.limiter import Limiter, estimate_input_tokens
-from batchrun.pricing import cost
+from batchrun.pricing import usage_cost
 from batchrun.retry import retrying
 from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, ClaimedItem, Outcome, Store
 
@@ -253,22 +253,11 @@ class Engine:
             return
         ok = sum(1 for o, _ in group if o.state == SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == FAILED)
-        usd = sum(outcome_cost(o, self.job.prices) for o, _ in group if o.state == SUCCEEDED)
+        usd = sum(
+            usage_cost(o.model or "", o.via, o.usage, self.job.prices) or 0.0 for o, _ in group if o.state == SUCCEEDED
+        )
         if ok or bad:
             self.progress.update(ok, bad, usd)
-
-
-def outcome_cost(outcome: Outcome, prices: dict[str, dict[str, float]]) -> float:
-    u = outcome.usage
-    row = {
-        "model": outcome.model or "",
-        "via": outcome.via,
-        "input": u.get("input_tokens") or 0,
-        "output": u.get("output_tokens") or 0,
-        "cache_creation": u.get("cache_creation_input_tokens") or 0,
-        "cache_read": u.get("cache_read_input_tokens") or 0,
-    }
-    return cost(row, prices) or 0.0
 
 
 def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[Attempt]) -> Outcome:

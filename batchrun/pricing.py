@@ -42,6 +42,21 @@ def cost(row: Mapping[str, Any], overrides: Mapping[str, Mapping[str, float]] | 
     return usd * (BATCH_DISCOUNT if row["via"] == "batch" else 1.0)
 
 
+def usage_cost(
+    model: str, via: str, usage: Mapping[str, Any], overrides: Mapping[str, Mapping[str, float]] | None = None
+) -> float | None:
+    """Cost in USD of one API `usage` object (input_tokens, output_tokens, cache_*_input_tokens)."""
+    row = {
+        "model": model,
+        "via": via,
+        "input": usage.get("input_tokens") or 0,
+        "output": usage.get("output_tokens") or 0,
+        "cache_creation": usage.get("cache_creation_input_tokens") or 0,
+        "cache_read": usage.get("cache_read_input_tokens") or 0,
+    }
+    return cost(row, overrides)
+
+
 def total_cost(
     rows: Iterable[Mapping[str, Any]],
     overrides: Mapping[str, Mapping[str, float]] | None = None,

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from batchrun.emulate import emulator  # noqa: E402
-from batchrun.pricing import cost  # noqa: E402
+from batchrun.pricing import usage_cost  # noqa: E402
 
 MODEL = "claude-sonnet-4-6"
 
@@ -38,19 +38,11 @@ def control(url: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-def usage_cost(stats: dict) -> float:
+def stats_cost(stats: dict) -> float:
     total = 0.0
     for via, key in (("online", "messages"), ("batch", "batches")):
-        for model, u in stats["usage"].get(key, {}).items():
-            row = {
-                "model": model,
-                "via": via,
-                "input": u["input_tokens"],
-                "output": u["output_tokens"],
-                "cache_creation": u["cache_creation_input_tokens"],
-                "cache_read": u["cache_read_input_tokens"],
-            }
-            total += cost(row) or 0.0
+        for model, usage in stats["usage"].get(key, {}).items():
+            total += usage_cost(model, via, usage) or 0.0
     return total
 
 
@@ -147,7 +139,7 @@ def main() -> None:
             for name, run in ways.items():
                 control(url, "/_emulator/reset", {})
                 run(url)
-                results[name] = usage_cost(control(url, "/_emulator/stats"))
+                results[name] = stats_cost(control(url, "/_emulator/stats"))
     base = results["tutorial (gather + Semaphore(20), no caching)"]
     print(f"{args.items}-ticket triage job, {MODEL}, ~3,100-token shared policy, max_tokens 8")
     for name, usd in results.items():
