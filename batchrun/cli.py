@@ -44,18 +44,22 @@ def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where requests go and how: options of every command that talks to the API."""
+    fn = click.option(
+        "--backend",
+        type=click.Choice(["aiohttp", "httpx"]),
+        default="aiohttp",
+        show_default=True,
+        help="HTTP stack of the Anthropic SDK.",
+    )(fn)
+    return click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API.")(fn)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options of every command that sends requests."""
+    """Options of every command that processes a run."""
     for option in reversed(
         [
-            click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API."),
-            click.option(
-                "--backend",
-                type=click.Choice(["aiohttp", "httpx"]),
-                default="aiohttp",
-                show_default=True,
-                help="HTTP stack of the Anthropic SDK.",
-            ),
             click.option(
                 "--grace",
                 type=float,
@@ -78,7 +82,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ]
     ):
         fn = option(fn)
-    return fn
+    return client_options(fn)
 
 
 def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -255,8 +259,7 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     type=click.FloatRange(0),
     help="Stop waiting for the canceled batches to end after this many seconds (exit 3; cancel again collects).",
 )
-@click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API.")
-@click.option("--backend", type=click.Choice(["aiohttp", "httpx"]), default="aiohttp", show_default=True)
+@client_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results collected so far here.")
 @db_option
