@@ -6,8 +6,10 @@ store (status, results) must start fast.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -36,7 +38,10 @@ ERROR_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+STATUS_OF_TYPE = {t: s for s, t in ERROR_TYPES.items() if s != 422} | {"timeout_error": 504}
 BACKENDS = ("aiohttp", "httpx")
+MAX_RETRY_AFTER_S = 600.0  # a server hint beyond this (or garbage: inf, nan, negative) is not trusted
+STREAMED_DEADLINE_S = 3600.0  # the least total time a streamed (long) request is given
 
 
 @dataclass(slots=True)
@@ -58,8 +63,10 @@ class APIFailure(Exception):
         retry_after: float | None = None,
         request_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(f"{status or 'no response'} {error_type}: {message}")
+        self._retryable = retryable
         self.status = status
         self.error_type = error_type
         self.message = message
@@ -70,7 +77,14 @@ class APIFailure(Exception):
 
     @property
     def retryable(self) -> bool:
+        if self._retryable is not None:
+            return self._retryable
         return self.status is None or self.status in RETRYABLE_STATUS
+
+    @property
+    def api_wide(self) -> bool:
+        """An error of the API itself (overloaded, rate limited), not of this request: never an item's fault."""
+        return self.status in (429, 529)
 
     @property
     def fatal(self) -> bool:
@@ -116,8 +130,12 @@ def needs_streaming(params: Mapping[str, Any]) -> bool:
     return 3600 * max_tokens / 128_000 > 600 or (limit is not None and max_tokens > limit)
 
 
-async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
-    """Send one Messages request (streamed when its max_tokens requires it); raise APIFailure."""
+async def send(client: AsyncAnthropic, params: dict[str, Any], deadline: float = 600.0) -> Reply:
+    """Send one Messages request (streamed when its max_tokens requires it); raise APIFailure.
+
+    `deadline` bounds the whole request, not just each read: a server that trickles a byte now and then
+    would otherwise hold a worker forever. Streamed requests get at least STREAMED_DEADLINE_S.
+    """
     rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
     args = {
         "model": params["model"],
@@ -125,15 +143,61 @@ async def send(client: AsyncAnthropic, params: dict[str, Any]) -> Reply:
         "messages": params["messages"],
         "extra_body": rest or None,
     }
+    streamed = needs_streaming(params)
+    limit = max(deadline, STREAMED_DEADLINE_S) if streamed else deadline
     with api_errors(client.api_key):
-        if needs_streaming(params):
-            async with client.messages.stream(**args) as stream:
-                message = await stream.get_final_message()
-                headers = stream.response.headers
-            return Reply(message.to_dict(mode="json"), headers, headers.get("request-id"))
-        raw = await client.messages.with_raw_response.create(**args)
-        message = orjson.loads(raw.http_response.content)
-        return Reply(message, raw.headers, raw.headers.get("request-id"))
+        try:
+            async with asyncio.timeout(limit):
+                if streamed:
+                    async with client.messages.stream(**args) as stream:
+                        message = (await stream.get_final_message()).to_dict(mode="json")
+                        headers = stream.response.headers
+                else:
+                    raw = await client.messages.with_raw_response.create(**args)
+                    headers = raw.headers
+                    message = _message(raw.http_response.content, headers)
+        except TimeoutError:
+            raise APIFailure(
+                None, "timeout_error", f"no complete reply within {limit:g}s", "RequestDeadline", retryable=True
+            ) from None
+    return Reply(message, headers, headers.get("request-id"))
+
+
+def _message(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The reply as a dict, checked to be a Message: a 200 with another body is the API's fault, and retried."""
+    try:
+        message = orjson.loads(body)
+        problem = _message_problem(message)
+    except orjson.JSONDecodeError as e:
+        problem = f"not JSON ({e})"
+    if problem is not None:
+        raise APIFailure(
+            200,
+            "api_error",
+            f"the API answered 200 with a body that is not a Message: {problem}",
+            "MalformedReply",
+            request_id=headers.get("request-id"),
+            headers=headers,
+            retryable=True,
+        )
+    return message
+
+
+def _message_problem(message: Any) -> str | None:
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return "no message object"
+    if not isinstance(message.get("content"), list):
+        return "content is not a list"
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return "no usage object"
+    for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        value = usage.get(key)
+        if value is None and key.startswith("cache"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"usage.{key} is {value!r}, not a whole number"
+    return None
 
 
 @contextlib.contextmanager
@@ -158,6 +222,8 @@ def failure_from_status(e: Any, api_key: str | None) -> APIFailure:
     body = e.body if isinstance(e.body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     error_type = error.get("type") or ERROR_TYPES.get(status, "api_error")
+    if status < 400:  # an error event after a 200 began streaming: it is what its type says
+        status = STATUS_OF_TYPE.get(error_type, 500)
     message = error.get("message") or e.message
     headers = e.response.headers
     return APIFailure(
@@ -172,25 +238,36 @@ def failure_from_status(e: Any, api_key: str | None) -> APIFailure:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asked us to wait: `retry-after-ms`, then `retry-after` (seconds or an HTTP date)."""
+    """Seconds the server asked us to wait: `retry-after-ms`, then `retry-after` (seconds or an HTTP date).
+
+    Capped at MAX_RETRY_AFTER_S; a value that is not a finite, non-negative number is treated as absent.
+    """
     value = headers.get("retry-after-ms")
     if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
+        seconds = _seconds(value, scale=1000)
+        if seconds is not None:
+            return seconds
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
+
+
+def _seconds(value: str, scale: float = 1.0) -> float | None:
+    try:
+        seconds = float(value) / scale
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(MAX_RETRY_AFTER_S, seconds)
 
 
 def redact(text: str, api_key: str | None) -> str:

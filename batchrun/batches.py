@@ -31,7 +31,6 @@ import functools
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,19 +40,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from batchrun.api import APIFailure, api_errors, redact
-from batchrun.errors import RunLocked, UsageError
+from batchrun.errors import RunLocked
+from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
 from batchrun.lock import RunLock
 from batchrun.pricing import usage_cost
 from batchrun.retry import retrying
-from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, Outcome, Store
+from batchrun.signals import on_signals
+from batchrun.store import Attempt, Outcome, State, Store
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
     from anthropic.types.messages import MessageBatch
 
     from batchrun.job import Job
-    from batchrun.progress import Progress
-    from batchrun.runs import Ending
 
 T = TypeVar("T")
 
@@ -76,10 +75,6 @@ LOCK_WAIT_S = 120.0  # how long `batchrun cancel` waits for a process polling th
 # after the API returned a created batch and before its id is stored -- the one moment at which a crash
 # would pay for a batch twice if resume did not reconcile. tests/test_batches.py sets it; nothing else may.
 CRASH_AFTER_CREATE = "BATCHRUN_TEST_CRASH_AFTER_CREATE"
-
-
-class Stopped(Exception):
-    """The process stops here (signal, cancel, timeout, an API failure); the run stays resumable."""
 
 
 def plan_cuts(sizes: Iterable[tuple[int, int]], max_items: int, max_bytes: int) -> list[tuple[int, int, int, int]]:
@@ -128,7 +123,7 @@ class BatchEngine:
         job: Job,
         client: AsyncAnthropic,
         *,
-        show: bool = True,
+        events: Listener = ignore,
         no_wait: bool = False,
         timeout: float | None = None,
         honour_cancel: bool = True,
@@ -137,7 +132,7 @@ class BatchEngine:
         self.run_id = run_id
         self.job = job
         self.client = client
-        self.show = show
+        self.events = events
         self.no_wait = no_wait
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -148,27 +143,30 @@ class BatchEngine:
         self.poll_max = max(self.poll_min, job.poll_max_interval)
         self.api_key = getattr(client, "api_key", None)
         self.stopping = asyncio.Event()
-        self.stop_message: str | None = None
         self.canceled_items = 0
-        self.progress: Progress | None = None
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
     # the run
 
-    async def run(self) -> str | None:
+    async def run(self) -> Stop | None:
         """Process the run until every item has its result, or until it must stop; returns why it stopped."""
-        self._open_progress()
         try:
             return await self._run()
-        except Stopped as stop:
-            return str(stop)
+        except Stopped as stopped:
+            return stopped.stop
         finally:
             self.close()
 
-    async def _run(self) -> str | None:
+    def emit(self, kind: str, **detail: Any) -> None:
+        self.events(Event(kind, self.run_id, detail))
+
+    def stop_with(self, reason: StopReason, **detail: Any) -> Stopped:
+        return Stopped(Stop(reason, self.run_id, detail))
+
+    async def _run(self) -> Stop | None:
         stray = self.store.release_stray_in_flight(self.run_id)
         if stray:
-            self.log(f"{stray} item(s) in flight outside any open batch are pending again")
+            self.emit("stray_released", items=stray)
         for row in self.store.batches(self.run_id, open_only=True):
             if row["id"] is None:
                 await self._create(row, reconcile=True)
@@ -178,45 +176,34 @@ class BatchEngine:
             self._check_stop()
             if not self.store.batches(self.run_id, open_only=True):
                 if self.canceled_items:
-                    return (
-                        f"a batch of this run was canceled: {self.canceled_items} item(s) it did not process are "
-                        f"pending again (`batchrun resume {self.run_id}` sends them)"
-                    )
-                if not self.store.counts(self.run_id)[PENDING]:
+                    return Stop(StopReason.BATCH_CANCELED, self.run_id, {"items": self.canceled_items})
+                if not self.store.counts(self.run_id)[State.PENDING]:
                     return None
                 await self._submit_pending()
                 interval = self.poll_min
             if self.no_wait:
-                return self._still_open("--no-wait")
+                return self._still_open(StopReason.NO_WAIT)
             if self.deadline is not None and time.monotonic() >= self.deadline:
-                return self._still_open(f"--timeout {self.timeout:g}s reached")
+                return self._still_open(StopReason.TIMEOUT)
             self._report_poll(interval)
             await self._pause(interval / 2 + random.uniform(0, interval / 2))
             interval = min(self.poll_max, interval * POLL_GROWTH)
 
-    def interrupt(self, message: str) -> None:
+    def interrupt(self) -> None:
         """A signal: stop at the next safe point (after a create's id is stored, between result chunks)."""
-        if self.stop_message is None:
-            self.stop_message = message
         self.stopping.set()
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
 
     def _check_signal(self) -> None:
         if self.stopping.is_set():
-            raise Stopped(self.stop_message or "stopped")
+            raise self.stop_with(StopReason.INTERRUPTED, batches=True)
 
     def _check_stop(self) -> None:
         self._check_signal()
         if self.honour_cancel and self.store.cancel_requested(self.run_id):
-            raise Stopped(
-                "stopped: `batchrun cancel` was asked for this run; it cancels the batches and stores what they "
-                f"finished (`batchrun resume {self.run_id}` sends the rest later)"
-            )
+            raise self.stop_with(StopReason.CANCEL_REQUESTED)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, cut short by a signal, a cancel request or the --timeout deadline."""
@@ -231,13 +218,9 @@ class BatchEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), min(left, CANCEL_CHECK_S))
 
-    def _still_open(self, why: str) -> str:
+    def _still_open(self, reason: StopReason) -> Stop:
         open_ids = [row["id"] for row in self.store.batches(self.run_id, open_only=True) if row["id"]]
-        shown = ", ".join(open_ids[:5]) + (f" and {len(open_ids) - 5} more" if len(open_ids) > 5 else "")
-        return (
-            f"{why}: {len(open_ids)} batch(es) still processing at Anthropic ({shown}); "
-            f"`batchrun resume {self.run_id}` collects their results when they end"
-        )
+        return Stop(reason, self.run_id, {"open": open_ids, "timeout": self.timeout})
 
     # creating batches
 
@@ -248,8 +231,7 @@ class BatchEngine:
         follow_up = bool(self.store.batches(self.run_id))
         rows = self.store.add_batch_plans(self.run_id, plans, time.time())
         items = sum(p[2] for p in plans)
-        kind = "follow-up batch(es) for items to send again" if follow_up else "batch(es)"
-        self.log(f"{self.run_id}: {items} item(s) planned in {len(rows)} {kind}")
+        self.emit("batches_planned", items=items, batches=len(rows), follow_up=follow_up)
         for i, row in enumerate(rows):
             try:
                 self._check_stop()
@@ -285,10 +267,7 @@ class BatchEngine:
                         listing = False
                         if found is not None:
                             self.store.batch_created(self.run_id, seq, found.to_dict(mode="json"), adopted=True)
-                            self.log(
-                                f"{self.run_id}: batch {seq}: adopted {found.id} ({row['n_items']} requests), "
-                                "created before the process that planned it stopped; nothing was sent again"
-                            )
+                            self.emit("batch_adopted", seq=seq, id=found.id, requests=row["n_items"])
                             return
                     # From here on a failure may leave open whether the API created the batch: look first.
                     reconcile = True
@@ -299,26 +278,25 @@ class BatchEngine:
         except APIFailure as failure:
             if failure.retryable or listing:  # the batch may exist: keep the plan for a reconcile
                 self.store.set_batch_error(self.run_id, seq, str(failure))
-                raise Stopped(
-                    f"stopped: could not create batch {seq}: {failure.status or 'no response'} {failure.error_type}: "
-                    f"{failure.message} (`batchrun resume {self.run_id}` checks whether it was created, then "
-                    "creates it if not)"
-                ) from None
+                raise self.stop_with(StopReason.CREATE_FAILED, seq=seq, **_failure(failure)) from None
             # The API refused it: no batch exists; its items go back to pending.
             self.store.release_batch(self.run_id, seq)
             self.store.close_batch(self.run_id, seq, status="not_created", error=str(failure))
-            raise Stopped(
-                f"stopped: the API refused batch {seq} ({row['n_items']} requests, {row['n_bytes']:,} bytes): "
-                f"{failure.status} {failure.error_type}: {failure.message} (its items are pending again; fix the "
-                f"cause, then `batchrun resume {self.run_id}`)"
+            raise self.stop_with(
+                StopReason.CREATE_REFUSED, seq=seq, requests=row["n_items"], bytes=row["n_bytes"], **_failure(failure)
             ) from None
         assert batch is not None
         if os.environ.get(CRASH_AFTER_CREATE) == "1":  # test hook, see CRASH_AFTER_CREATE
             os.kill(os.getpid(), signal.SIGKILL)
         self.store.batch_created(self.run_id, seq, batch.to_dict(mode="json"))
-        self.log(
-            f"{self.run_id}: batch {seq}: created {batch.id} with {row['n_items']} requests "
-            f"({row['n_bytes']:,} bytes, items {row['first_custom_id']} .. {row['last_custom_id']})"
+        self.emit(
+            "batch_created",
+            seq=seq,
+            id=batch.id,
+            requests=row["n_items"],
+            bytes=row["n_bytes"],
+            first=row["first_custom_id"],
+            last=row["last_custom_id"],
         )
 
     async def _post_batch(self, row: dict[str, Any]) -> MessageBatch:
@@ -403,26 +381,26 @@ class BatchEngine:
                 with attempt:
                     await self._translate(lambda: self._ingest(row, batch, tally))
         except APIFailure as failure:
-            raise Stopped(
-                f"stopped: could not read the results of {batch.id}: {failure.status or 'no response'} "
-                f"{failure.error_type}: {failure.message} (what was read is stored; `batchrun resume "
-                f"{self.run_id}` reads the rest)"
+            raise self.stop_with(
+                StopReason.API_CALL_FAILED, what=f"read the results of {batch.id}", **_failure(failure)
             ) from None
         missing = self.store.release_batch(self.run_id, row["seq"])
         self.store.close_batch(self.run_id, row["seq"])
         self.canceled_items += tally.canceled
-        seconds = time.monotonic() - started
-        c = batch.request_counts
-        self.log(
-            f"{self.run_id}: batch {row['seq']} {batch.id} ended: {c.succeeded} succeeded, {c.errored} errored, "
-            f"{c.expired} expired, {c.canceled} canceled; {tally.stored} result(s) stored in {seconds:.2f}s "
-            f"({tally.stored / max(seconds, 1e-9):,.0f}/s): {tally.succeeded} succeeded, {tally.failed} failed "
-            f"for good, {tally.again} to send again, {tally.canceled} canceled"
+        self.emit(
+            "batch_ended",
+            seq=row["seq"],
+            id=batch.id,
+            counts=batch.request_counts.to_dict(),
+            seconds=time.monotonic() - started,
+            stored=tally.stored,
+            succeeded=tally.succeeded,
+            failed=tally.failed,
+            again=tally.again,
+            canceled=tally.canceled,
+            missing=missing,
+            stray=tally.stray,
         )
-        if missing:
-            self.log(f"{self.run_id}: {missing} item(s) of {batch.id} had no result: pending again")
-        if tally.stray:
-            self.log(f"{self.run_id}: {tally.stray} result(s) of {batch.id} matched no item waiting in it: ignored")
 
     async def _ingest(self, row: dict[str, Any], batch: MessageBatch, tally: Tally) -> None:
         """Stream the results file: lines are parsed and stored by the store's thread, one transaction per
@@ -475,8 +453,8 @@ class BatchEngine:
         tally.stray += part.stray
         tally.lines += part.lines
         tally.usd += part.usd
-        if self.progress is not None and (part.succeeded or part.failed):
-            self.progress.update(part.succeeded, part.failed, part.usd)
+        if part.succeeded or part.failed:
+            self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd)
 
     def _write_chunk(self, seq: int, lines: list[bytes], started: float, seconds: float) -> Tally:
         """On the store's thread: decide each result's outcome and record the chunk in one transaction."""
@@ -494,10 +472,10 @@ class BatchEngine:
                 part.stray += 1
                 continue
             outcome = self._outcome(member[0], member[1], line.get("result") or {}, started, seconds)
-            if outcome.state == SUCCEEDED:
+            if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
                 part.usd += usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices) or 0.0
-            elif outcome.state == FAILED:
+            elif outcome.state == State.FAILED:
                 part.failed += 1
             elif outcome.attempts:
                 part.again += 1
@@ -516,7 +494,7 @@ class BatchEngine:
             return Outcome(
                 self.run_id,
                 line_no,
-                SUCCEEDED,
+                State.SUCCEEDED,
                 via="batch",
                 result=orjson.dumps({"type": "succeeded", "message": message}).decode(),
                 usage=message.get("usage") or {},
@@ -531,12 +509,12 @@ class BatchEngine:
             request_id = envelope.get("request_id")
             attempt = Attempt(started, seconds, error_type, request_id=request_id)
             if error_type in RETRYABLE_RESULT_ERRORS and not last_try:
-                return Outcome(self.run_id, line_no, PENDING, attempts=[attempt])
+                return Outcome(self.run_id, line_no, State.PENDING, attempts=[attempt])
             body = {"type": "error", "error": {"type": error_type, "message": text}, "request_id": request_id}
             return Outcome(
                 self.run_id,
                 line_no,
-                FAILED,
+                State.FAILED,
                 via="batch",
                 result=orjson.dumps({"type": "errored", "error": body}).decode(),
                 error_type=error_type,
@@ -547,11 +525,11 @@ class BatchEngine:
         if kind == "expired":
             attempt = Attempt(started, seconds, "expired")
             if not last_try:
-                return Outcome(self.run_id, line_no, PENDING, attempts=[attempt])
+                return Outcome(self.run_id, line_no, State.PENDING, attempts=[attempt])
             return Outcome(
                 self.run_id,
                 line_no,
-                FAILED,
+                State.FAILED,
                 via="batch",
                 result=orjson.dumps({"type": "expired"}).decode(),
                 error_type="expired",
@@ -559,7 +537,7 @@ class BatchEngine:
                 attempts=[attempt],
             )
         # canceled (or a type this version does not know): not processed, so no attempt is counted
-        return Outcome(self.run_id, line_no, PENDING)
+        return Outcome(self.run_id, line_no, State.PENDING)
 
     # cancel
 
@@ -587,14 +565,14 @@ class BatchEngine:
                     stop_on_failure=False,
                 )
             except APIFailure as failure:  # e.g. it ended meanwhile: the next retrieve says how
-                self.log(f"{self.run_id}: cancel {row['id']}: {failure}")
+                self.emit("cancel_failed", id=row["id"], error=str(failure))
                 continue
             self.store.update_batch(self.run_id, row["seq"], batch.to_dict(mode="json"))
-            self.log(f"{self.run_id}: batch {row['seq']} {row['id']}: {batch.processing_status}")
+            self.emit("batch_status", seq=row["seq"], id=row["id"], status=batch.processing_status)
             canceled += 1
         return canceled
 
-    async def drain(self) -> str | None:
+    async def drain(self) -> Stop | None:
         """Wait until every open batch has ended and store what it finished."""
         interval = self.poll_min
         while True:
@@ -602,7 +580,7 @@ class BatchEngine:
             if not self.store.batches(self.run_id, open_only=True):
                 return None
             if self.deadline is not None and time.monotonic() >= self.deadline:
-                return self._still_open(f"--timeout {self.timeout:g}s reached while batches were being canceled")
+                return self._still_open(StopReason.CANCEL_TIMEOUT)
             self._report_poll(interval)
             await self._pause(interval / 2 + random.uniform(0, interval / 2))
             interval = min(self.poll_max, interval * POLL_GROWTH)
@@ -618,10 +596,7 @@ class BatchEngine:
         except APIFailure as failure:
             if not stop_on_failure:
                 raise
-            raise Stopped(
-                f"stopped: could not {what}: {failure.status or 'no response'} {failure.error_type}: "
-                f"{failure.message} (batches keep processing; `batchrun resume {self.run_id}` tries again)"
-            ) from None
+            raise self.stop_with(StopReason.API_CALL_FAILED, what=what, **_failure(failure)) from None
         return result
 
     async def _translate(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -630,128 +605,73 @@ class BatchEngine:
 
     # progress
 
-    def _open_progress(self) -> None:
-        from batchrun.progress import Progress
-
-        counts = self.store.counts(self.run_id)
-        done = counts[SUCCEEDED] + counts[FAILED]
-        self.progress = Progress(sum(counts.values()), done, label=self.run_id, enabled=self.show)
-
-    def log(self, text: str) -> None:
-        if not self.show:
-            return
-        bar = self.progress.bar if self.progress is not None else None
-        if bar is not None:
-            bar.write(f"batchrun: {text}", file=sys.stderr)
-        else:
-            print(f"batchrun: {text}", file=sys.stderr, flush=True)
-
     def _report_poll(self, interval: float) -> None:
         rows = [row for row in self.store.batches(self.run_id, open_only=True) if row["id"]]
-        if not rows or not self.show:
-            return
-        summary = ", ".join(f"{row['id']} {row['processing_status']}" for row in rows[:3])
-        if len(rows) > 3:
-            summary += f" and {len(rows) - 3} more"
-        processing = sum((row["request_counts"] or {}).get("processing", 0) for row in rows)
-        if self.progress is not None and self.progress.bar is not None:
-            self.progress.update(batches=f"{len(rows)} open, {processing} processing")
-        else:
-            self.log(f"{self.run_id}: {summary}; {processing} request(s) processing; next check in ~{interval:.3g}s")
+        if rows:
+            self.emit(
+                "batches_waiting",
+                batches=[(row["id"], row["processing_status"], row["request_counts"] or {}) for row in rows],
+                next_check=interval,
+            )
 
 
-def run_batches(
+def _failure(failure: APIFailure) -> dict[str, Any]:
+    return {"status": failure.status, "error_type": failure.error_type, "message": failure.message}
+
+
+async def run_batches(
     store: Store,
     run_id: str,
     job: Job,
-    make_client: Callable[[], Any],
+    client: AsyncAnthropic,
+    events: Listener = ignore,
     *,
-    progress: bool = True,
     no_wait: bool = False,
     timeout: float | None = None,
-) -> str | None:
-    """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did."""
+) -> Stop | None:
+    """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did.
+
+    A signal never cancels a batch: the first stops at the next safe point, a second at once."""
     store.clear_cancel(run_id)
-    return asyncio.run(_run(store, run_id, job, make_client(), progress, no_wait, timeout))
-
-
-async def _run(
-    store: Store, run_id: str, job: Job, client: Any, show: bool, no_wait: bool, timeout: float | None
-) -> str | None:
-    engine = BatchEngine(store, run_id, job, client, show=show, no_wait=no_wait, timeout=timeout)
+    engine = BatchEngine(store, run_id, job, client, events=events, no_wait=no_wait, timeout=timeout)
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    interrupted = (
-        "interrupted: no batch was canceled; they keep processing at Anthropic "
-        f"(`batchrun resume {run_id}` collects their results)"
-    )
+    interrupted = Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
 
-    def on_signal(signame: str) -> None:
-        if engine.stopping.is_set():
-            print(f"batchrun: {signame} again, stopping now", file=sys.stderr, flush=True)
-            if task is not None:
-                task.cancel()
-            return
-        print(
-            f"batchrun: {signame}: stopping at the next safe point; batches are not canceled "
-            f"({signame} again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        engine.interrupt(interrupted)
+    def first(name: str) -> None:
+        engine.emit("signal", name=name, batches=True)
+        engine.interrupt()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+    def again(name: str) -> None:
+        engine.emit("signal_again", name=name)
+        if task is not None:
+            task.cancel()
+
     try:
-        return await engine.run()
+        with on_signals(first, again):
+            return await engine.run()
     except asyncio.CancelledError:
         return interrupted
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         await client.close()
 
 
-def cancel_run(
+async def cancel_batches(
     store: Store,
     run_id: str,
+    job: Job,
+    client: AsyncAnthropic,
+    events: Listener = ignore,
     *,
-    make_client: Callable[[], Any],
-    progress: bool = True,
     timeout: float | None = None,
-) -> Ending:
+) -> Stop | None:
     """`batchrun cancel`: cancel the run's open batches, store what they finished, leave the rest pending.
 
     The cancel request is stored first and the API batches are canceled at once, even while another process
     polls the run; that process sees the request, stops, and frees the run's lock, which this one then takes
     to collect the canceled batches' results.
     """
-    from batchrun.runs import Ending, exit_code_for, load_run
-
-    _, job = load_run(store, run_id)
-    if job.mode != "batch":
-        raise UsageError(
-            f"run {run_id} is an online run: it has no batches to cancel (stop the process running it with "
-            f"Ctrl-C or SIGTERM; `batchrun resume {run_id}` continues it)"
-        )
-    started = time.monotonic()
-    attempts_before = store.attempt_count(run_id)
     store.request_cancel(run_id)
-    message = asyncio.run(_cancel(store, run_id, job, make_client(), progress, timeout))
-    counts = store.counts(run_id)
-    ending = Ending(
-        run_id, counts, exit_code_for(counts), time.monotonic() - started, store.attempt_count(run_id) - attempts_before
-    )
-    if message is None and (counts[PENDING] or counts["in_flight"]):
-        message = f"canceled: the rest stay pending (`batchrun resume {run_id}` sends them)"
-    ending.message = message
-    store.set_run_status(run_id, {0: "succeeded", 1: "finished with failures"}.get(ending.exit_code, "canceled"))
-    return ending
-
-
-async def _cancel(store: Store, run_id: str, job: Job, client: Any, show: bool, timeout: float | None) -> str | None:
-    engine = BatchEngine(store, run_id, job, client, show=show, timeout=timeout, honour_cancel=False)
-    engine._open_progress()
+    engine = BatchEngine(store, run_id, job, client, events=events, timeout=timeout, honour_cancel=False)
     try:
         await engine.cancel_open(reconcile=False)
         try:
@@ -765,8 +685,8 @@ async def _cancel(store: Store, run_id: str, job: Job, client: Any, show: bool, 
             return await engine.drain()
         finally:
             lock.__exit__(None, None, None)
-    except Stopped as stop:
-        return str(stop)
+    except Stopped as stopped:
+        return stopped.stop
     finally:
         engine.close()
         await client.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from batchrun.errors import EXIT_NOT_FINISHED, EXIT_USAGE, BatchrunError, UsageError
+from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_USAGE, BatchrunError, UsageError
 
 DEFAULT_DB = "batchrun.db"
 
@@ -30,8 +30,25 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("batchrun: interrupted", err=True)
             sys.exit(EXIT_NOT_FINISHED)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as e:
+            if debugging():
+                raise
+            click.echo(
+                f"batchrun: error: unexpected {type(e).__name__}: {e} (a bug in batchrun: rerun with --debug for "
+                "the traceback and report it)",
+                err=True,
+            )
+            sys.exit(EXIT_FAILED_ITEMS)
 
     return wrapper
+
+
+def debugging() -> bool:
+    ctx = click.get_current_context(silent=True)
+    flag = bool(ctx and ctx.find_root().params.get("debug"))
+    return flag or os.environ.get("BATCHRUN_DEBUG") == "1"
 
 
 def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,6 +77,13 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that processes a run."""
     for option in reversed(
         [
+            click.option(
+                "--request-timeout",
+                type=click.FloatRange(1),
+                default=600.0,
+                show_default=True,
+                help="Online: the most seconds one request may take, first byte to last, before it is retried.",
+            ),
             click.option(
                 "--grace",
                 type=float,
@@ -134,7 +158,8 @@ def load_env() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchrun")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (or set BATCHRUN_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Push large volumes of prompts through Claude, and never lose or pay twice for a result.
 
     Exit codes: 0 all items succeeded, 1 some failed for good, 2 bad usage or input (nothing sent),
@@ -174,8 +199,9 @@ def submit(
     output: str | None,
     emulate: bool,
     backend: str,
-    grace: float,
     quiet: bool,
+    grace: float,
+    request_timeout: float,
     no_cache: bool,
     **flags: Any,
 ) -> None:
@@ -189,27 +215,24 @@ def submit(
     if dry_run:
         _dry_run(items, job, emulate, backend)
         return
-    store = open_store(db_path, create=True)
-    try:
-        run_id, created = prepare_run(store, items, job, run_id, new_run)
-    except BatchrunError:
-        store.discard()
-        raise
-    click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
-    overrides = {"batch_size": flags["batch_size"], "poll_interval": flags["poll_interval"]}
-    _process(
-        store,
-        run_id,
-        output=output,
-        emulate=emulate,
-        backend=backend,
-        grace=grace,
-        quiet=quiet,
-        no_cache=no_cache,
-        no_wait=no_wait,
-        timeout=timeout,
-        overrides=overrides,
-    )
+    with ExitStack() as stack:
+        make_client = _client_factory(stack, emulate, backend)  # no key: refused before anything is stored
+        store = open_store(db_path, create=True)
+        try:
+            run_id, created = prepare_run(store, items, job, run_id, new_run)
+        except BatchrunError:
+            store.discard()
+            raise
+        click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
+        given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout}
+        options = _options(
+            given,
+            no_wait=no_wait,
+            timeout=timeout,
+            batch_size=flags["batch_size"],
+            poll_interval=flags["poll_interval"],
+        )
+        _process(store, run_id, options, make_client, quiet, output)
 
 
 @cli.command()
@@ -230,8 +253,9 @@ def resume(
 ) -> None:
     """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
     load_env()
-    overrides = {"batch_size": batch_size, "poll_interval": poll_interval}
-    _process(open_store(db_path), run_id, no_wait=no_wait, timeout=timeout, overrides=overrides, **options)
+    _run_command(
+        db_path, run_id, options, no_wait=no_wait, timeout=timeout, batch_size=batch_size, poll_interval=poll_interval
+    )
 
 
 @cli.command()
@@ -249,7 +273,7 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     load_run(store, run_id)
     count = store.retry_failed(run_id, error_type)
     click.echo(f"batchrun: {count} failed item(s) of run {run_id} are pending again", err=True)
-    _process(store, run_id, **options)
+    _run_command(db_path, run_id, options, store=store)
 
 
 @cli.command()
@@ -274,13 +298,19 @@ def cancel(
     db_path: str | None,
 ) -> None:
     """Cancel RUN's open batches: what they finished is stored, the rest stays pending for `resume` (exit 3)."""
-    from batchrun.batches import cancel_run
+    from batchrun.progress import Progress
+    from batchrun.runs import cancel_run
+    from batchrun.settings import RunOptions
 
     load_env()
-    store = open_store(db_path)
     with ExitStack() as stack:
         make_client = _client_factory(stack, emulate, backend)
-        ending = cancel_run(store, run_id, make_client=make_client, progress=not quiet, timeout=timeout)
+        store = open_store(db_path)
+        progress = Progress(enabled=not quiet)
+        try:
+            ending = cancel_run(store, run_id, RunOptions(timeout=timeout), make_client, progress.event)
+        finally:
+            progress.close()
     _report_ending(store, run_id, ending, output)
 
 
@@ -293,35 +323,34 @@ def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
         click.echo(format_plan(plan(items, job, make_client)))
 
 
+def _options(given: dict[str, Any], **batch: Any) -> Any:
+    """The RunOptions of a command from its parsed options."""
+    from batchrun.settings import RunOptions
+
+    return RunOptions(
+        grace=given["grace"], use_cache=not given["no_cache"], request_timeout=given["request_timeout"], **batch
+    )
+
+
+def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], store: Any = None, **batch: Any) -> None:
+    """resume and retry: check the key, open the store, process the run."""
+    with ExitStack() as stack:
+        make_client = _client_factory(stack, given["emulate"], given["backend"])
+        store = store or open_store(db_path)
+        _process(store, run_id, _options(given, **batch), make_client, given["quiet"], given["output"])
+
+
 def _process(
-    store: Any,
-    run_id: str,
-    *,
-    output: str | None,
-    emulate: bool,
-    backend: str,
-    grace: float,
-    quiet: bool,
-    no_cache: bool = False,
-    no_wait: bool = False,
-    timeout: float | None = None,
-    overrides: dict[str, Any] | None = None,
+    store: Any, run_id: str, options: Any, make_client: Callable[[], Any], quiet: bool, output: str | None
 ) -> None:
+    from batchrun.progress import Progress
     from batchrun.runs import process_run
 
-    with ExitStack() as stack:
-        make_client = _client_factory(stack, emulate, backend)
-        ending = process_run(
-            store,
-            run_id,
-            make_client=make_client,
-            progress=not quiet,
-            grace=grace,
-            use_cache=not no_cache,
-            no_wait=no_wait,
-            timeout=timeout,
-            overrides=overrides,
-        )
+    progress = Progress(enabled=not quiet)
+    try:
+        ending = process_run(store, run_id, options, make_client, progress.event)
+    finally:
+        progress.close()
     _report_ending(store, run_id, ending, output)
 
 
@@ -345,8 +374,14 @@ def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> 
         err=True,
     )
     click.echo(f"batchrun: {_cost_line(store, run_id, ending)}", err=True)
-    if ending.message:
-        click.echo(f"batchrun: {ending.message}", err=True)
+    if ending.stop is not None:
+        from batchrun.progress import describe_stop
+
+        click.echo(f"batchrun: {describe_stop(ending.stop)}", err=True)
+        if ending.stop.error is not None and debugging():
+            import traceback
+
+            traceback.print_exception(ending.stop.error, file=sys.stderr)
     if output:
         from batchrun.results import export_results
 

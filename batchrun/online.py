@@ -8,6 +8,7 @@ event loop keeps sending while SQLite writes.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,16 +18,17 @@ import orjson
 
 from batchrun.api import APIFailure, Reply, send
 from batchrun.caching import prefix_key
+from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
 from batchrun.pricing import usage_cost
 from batchrun.retry import retrying
-from batchrun.store import FAILED, PENDING, SUCCEEDED, Attempt, ClaimedItem, Outcome, Store
+from batchrun.signals import on_signals
+from batchrun.store import Attempt, ClaimedItem, Outcome, State, Store
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
     from batchrun.job import Job
-    from batchrun.progress import Progress
 
 MAX_GROUP = 1000
 
@@ -36,11 +38,10 @@ class StopRequested(Exception):
 
 
 @dataclass(slots=True)
-class OnlineReport:
-    stopped_by: APIFailure | None
-    interrupted: bool
-    rate_limited: int
-    overloaded: int
+class Counters:
+    rate_limited: int = 0
+    overloaded: int = 0
+    left_pending: int = 0  # items that ran out of attempts on 429/529: they wait for a resume
 
 
 class Engine:
@@ -50,45 +51,75 @@ class Engine:
         run_id: str,
         job: Job,
         client: AsyncAnthropic,
-        progress: Progress | None = None,
+        events: Listener = ignore,
         limiter: Limiter | None = None,
+        request_timeout: float = 600.0,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.job = job
         self.client = client
-        self.progress = progress
+        self.events = events
+        self.request_timeout = request_timeout
         self.limiter = limiter or Limiter(job.rpm, job.itpm, job.otpm, concurrency=job.concurrency)
         self.queue: asyncio.Queue[ClaimedItem | None] = asyncio.Queue(maxsize=2 * job.concurrency)
         self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
         self.stopping = asyncio.Event()
         self.gates: dict[str, asyncio.Event] = {}
-        self.stopped_by: APIFailure | None = None
+        self.stopped_by: Stop | None = None
         self.last_success = 0.0
         self.interrupted = False
+        self.left_pending = 0
         self.workers: list[asyncio.Task[None]] = []
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
-    async def run(self) -> OnlineReport:
+    async def run(self) -> Stop | None:
+        """Send every pending item; return why the run stopped early, or None when no item is left to send.
+
+        Feeder, workers and writer run under one TaskGroup: an error in any of them (a store that cannot be
+        written, a bug) stops them all instead of leaving workers waiting forever on a dead writer. Items
+        not committed go back to pending; what was committed stays.
+        """
         try:
             await self._db(self.store.release_in_flight, self.run_id)
-            writer = asyncio.create_task(self._writer())
-            self.workers = [asyncio.create_task(self._worker()) for _ in range(self.job.concurrency)]
-            feeder = asyncio.create_task(self._feeder())
-            await asyncio.gather(*self.workers, return_exceptions=True)
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
-            await self.results.put(None)
-            await writer
-            await self._db(self.store.release_in_flight, self.run_id)
+            await self._supervised()
+        except* Exception as group:
+            self._crashed(group.exceptions[0])
         finally:
+            try:
+                await self._db(self.store.release_in_flight, self.run_id)
+            except Exception as e:  # the store is failing: a resume releases them
+                self._crashed(e)
             self._db_thread.shutdown(wait=True)
-        return OnlineReport(self.stopped_by, self.interrupted, self.limiter.rate_limited, self.limiter.overloaded)
+        if self.stopped_by is None and self.interrupted:
+            self.stopped_by = Stop(StopReason.INTERRUPTED, self.run_id)
+        if self.stopped_by is None and self.left_pending:
+            self.stopped_by = Stop(StopReason.OVERLOADED, self.run_id, {"items": self.left_pending})
+        return self.stopped_by
 
-    def stop(self, cause: APIFailure | None = None) -> None:
+    async def _supervised(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._writer())
+            feeder = tasks.create_task(self._feeder())
+            async with asyncio.TaskGroup() as crew:
+                self.workers = [crew.create_task(self._worker()) for _ in range(self.job.concurrency)]
+            feeder.cancel()
+            self.results.put_nowait(None)
+
+    def _crashed(self, error: BaseException) -> None:
+        kind = StopReason.STORE_ERROR if isinstance(error, sqlite3.Error | OSError) else StopReason.BUG
+        if self.stopped_by is None or self.stopped_by.reason not in (StopReason.STORE_ERROR, StopReason.BUG):
+            self.stopped_by = Stop(kind, self.run_id, {"error": f"{type(error).__name__}: {error}"}, error)
+        self.stop()
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(self.limiter.rate_limited, self.limiter.overloaded, self.left_pending)
+
+    def stop(self, cause: Stop | None = None) -> None:
         """Stop taking new items; items not yet sent go back to pending."""
         if cause is not None and self.stopped_by is None:
             self.stopped_by = cause
@@ -130,12 +161,12 @@ class Engine:
             attempts: list[Attempt] = []
             try:
                 if self.stopping.is_set():
-                    outcome = Outcome(self.run_id, item.line_no, PENDING)
+                    outcome = Outcome(self.run_id, item.line_no, State.PENDING)
                 else:
                     outcome = await self._process(item, attempts)
             except asyncio.CancelledError:
                 # aborted mid-request: the item goes back to pending, and the request it sent stays on record
-                self._commit_later(Outcome(self.run_id, item.line_no, PENDING, attempts=attempts))
+                self._commit_later(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts))
                 raise
             await self._commit_later(outcome)
 
@@ -151,18 +182,24 @@ class Engine:
                 with attempt:
                     reply = await self._attempt(item, attempts)
         except StopRequested:
-            return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
+            return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
         except APIFailure as failure:
-            if failure.fatal or self._looks_like_outage(failure, attempts):
-                self.stop(failure)
-                return Outcome(self.run_id, item.line_no, PENDING, attempts=attempts)
-            return failed_outcome(self.run_id, item.line_no, failure, attempts)
+            if failure.fatal:
+                self.stop(Stop(StopReason.FATAL_API, self.run_id, _failure_detail(failure)))
+            elif self._looks_like_outage(failure, attempts):
+                self.stop(Stop(StopReason.OUTAGE, self.run_id, _failure_detail(failure, self.job.max_attempts)))
+            elif failure.api_wide:
+                self.left_pending += 1
+            else:
+                return failed_outcome(self.run_id, item.line_no, failure, attempts)
+            return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
         return succeeded_outcome(self.run_id, item.line_no, reply, attempts)
 
     def _looks_like_outage(self, failure: APIFailure, attempts: list[Attempt]) -> bool:
-        """Retries ran out and nothing succeeded anywhere meanwhile: the API is down or unreachable, and failing
-        the item would only burn it; the run stops and the item waits for a resume."""
-        return failure.retryable and bool(attempts) and self.last_success < attempts[0].started_at
+        """Retries ran out and nothing succeeded anywhere since this item's last attempt began: the API is down,
+        unreachable or failing for everyone, however the storm started. Failing the item would only burn it; the
+        run stops and the item waits for a resume."""
+        return failure.retryable and bool(attempts) and self.last_success < attempts[-1].started_at
 
     async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
         led = await self._wait_turn(item.params)
@@ -196,7 +233,7 @@ class Engine:
         reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
         started = time.time()
         try:
-            reply = await send(self.client, item.params)
+            reply = await send(self.client, item.params, self.request_timeout)
         except asyncio.CancelledError:
             attempts.append(Attempt(started, time.time() - started, "aborted"))
             raise
@@ -249,15 +286,24 @@ class Engine:
                 break
 
     def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
-        if self.progress is None:
-            return
-        ok = sum(1 for o, _ in group if o.state == SUCCEEDED)
-        bad = sum(1 for o, _ in group if o.state == FAILED)
+        ok = sum(1 for o, _ in group if o.state == State.SUCCEEDED)
+        bad = sum(1 for o, _ in group if o.state == State.FAILED)
         usd = sum(
-            usage_cost(o.model or "", o.via, o.usage, self.job.prices) or 0.0 for o, _ in group if o.state == SUCCEEDED
+            usage_cost(o.model or "", o.via, o.usage, self.job.prices) or 0.0
+            for o, _ in group
+            if o.state == State.SUCCEEDED
         )
         if ok or bad:
-            self.progress.update(ok, bad, usd)
+            self.events(Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd}))
+
+
+def _failure_detail(failure: APIFailure, attempts: int | None = None) -> dict[str, Any]:
+    return {
+        "status": failure.status,
+        "error_type": failure.error_type,
+        "message": failure.message,
+        "attempts": attempts,
+    }
 
 
 def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[Attempt]) -> Outcome:
@@ -265,7 +311,7 @@ def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[At
     return Outcome(
         run_id,
         line_no,
-        SUCCEEDED,
+        State.SUCCEEDED,
         result=result,
         usage=reply.message.get("usage") or {},
         request_id=reply.request_id,
@@ -279,7 +325,7 @@ def failed_outcome(run_id: str, line_no: int, failure: APIFailure, attempts: lis
     return Outcome(
         run_id,
         line_no,
-        FAILED,
+        State.FAILED,
         result=result,
         error_type=failure.error_type,
         error_status=failure.status,
@@ -288,3 +334,35 @@ def failed_outcome(run_id: str, line_no: int, failure: APIFailure, attempts: lis
         request_id=failure.request_id,
         attempts=attempts,
     )
+
+
+async def run_online(
+    store: Store,
+    run_id: str,
+    job: Job,
+    client: AsyncAnthropic,
+    events: Listener = ignore,
+    *,
+    grace: float = 5.0,
+    request_timeout: float = 600.0,
+) -> Stop | None:
+    """Process an online run (the caller holds its lock); returns why it stopped early, if it did.
+
+    The first signal stops feeding and gives requests in flight `grace` seconds; a second one stops at once."""
+    engine = Engine(store, run_id, job, client, events, request_timeout=request_timeout)
+    loop = asyncio.get_running_loop()
+
+    def first(name: str) -> None:
+        events(Event("signal", run_id, {"name": name, "grace": grace}))
+        engine.interrupt()
+        loop.call_later(grace, engine.abort)
+
+    def again(name: str) -> None:
+        events(Event("signal_again", run_id, {"name": name}))
+        engine.abort()
+
+    try:
+        with on_signals(first, again):
+            return await engine.run()
+    finally:
+        await client.close()

@@ -1,10 +1,13 @@
-"""A run's life: create it from an input file (or find the one that already exists), process it, say how it ended."""
+"""A run's life: create it from an input file (or find the one that already exists), process it on its path,
+finish it (one bookkeeping for both paths), and say how it ended."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
-import sys
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,22 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
+from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.inputs import file_sha256, read_items
 from batchrun.job import Job
 from batchrun.lock import RunLock
-from batchrun.store import FAILED, IN_FLIGHT, PENDING, SUCCEEDED, Store
+from batchrun.settings import RunOptions
+from batchrun.store import State, Store
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(slots=True)
 class Ending:
+    """How a command left a run: counts, exit code, and why it stopped early (None when it did not)."""
+
     run_id: str
     counts: dict[str, int]
     exit_code: int
     seconds: float
     sent: int
-    message: str | None = None
+    stop: Stop | None = None
     reused: int = 0
 
 
@@ -95,116 +102,99 @@ def load_run(store: Store, run_id: str) -> tuple[dict[str, Any], Job]:
 def process_run(
     store: Store,
     run_id: str,
-    *,
+    options: RunOptions,
     make_client: Callable[[], Any],
-    progress: bool = True,
-    grace: float = 5.0,
-    use_cache: bool = True,
-    no_wait: bool = False,
-    timeout: float | None = None,
-    overrides: dict[str, Any] | None = None,
+    events: Listener = ignore,
 ) -> Ending:
-    """Send what has no result yet, holding the run's lock, and say how the run stands at the end.
-
-    Batch mode: `no_wait` returns once the batches are created (or collected), `timeout` bounds the wait for
-    them; `overrides` (batch_size, poll_interval) apply to this process only.
-    """
+    """Send what has no result yet, holding the run's lock, and say how the run stands at the end."""
     _, job = load_run(store, run_id)
-    if overrides:
-        job = job.with_overrides(**overrides)
+    job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
     started = time.monotonic()
     with RunLock(store.path, run_id):
-        reused = store.reuse_results(run_id) if use_cache else 0
-        counts = store.counts(run_id)
-        todo = counts[PENDING] + counts[IN_FLIGHT]
-        message = None
         attempts_before = store.attempt_count(run_id)
-        if todo:
-            store.set_run_status(run_id, "running")
-            if job.mode == "batch":
-                from batchrun.batches import run_batches
-
-                message = run_batches(
-                    store, run_id, job, make_client, progress=progress, no_wait=no_wait, timeout=timeout
-                )
-            else:
-                import asyncio  # here, not at the top: status and results start faster without it
-
-                message = asyncio.run(_run_online(store, run_id, job, make_client(), progress, grace))
+        reused = store.reuse_results(run_id) if options.use_cache else 0
         counts = store.counts(run_id)
-        sent = store.attempt_count(run_id) - attempts_before
-        ending = Ending(run_id, counts, exit_code_for(counts), time.monotonic() - started, sent, message, reused)
-        unfinished = "batches processing" if job.mode == "batch" and store.batches(run_id, open_only=True) else None
-        store.set_run_status(
-            run_id,
-            {EXIT_OK: "succeeded", EXIT_FAILED_ITEMS: "finished with failures"}.get(
-                ending.exit_code, unfinished or "interrupted"
-            ),
+        stop = None
+        if counts[State.PENDING] + counts[State.IN_FLIGHT]:
+            store.set_run_status(run_id, "running")
+            done = counts[State.SUCCEEDED] + counts[State.FAILED]
+            events(Event("run_started", run_id, {"total": sum(counts.values()), "done": done, "mode": job.mode}))
+            stop = asyncio.run(_engine(store, run_id, job, options, make_client(), events))
+        return finish(store, run_id, job, started, attempts_before, stop, reused)
+
+
+async def _engine(
+    store: Store, run_id: str, job: Job, options: RunOptions, client: Any, events: Listener
+) -> Stop | None:
+    # The engines are imported here, not at the top: status and results start faster without them.
+    if job.mode == "batch":
+        from batchrun.batches import run_batches
+
+        return await run_batches(store, run_id, job, client, events, no_wait=options.no_wait, timeout=options.timeout)
+    from batchrun.online import run_online
+
+    return await run_online(
+        store, run_id, job, client, events, grace=options.grace, request_timeout=options.request_timeout
+    )
+
+
+def cancel_run(
+    store: Store,
+    run_id: str,
+    options: RunOptions,
+    make_client: Callable[[], Any],
+    events: Listener = ignore,
+) -> Ending:
+    """`batchrun cancel`: cancel the run's open batches, keep what they finished, leave the rest pending."""
+    _, job = load_run(store, run_id)
+    if job.mode != "batch":
+        raise UsageError(
+            f"run {run_id} is an online run: it has no batches to cancel (stop the process running it with "
+            f"Ctrl-C or SIGTERM; `batchrun resume {run_id}` continues it)"
         )
-    return ending
+    from batchrun.batches import cancel_batches
+
+    started = time.monotonic()
+    attempts_before = store.attempt_count(run_id)
+    stop = asyncio.run(cancel_batches(store, run_id, job, make_client(), events, timeout=options.timeout))
+    pending = store.counts(run_id)[State.PENDING]
+    if stop is None and pending:
+        stop = Stop(StopReason.BATCH_CANCELED, run_id, {"items": pending})
+    return finish(store, run_id, job, started, attempts_before, stop, canceled=True)
 
 
-async def _run_online(store: Store, run_id: str, job: Job, client: Any, show: bool, grace: float) -> str | None:
-    from batchrun.online import Engine
-    from batchrun.progress import Progress
-
+def finish(
+    store: Store,
+    run_id: str,
+    job: Job,
+    started: float,
+    attempts_before: int,
+    stop: Stop | None,
+    reused: int = 0,
+    *,
+    canceled: bool = False,
+) -> Ending:
+    """The bookkeeping at the end of every command that processed a run, whichever path it took."""
     counts = store.counts(run_id)
-    total = sum(counts.values())
-    bar = Progress(total, counts[SUCCEEDED] + counts[FAILED], label=run_id, enabled=show)
-    engine = Engine(store, run_id, job, client, bar)
-    _on_signals(engine, grace)
-    try:
-        report = await engine.run()
-    finally:
-        bar.close()
-        await client.close()
-    return stop_message(report, run_id, job)
-
-
-def stop_message(report: Any, run_id: str, job: Job) -> str | None:
-    """Why an online run ended before its items did, and what to do about it."""
-    f = report.stopped_by
-    if f is not None and f.fatal:
-        return (
-            f"stopped: the API answered {f.status} {f.error_type}: {f.message} -- every item would fail the "
-            f"same way, so the rest stay pending (fix the key or account, then `batchrun resume {run_id}`)"
-        )
-    if f is not None:
-        return (
-            f"stopped: nothing succeeded while an item used up its {job.max_attempts} attempts (last: "
-            f"{f.status or 'no response'} {f.error_type}: {f.message}); the API looks down or unreachable, so the "
-            f"rest stay pending (`batchrun resume {run_id}` later)"
-        )
-    if report.interrupted:
-        return f"interrupted: unfinished items are pending again (`batchrun resume {run_id}` continues)"
-    return None
-
-
-def _on_signals(engine: Any, grace: float) -> None:
-    """First SIGINT/SIGTERM: stop feeding, give requests in flight `grace` seconds. Second: stop now."""
-    import asyncio
-    import signal
-
-    loop = asyncio.get_running_loop()
-
-    def handler(signame: str) -> None:
-        if engine.interrupted:
-            print(f"batchrun: {signame} again, stopping now", file=sys.stderr, flush=True)
-            engine.abort()
-            return
-        print(
-            f"batchrun: {signame}: finishing requests in flight (up to {grace:g}s; again to stop now)",
-            file=sys.stderr,
-            flush=True,
-        )
-        engine.interrupt()
-        loop.call_later(grace, engine.abort)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handler, sig.name)
+    exit_code = exit_code_for(counts)
+    if stop is not None and stop.reason == StopReason.BUG:
+        exit_code = EXIT_FAILED_ITEMS
+    open_batches = job.mode == "batch" and bool(store.batches(run_id, open_only=True))
+    if exit_code == EXIT_OK:
+        status = "succeeded"
+    elif exit_code == EXIT_FAILED_ITEMS and stop is None:
+        status = "finished with failures"
+    elif canceled:
+        status = "canceled"
+    else:
+        status = "batches processing" if open_batches else "interrupted"
+    sent = store.attempt_count(run_id) - attempts_before
+    with contextlib.suppress(sqlite3.Error):  # a store that cannot be written already said so
+        store.set_run_status(run_id, status)
+    return Ending(run_id, counts, exit_code, time.monotonic() - started, sent, stop, reused)
 
 
 def exit_code_for(counts: dict[str, int]) -> int:
-    if counts[PENDING] or counts[IN_FLIGHT]:
+    if counts[State.PENDING] or counts[State.IN_FLIGHT]:
         return EXIT_NOT_FINISHED
-    return EXIT_FAILED_ITEMS if counts[FAILED] else EXIT_OK
+    return EXIT_FAILED_ITEMS if counts[State.FAILED] else EXIT_OK

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,18 @@ from sqlite_utils.migrations import Migrations
 
 from batchrun.errors import InputError
 
-PENDING, IN_FLIGHT, SUCCEEDED, FAILED = "pending", "in_flight", "succeeded", "failed"
-STATES = (PENDING, IN_FLIGHT, SUCCEEDED, FAILED)
+
+class State(StrEnum):
+    """An item's state: pending -> in_flight -> succeeded | failed (or back to pending when not finished)."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+PENDING, IN_FLIGHT, SUCCEEDED, FAILED = State.PENDING, State.IN_FLIGHT, State.SUCCEEDED, State.FAILED
+STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
 
 migrations = Migrations("batchrun")

@@ -1,0 +1,16 @@
+"""How one invocation processes a run: the command line's options beyond the job's settings, in one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    grace: float = 5.0  # seconds requests in flight get after the first signal
+    use_cache: bool = True  # answer items from identical earlier requests in this database
+    no_wait: bool = False  # batch mode: return once batches are created or collected
+    timeout: float | None = None  # batch mode: stop waiting for batches after this many seconds
+    batch_size: int | None = None  # batch mode: overrides the job's batch_size for this process
+    poll_interval: float | None = None  # batch mode: overrides the job's poll_interval for this process
+    request_timeout: float = 600.0  # online: the most one request may take, start to last byte

@@ -1,0 +1,34 @@
+"""One signal policy for both paths: the first SIGINT, SIGTERM or SIGHUP stops the run at its next safe point,
+a second one stops it at once. Committed results always stay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def on_signals(first: Callable[[str], None], again: Callable[[str], None]) -> Iterator[None]:
+    """Call `first(name)` on the first signal and `again(name)` on every later one, while the block runs."""
+    loop = asyncio.get_running_loop()
+    seen = False
+
+    def handler(name: str) -> None:
+        nonlocal seen
+        if seen:
+            again(name)
+        else:
+            seen = True
+            first(name)
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, handler, sig.name)
+    try:
+        yield
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
