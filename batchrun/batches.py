@@ -98,6 +98,10 @@ def plan_cuts(sizes: Iterable[tuple[int, int]], max_items: int, max_bytes: int) 
     return plans
 
 
+class ForeignBatch(Exception):
+    """An adopted batch whose results carry none of its plan's custom_ids: another run's batch."""
+
+
 @dataclass(slots=True)
 class Tally:
     """What one batch's results did to its items."""
@@ -174,6 +178,9 @@ class BatchEngine:
         while True:
             await self._collect_ended()
             self._check_stop()
+            for row in self.store.batches(self.run_id, open_only=True):
+                if row["id"] is None:  # an adopted batch turned out to be another run's: look again, or create
+                    await self._create(row, reconcile=True)
             if not self.store.batches(self.run_id, open_only=True):
                 if self.canceled_items:
                     return Stop(StopReason.BATCH_CANCELED, self.run_id, {"items": self.canceled_items})
@@ -380,6 +387,10 @@ class BatchEngine:
             async for attempt in retrying(self.job.max_attempts, self._pause):
                 with attempt:
                     await self._translate(lambda: self._ingest(row, batch, tally))
+        except ForeignBatch:
+            self.store.reject_foreign(self.run_id, row["seq"], batch.id)
+            self.emit("batch_foreign", seq=row["seq"], id=batch.id)
+            return
         except APIFailure as failure:
             raise self.stop_with(
                 StopReason.API_CALL_FAILED, what=f"read the results of {batch.id}", **_failure(failure)
@@ -463,6 +474,9 @@ class BatchEngine:
             ids = [p["custom_id"] for p in parsed]
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
+        row = self.store.batch(self.run_id, seq)
+        if row["adopted"] and row["token"] and not any(i.startswith(row["token"] + "-") for i in ids):
+            raise ForeignBatch(seq)
         members = self.store.batch_members(self.run_id, seq, ids)
         part = Tally(lines=len(lines))
         outcomes: list[Outcome] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -137,6 +138,29 @@ def m003_response_cache(db: Database) -> None:
     """Each item's request hash, so an identical request made before in this database is answered from the store."""
     db.execute("ALTER TABLE items ADD COLUMN request_hash TEXT")
     db.execute("CREATE INDEX items_by_request ON items (request_hash, state)")
+
+
+@migrations()
+def m004_batch_tokens(db: Database) -> None:
+    """A token per planned batch, carried in the custom_ids sent, so a batch found after a crash is proven to be
+    this plan's by its results before any is stored; and the batches found not to be ours."""
+    db.execute("ALTER TABLE batches ADD COLUMN token TEXT")
+    db.execute(
+        "CREATE TABLE foreign_batches (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER NOT NULL, found_at REAL)"
+    )
+
+
+TOKEN_LEN = 10  # "br" + 8 hex digits
+SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
+
+
+def sent_custom_id(token: str, line_no: int) -> str:
+    """The custom_id a batch request carries: the plan's token and the item's line; the user's id stays ours."""
+    return f"{token}-{line_no}"
+
+
+def new_batch_token() -> str:
+    return "br" + secrets.token_hex(4)
 
 
 @dataclass(slots=True)
@@ -450,9 +474,9 @@ class Store:
     def pending_sizes(self, run_id: str) -> Iterator[tuple[int, int]]:
         """(line_no, bytes of custom_id + params) of the pending items, in input order, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, length(custom_id) + length(CAST(params AS BLOB)) FROM items "
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)) FROM items "
             "WHERE run_id = ? AND state = ? ORDER BY line_no",
-            [run_id, PENDING],
+            [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
             yield from rows
@@ -478,8 +502,9 @@ class Store:
                 )
                 self.db.execute(
                     "INSERT INTO batches (run_id, seq, planned_at, n_items, n_bytes, first_line, last_line, "
-                    "first_custom_id, last_custom_id, processing_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, seq, now, n_items, n_bytes, first, last, first_id, last_id, "planned"],
+                    "first_custom_id, last_custom_id, processing_status, token) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, seq, now, n_items, n_bytes, first, last, first_id, last_id, "planned", new_batch_token()],
                 )
             count = len(plans)
         return self.batches(run_id)[-count:] if count else []
@@ -487,22 +512,33 @@ class Store:
     def batch_request_lines(self, run_id: str, seq: int) -> Iterator[bytes]:
         """The batch's requests as `{"custom_id":...,"params":...}` JSON, in input order, from the stored params
         (never re-serialised: what was validated at input is what is sent)."""
+        token = self._batch_token(run_id, seq)
         cur = self.db.execute(
-            "SELECT custom_id, params FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? ORDER BY line_no",
+            "SELECT custom_id, line_no, params FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "ORDER BY line_no",
             [run_id, seq, IN_FLIGHT],
         )
         while rows := cur.fetchmany(5000):
-            for custom_id, params in rows:
+            for custom_id, line_no, params in rows:
                 if isinstance(params, str):
                     params = params.encode()
-                yield b'{"custom_id":"%s","params":%s}' % (custom_id.encode(), params)
+                sent = sent_custom_id(token, line_no) if token else custom_id
+                yield b'{"custom_id":"%s","params":%s}' % (sent.encode(), params)
+
+    def _batch_token(self, run_id: str, seq: int) -> str | None:
+        """The plan's token; None for plans made before tokens existed (they send the user's custom_ids)."""
+        row = self._one("SELECT token FROM batches WHERE run_id = ? AND seq = ?", [run_id, seq])
+        return row[0] if row else None
 
     def batch_content(self, run_id: str, seq: int) -> tuple[int, int]:
         """(items, bytes of custom_id + params) the batch holds now, to check against its plan before sending."""
+        id_bytes = (
+            "? + length(CAST(line_no AS TEXT))" if self._batch_token(run_id, seq) else "0 * ? + length(custom_id)"
+        )
         row = self._one(
-            "SELECT count(*), coalesce(sum(length(custom_id) + length(CAST(params AS BLOB))), 0) FROM items "
+            f"SELECT count(*), coalesce(sum({id_bytes} + length(CAST(params AS BLOB))), 0) FROM items "
             "WHERE run_id = ? AND batch_seq = ? AND state = ?",
-            [run_id, seq, IN_FLIGHT],
+            [SENT_ID_OVERHEAD, run_id, seq, IN_FLIGHT],
         )
         return row[0], row[1]
 
@@ -540,19 +576,53 @@ class Store:
             row["request_counts"] = orjson.loads(row["request_counts"]) if row["request_counts"] else None
         return rows
 
+    def batch(self, run_id: str, seq: int) -> dict[str, Any]:
+        return next(iter(self.db.query("SELECT * FROM batches WHERE run_id = ? AND seq = ?", [run_id, seq])))
+
     def batch_known(self, batch_id: str) -> bool:
         """Whether any run in this store already owns this API batch id."""
-        return self._one("SELECT 1 FROM batches WHERE id = ?", [batch_id]) is not None
+        return (
+            self._one(
+                "SELECT 1 FROM batches WHERE id = ? UNION ALL SELECT 1 FROM foreign_batches WHERE id = ?",
+                [batch_id, batch_id],
+            )
+            is not None
+        )
+
+    def reject_foreign(self, run_id: str, seq: int, batch_id: str) -> None:
+        """An adopted batch whose results are not this plan's: forget it (never look at it again) and leave the
+        plan without a batch, so it is looked for again or created."""
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT OR IGNORE INTO foreign_batches (id, run_id, seq, found_at) VALUES (?, ?, ?, ?)",
+                [batch_id, run_id, seq, time.time()],
+            )
+            self.db.execute(
+                "UPDATE batches SET id = NULL, adopted = 0, processing_status = 'planned', request_counts = NULL, "
+                "created_at = NULL, ended_at = NULL, expires_at = NULL, results_url = NULL, error = ? "
+                "WHERE run_id = ? AND seq = ?",
+                [f"{batch_id} was adopted but its results are another run's: left alone", run_id, seq],
+            )
 
     def batch_members(self, run_id: str, seq: int, custom_ids: list[str]) -> dict[str, tuple[int, int]]:
         """custom_id -> (line_no, attempts so far) of those items of the batch that still wait for a result.
         Items already recorded are left out, so reading a batch's results again never records twice."""
+        token = self._batch_token(run_id, seq)
+        if token is None:
+            rows = self.db.execute(
+                "SELECT custom_id, line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+                "AND custom_id IN (SELECT value FROM json_each(?))",
+                [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
+            ).fetchall()
+            return {custom_id: (line_no, attempts) for custom_id, line_no, attempts in rows}
+        prefix = f"{token}-"
+        lines = [int(c[len(prefix) :]) for c in custom_ids if c.startswith(prefix) and c[len(prefix) :].isdigit()]
         rows = self.db.execute(
-            "SELECT custom_id, line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
-            "AND custom_id IN (SELECT value FROM json_each(?))",
-            [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
+            "SELECT line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "AND line_no IN (SELECT value FROM json_each(?))",
+            [run_id, seq, IN_FLIGHT, orjson.dumps(lines).decode()],
         ).fetchall()
-        return {custom_id: (line_no, attempts) for custom_id, line_no, attempts in rows}
+        return {sent_custom_id(token, line_no): (line_no, attempts) for line_no, attempts in rows}
 
     def release_batch(self, run_id: str, seq: int) -> int:
         """Items of the batch still without a result go back to pending (sent again by a later batch)."""

@@ -1,0 +1,80 @@
+"""A tiny HTTP server that misbehaves on purpose (bad bodies, trickled replies, storms), for what the emulator does
+not do. It runs on its own thread and event loop; `handler(request, n)` gets each request and its number."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+Handler = Callable[[web.Request, int, dict], Awaitable[web.StreamResponse]]
+
+
+def message(params: dict, text: str = "ok") -> dict:
+    """A valid Messages reply for `params`."""
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": params.get("model", "claude-haiku-4-5"),
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }
+
+
+def json_response(body: object, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"request-id": "req_fake", **headers},
+    )
+
+
+class FakeAPI:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("fake API did not start")
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._handle)
+        self.runner = web.AppRunner(app, handle_signals=False)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        params = orjson.loads(await request.read())
+        return await self.handler(request, self.requests, params)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def __enter__(self) -> FakeAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
