@@ -40,6 +40,8 @@ ERROR_TYPES = {
 }
 STATUS_OF_TYPE = {t: s for s, t in ERROR_TYPES.items() if s != 422} | {"timeout_error": 504}
 BACKENDS = ("aiohttp", "httpx")
+DEFAULT_ENDPOINT = "https://api.anthropic.com"
+EMULATOR_ENDPOINT = "emulator"
 MAX_RETRY_AFTER_S = 600.0  # a server hint beyond this (or garbage: inf, nan, negative) is not trusted
 STREAMED_DEADLINE_S = 3600.0  # the least total time a streamed (long) request is given
 
@@ -119,6 +121,16 @@ def make_client(
     elif backend != "httpx":
         raise ValueError(f"unknown HTTP backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     return anthropic.AsyncAnthropic(**kwargs)
+
+
+def endpoint_of(emulate: bool, base_url: str | None = None) -> str:
+    """Where answers come from, as a run records it: the built-in emulator, or the API's base URL (normalised)."""
+    if emulate:
+        return EMULATOR_ENDPOINT
+    url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ENDPOINT).strip().rstrip("/")
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{host.lower()}{slash}{path}"
 
 
 def needs_streaming(params: Mapping[str, Any]) -> bool:

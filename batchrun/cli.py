@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -216,10 +216,10 @@ def submit(
         _dry_run(items, job, emulate, backend)
         return
     with ExitStack() as stack:
-        make_client = _client_factory(stack, emulate, backend)  # no key: refused before anything is stored
+        target = _client_factory(stack, emulate, backend)  # no key: refused before anything is stored
         store = open_store(db_path, create=True)
         try:
-            run_id, created = prepare_run(store, items, job, run_id, new_run)
+            run_id, created = prepare_run(store, items, job, target.endpoint, run_id, new_run)
         except BatchrunError:
             store.discard()
             raise
@@ -232,7 +232,7 @@ def submit(
             batch_size=flags["batch_size"],
             poll_interval=flags["poll_interval"],
         )
-        _process(store, run_id, options, make_client, quiet, output)
+        _process(store, run_id, options, target, quiet, output)
 
 
 @cli.command()
@@ -304,14 +304,14 @@ def cancel(
 
     load_env()
     with ExitStack() as stack:
-        make_client = _client_factory(stack, emulate, backend)
+        target = _client_factory(stack, emulate, backend)
         store = open_store(db_path)
         progress = Progress(enabled=not quiet)
         try:
-            ending = cancel_run(store, run_id, RunOptions(timeout=timeout), make_client, progress.event)
+            ending = cancel_run(store, run_id, RunOptions(timeout=timeout), target, progress.event)
         finally:
             progress.close()
-    _report_ending(store, run_id, ending, output)
+    _report_ending(store, run_id, ending, output, partial=True)
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
@@ -319,7 +319,7 @@ def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
 
     with ExitStack() as stack:
         counting = emulate or bool(os.environ.get("ANTHROPIC_API_KEY"))
-        make_client = _client_factory(stack, emulate, backend) if counting else None
+        make_client = _client_factory(stack, emulate, backend).make_client if counting else None
         click.echo(format_plan(plan(items, job, make_client)))
 
 
@@ -335,20 +335,18 @@ def _options(given: dict[str, Any], **batch: Any) -> Any:
 def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], store: Any = None, **batch: Any) -> None:
     """resume and retry: check the key, open the store, process the run."""
     with ExitStack() as stack:
-        make_client = _client_factory(stack, given["emulate"], given["backend"])
+        target = _client_factory(stack, given["emulate"], given["backend"])
         store = store or open_store(db_path)
-        _process(store, run_id, _options(given, **batch), make_client, given["quiet"], given["output"])
+        _process(store, run_id, _options(given, **batch), target, given["quiet"], given["output"])
 
 
-def _process(
-    store: Any, run_id: str, options: Any, make_client: Callable[[], Any], quiet: bool, output: str | None
-) -> None:
+def _process(store: Any, run_id: str, options: Any, target: Target, quiet: bool, output: str | None) -> None:
     from batchrun.progress import Progress
     from batchrun.runs import process_run
 
     progress = Progress(enabled=not quiet)
     try:
-        ending = process_run(store, run_id, options, make_client, progress.event)
+        ending = process_run(store, run_id, options, target.make_client, progress.event, target.endpoint)
     finally:
         progress.close()
     _report_ending(store, run_id, ending, output)
@@ -366,7 +364,8 @@ def _cost_line(store: Any, run_id: str, ending: Any) -> str:
     )
 
 
-def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> None:
+def _report_ending(store: Any, run_id: str, ending: Any, output: str | None, partial: bool = False) -> None:
+    """The end-of-run summary; `-o` is written when the run ended (cancel: also with what it has so far)."""
     c = ending.counts
     click.echo(
         f"batchrun: run {run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
@@ -382,7 +381,13 @@ def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> 
             import traceback
 
             traceback.print_exception(ending.stop.error, file=sys.stderr)
-    if output:
+    if output and ending.exit_code == EXIT_NOT_FINISHED and not partial:
+        click.echo(
+            f"batchrun: {output} not written: the run is not finished (`batchrun results {run_id} -o {output}` "
+            "exports what is done so far)",
+            err=True,
+        )
+    elif output:
         from batchrun.results import export_results
 
         count = export_results(store, run_id, output)
@@ -390,9 +395,16 @@ def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> 
     sys.exit(ending.exit_code)
 
 
-def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Callable[[], Any]:
+class Target(NamedTuple):
+    """Where a command's requests go: the client factory, and the endpoint a run records."""
+
+    make_client: Callable[[], Any]
+    endpoint: str
+
+
+def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Target:
     """Decide where requests go before anything is sent; the emulator is used only when asked for."""
-    from batchrun.api import make_client
+    from batchrun.api import endpoint_of, make_client
 
     if emulate:
         from batchrun.emulate import EMULATOR_KEY, emulator
@@ -402,13 +414,13 @@ def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Callable[[
             f"batchrun: --emulate: requests go to the built-in API emulator at {url}; no request leaves this machine",
             err=True,
         )
-        return lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY)
+        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
             "or add --emulate to try batchrun on the built-in API emulator)"
         )
-    return lambda: make_client(backend)
+    return Target(lambda: make_client(backend), endpoint_of(False))
 
 
 @cli.command()

@@ -20,9 +20,11 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "status": _live_status(store, run_id, run["status"]),
         "mode": run["mode"],
+        "endpoint": run.get("endpoint"),
         "input_path": run["input_path"],
         "total": run["total"],
         "counts": store.counts(run_id),
+        "answered_by": store.answered_by(run_id),
         "tokens": tokens,
         "cost_usd": round(usd, 6),
         "unpriced_models": unpriced,
@@ -69,7 +71,8 @@ def format_status(s: dict[str, Any]) -> str:
     c = s["counts"]
     t = s["tokens"]
     lines = [
-        f"run {s['run_id']} ({s['mode']}, {s['status']}): {s['input_path']}",
+        f"run {s['run_id']} ({s['mode']}, {s['status']}, on {s['endpoint'] or 'an unrecorded endpoint'}): "
+        f"{s['input_path']}",
         f"  {c['succeeded']} succeeded, {c['failed']} failed, {c['pending']} pending, {c['in_flight']} in flight"
         f" of {s['total']}",
         f"  tokens: {t['input']:,} in, {t['output']:,} out, {t['cache_creation']:,} cache write, "

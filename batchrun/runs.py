@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.inputs import file_sha256, read_items
@@ -39,32 +40,43 @@ class Ending:
 
 
 def prepare_run(
-    store: Store, input_path: str, job: Job, run_id: str | None = None, new_run: bool = False
+    store: Store, input_path: str, job: Job, endpoint: str, run_id: str | None = None, new_run: bool = False
 ) -> tuple[str, bool]:
-    """The run for this input and these settings: the existing one, or a new one with every item stored.
+    """The run for this input, these settings and this endpoint: the existing one, or a new one with every item
+    stored.
 
     Returns (run id, created). A new run is written in one transaction, so bad input leaves the store as it was.
     A file that changed under an unfinished run is refused unless `new_run`: sending it as a new run would
-    pay again for every line the old run already has.
+    pay again for every line the old run already has. So is an unfinished run of the same file on another
+    endpoint: its answers and these would mix.
     """
     sha = file_sha256(input_path)
     fingerprint = job.fingerprint()
     input_path = str(Path(input_path).resolve())
     if run_id is not None:
-        if not RUN_ID.match(run_id):
+        if not RUN_ID.fullmatch(run_id):
             raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64)")
         existing = store.get_run(run_id)
         if existing is not None:
             if (existing["input_sha256"], existing["fingerprint"]) != (sha, fingerprint):
                 raise UsageError(
-                    f"run {run_id} already exists with a different input file or settings "
+                    f"run {run_id} already exists with a different input file or settings that change the requests "
                     f"(use `batchrun resume {run_id}` to continue it, or choose another --run-id)"
                 )
+            check_endpoint(existing, endpoint)
             return run_id, False
     else:
-        found = store.find_run(sha, fingerprint)
+        found = store.find_run(sha, fingerprint, endpoint)
         if found is not None:
+            check_endpoint(store.get_run(found) or {}, endpoint)
             return found, False
+        elsewhere = store.unfinished_elsewhere(sha, fingerprint, endpoint)
+        if elsewhere is not None and not new_run:
+            raise UsageError(
+                f"run {elsewhere['id']} of this file was made on {describe_endpoint(elsewhere['endpoint'])} and is not "
+                f"finished; this command talks to {describe_endpoint(endpoint)} ({how_to_reach(elsewhere['endpoint'])} "
+                f"and `batchrun resume {elsewhere['id']}` finishes it there; or pass --new-run to start a new run here)"
+            )
         unfinished = store.unfinished_run_from(input_path, fingerprint)
         if unfinished is not None and not new_run:
             raise UsageError(
@@ -72,7 +84,7 @@ def prepare_run(
                 f"(`batchrun resume {unfinished}` finishes it from the stored items; "
                 "or pass --new-run to start a new run from the changed file)"
             )
-        run_id = default_run_id(input_path, sha, fingerprint)
+        run_id = default_run_id(input_path, sha, fingerprint + endpoint)
     run = {
         "id": run_id,
         "input_path": str(input_path),
@@ -80,9 +92,33 @@ def prepare_run(
         "fingerprint": fingerprint,
         "mode": job.mode,
         "job": job.to_dict(),
+        "endpoint": endpoint,
     }
     store.create_run(run, read_items(input_path, job))
     return run_id, True
+
+
+def check_endpoint(run: dict[str, Any], endpoint: str) -> None:
+    """A run's answers all come from one endpoint: the emulator's are never mixed with the API's."""
+    made_on = run.get("endpoint")
+    if made_on is not None and made_on != endpoint:
+        raise UsageError(
+            f"run {run['id']} was made on {describe_endpoint(made_on)}, and this command talks to "
+            f"{describe_endpoint(endpoint)}: their answers would mix ({how_to_reach(made_on)} to continue it there; "
+            "or `batchrun submit ... --new-run` starts a new run here)"
+        )
+
+
+def describe_endpoint(endpoint: str) -> str:
+    return "the built-in emulator" if endpoint == EMULATOR_ENDPOINT else endpoint
+
+
+def how_to_reach(endpoint: str) -> str:
+    if endpoint == EMULATOR_ENDPOINT:
+        return "add --emulate"
+    if endpoint == DEFAULT_ENDPOINT:
+        return "unset ANTHROPIC_BASE_URL"
+    return f"set ANTHROPIC_BASE_URL={endpoint}"
 
 
 def default_run_id(input_path: str, sha: str, fingerprint: str) -> str:
@@ -105,9 +141,15 @@ def process_run(
     options: RunOptions,
     make_client: Callable[[], Any],
     events: Listener = ignore,
+    endpoint: str = DEFAULT_ENDPOINT,
 ) -> Ending:
-    """Send what has no result yet, holding the run's lock, and say how the run stands at the end."""
-    _, job = load_run(store, run_id)
+    """Send what has no result yet, holding the run's lock, and say how the run stands at the end.
+
+    A run made before endpoints were recorded takes the endpoint of the first command that continues it."""
+    run, job = load_run(store, run_id)
+    check_endpoint(run, endpoint)
+    if run.get("endpoint") is None:
+        store.set_run_endpoint(run_id, endpoint)
     job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
     started = time.monotonic()
     with RunLock(store.path, run_id):
@@ -138,15 +180,12 @@ async def _engine(
     )
 
 
-def cancel_run(
-    store: Store,
-    run_id: str,
-    options: RunOptions,
-    make_client: Callable[[], Any],
-    events: Listener = ignore,
-) -> Ending:
-    """`batchrun cancel`: cancel the run's open batches, keep what they finished, leave the rest pending."""
-    _, job = load_run(store, run_id)
+def cancel_run(store: Store, run_id: str, options: RunOptions, target: Any, events: Listener = ignore) -> Ending:
+    """`batchrun cancel`: cancel the run's open batches, keep what they finished, leave the rest pending.
+    `target` has the client factory and the endpoint (the run's batches live there)."""
+    run, job = load_run(store, run_id)
+    check_endpoint(run, target.endpoint)
+    make_client = target.make_client
     if job.mode != "batch":
         raise UsageError(
             f"run {run_id} is an online run: it has no batches to cancel (stop the process running it with "
@@ -156,6 +195,14 @@ def cancel_run(
 
     started = time.monotonic()
     attempts_before = store.attempt_count(run_id)
+    counts = store.counts(run_id)
+    events(
+        Event(
+            "run_started",
+            run_id,
+            {"total": sum(counts.values()), "done": counts[State.SUCCEEDED] + counts[State.FAILED], "mode": job.mode},
+        )
+    )
     stop = asyncio.run(cancel_batches(store, run_id, job, make_client(), events, timeout=options.timeout))
     pending = store.counts(run_id)[State.PENDING]
     if stop is None and pending:

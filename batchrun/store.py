@@ -150,6 +150,14 @@ def m004_batch_tokens(db: Database) -> None:
     )
 
 
+@migrations()
+def m005_endpoints(db: Database) -> None:
+    """Where a run's answers come from (the emulator, the API, a gateway), and the run a cached answer was copied
+    from: an answer from one endpoint is never served to a run on another."""
+    db.execute("ALTER TABLE runs ADD COLUMN endpoint TEXT")
+    db.execute("ALTER TABLE items ADD COLUMN answered_from TEXT")
+
+
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -234,12 +242,30 @@ class Store:
 
     # runs
 
-    def find_run(self, input_sha256: str, fingerprint: str) -> str | None:
+    def find_run(self, input_sha256: str, fingerprint: str, endpoint: str) -> str | None:
+        """The run of this input and settings on this endpoint (or on an unknown one: made before endpoints were
+        recorded)."""
         row = self._one(
-            "SELECT id FROM runs WHERE input_sha256 = ? AND fingerprint = ? ORDER BY created_at DESC LIMIT 1",
-            [input_sha256, fingerprint],
+            "SELECT id FROM runs WHERE input_sha256 = ? AND fingerprint = ? AND (endpoint = ? OR endpoint IS NULL) "
+            "ORDER BY endpoint IS NULL, created_at DESC LIMIT 1",
+            [input_sha256, fingerprint, endpoint],
         )
         return row[0] if row else None
+
+    def unfinished_elsewhere(self, input_sha256: str, fingerprint: str, endpoint: str) -> dict[str, Any] | None:
+        """An unfinished run of this input and settings made on another endpoint."""
+        rows = list(
+            self.db.query(
+                "SELECT id, endpoint FROM runs r WHERE input_sha256 = ? AND fingerprint = ? AND endpoint != ? "
+                "AND EXISTS (SELECT 1 FROM items WHERE run_id = r.id AND state IN (?, ?)) "
+                "ORDER BY created_at DESC LIMIT 1",
+                [input_sha256, fingerprint, endpoint, PENDING, IN_FLIGHT],
+            )
+        )
+        return rows[0] if rows else None
+
+    def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
+        self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
 
     def unfinished_run_from(self, input_path: str, fingerprint: str) -> str | None:
         """A run made from this path with these settings that still has items to send."""
@@ -276,8 +302,8 @@ class Store:
         with self.db.atomic():
             self.db.execute(
                 "INSERT INTO runs (id, created_at, updated_at, input_path, input_sha256, fingerprint, mode, job, "
-                "status, total) VALUES (:id, :created_at, :updated_at, :input_path, :input_sha256, :fingerprint, "
-                ":mode, :job, :status, :total)",
+                "status, total, endpoint) VALUES (:id, :created_at, :updated_at, :input_path, :input_sha256, "
+                ":fingerprint, :mode, :job, :status, :total, :endpoint)",
                 row,
             )
             for chunk in _chunks(items, INSERT_CHUNK):
@@ -374,16 +400,21 @@ class Store:
             )
 
     def reuse_results(self, run_id: str) -> int:
-        """Answer pending items from identical requests that already succeeded in this database: never pay twice.
+        """Answer pending items from identical requests that already succeeded in this database, on the same
+        endpoint: never pay twice, and never serve one endpoint's answer (the emulator's) to a run on another.
 
-        The reused result is the original reply; the item is billed nothing (via 'cache', zero tokens).
+        The reused result is the original reply; the item is billed nothing (via 'cache', zero tokens), and
+        `answered_from` names the run it was copied from.
         """
+        source = (
+            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE c.request_hash = items.request_hash "
+            "AND c.state = 'succeeded' AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
+        )
         cur = self.db.execute(
-            "UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result FROM items c "
-            "WHERE c.request_hash = items.request_hash AND c.state = ? LIMIT 1), updated_at = ? "
-            "WHERE run_id = ? AND state = ? AND request_hash IN "
-            "(SELECT request_hash FROM items WHERE state = ? AND request_hash IS NOT NULL)",
-            [SUCCEEDED, SUCCEEDED, time.time(), run_id, PENDING, SUCCEEDED],
+            f"UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result {source} LIMIT 1), "
+            f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ? "
+            f"WHERE run_id = ? AND state = ? AND EXISTS (SELECT 1 {source})",
+            [SUCCEEDED, run_id, run_id, time.time(), run_id, PENDING, run_id],
         )
         return cur.rowcount
 
@@ -444,6 +475,16 @@ class Store:
                 [run_id],
             )
         )
+
+    def answered_by(self, run_id: str) -> dict[str, int]:
+        """Succeeded items by what answered them: the API online, a batch, or the response cache."""
+        names = {"online": "api", "batch": "batch", "cache": "cache"}
+        counts = dict.fromkeys(names.values(), 0)
+        for via, n in self.db.execute(
+            "SELECT via, count(*) FROM items WHERE run_id = ? AND state = ? GROUP BY via", [run_id, SUCCEEDED]
+        ):
+            counts[names.get(via, via)] = n
+        return counts
 
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         """Failed items grouped by error type and status, with one example message each."""
