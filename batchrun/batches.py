@@ -32,7 +32,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from batchrun.api import APIFailure, api_errors, redact
+from batchrun.budget import Budget, worst_cost
 from batchrun.errors import RunLocked
 from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
 from batchrun.lock import RunLock
-from batchrun.pricing import usage_cost
+from batchrun.pricing import total_cost, usage_cost
 from batchrun.retry import retrying
 from batchrun.signals import on_signals
 from batchrun.store import Attempt, Outcome, State, Store
@@ -98,6 +99,31 @@ def plan_cuts(sizes: Iterable[tuple[int, int]], max_items: int, max_bytes: int) 
     return plans
 
 
+class Capped:
+    """The longest prefix of the pending items that --limit and the budget allow into new batches."""
+
+    def __init__(self, limit: int | None, budget_left: float | None, ttl: str) -> None:
+        self.limit = limit
+        self.ttl = ttl
+        self.left = budget_left
+        self.over_budget = False
+
+    def prefix(
+        self, rows: Iterable[tuple[int, int, str, int]], prices: Mapping[str, Mapping[str, float]] | None
+    ) -> Iterator[tuple[int, int]]:
+        """(line_no, bytes) of pending items, in order, until one would go over the limit or the budget."""
+        for n, (line_no, size, model, max_tokens) in enumerate(rows):
+            if self.limit is not None and n >= self.limit:
+                return
+            if self.left is not None:
+                worst = worst_cost(model, size, max_tokens, prices, batch=True, cached_chars=size, ttl=self.ttl)
+                if worst is None or worst > self.left:
+                    self.over_budget = True
+                    return
+                self.left -= worst
+            yield line_no, size
+
+
 class ForeignBatch(Exception):
     """An adopted batch whose results carry none of its plan's custom_ids: another run's batch."""
 
@@ -131,6 +157,8 @@ class BatchEngine:
         no_wait: bool = False,
         timeout: float | None = None,
         honour_cancel: bool = True,
+        budget: Budget | None = None,
+        limit: int | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -141,6 +169,9 @@ class BatchEngine:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.honour_cancel = honour_cancel
+        self.budget = budget or Budget(None, 0.0, job.prices)
+        self.limit = self.limit_given = limit
+        self.dead_models: dict[str, str] = {}
         self.max_items = min(job.batch_size, API_MAX_REQUESTS)
         self.max_bytes = min(job.batch_max_bytes, API_MAX_BYTES)
         self.poll_min = max(MIN_POLL_S, job.poll_interval)
@@ -178,6 +209,8 @@ class BatchEngine:
         while True:
             await self._collect_ended()
             self._check_stop()
+            if self.dead_models and not self.store.batches(self.run_id, open_only=True):
+                return Stop(StopReason.UNKNOWN_MODEL, self.run_id, {"models": self.dead_models})
             for row in self.store.batches(self.run_id, open_only=True):
                 if row["id"] is None:  # an adopted batch turned out to be another run's: look again, or create
                     await self._create(row, reconcile=True)
@@ -232,9 +265,16 @@ class BatchEngine:
     # creating batches
 
     async def _submit_pending(self) -> None:
-        plans = plan_cuts(self.store.pending_sizes(self.run_id), self.max_items, self.max_bytes)
+        capped = Capped(self.limit, self._budget_left(), self.job.cache_ttl)
+        plans = plan_cuts(
+            capped.prefix(self.store.pending_costs(self.run_id), self.job.prices), self.max_items, self.max_bytes
+        )
         if not plans:
-            return
+            if capped.over_budget:
+                raise self.stop_with(StopReason.BUDGET, limit=self.budget.limit, spent=self._spent())
+            raise self.stop_with(StopReason.LIMIT, limit=self.limit_given)
+        if self.limit is not None:
+            self.limit -= sum(p[2] for p in plans)
         follow_up = bool(self.store.batches(self.run_id))
         rows = self.store.add_batch_plans(self.run_id, plans, time.time())
         items = sum(p[2] for p in plans)
@@ -250,6 +290,21 @@ class BatchEngine:
             except (Stopped, asyncio.CancelledError):
                 self._drop_plans(rows[i + 1 :])
                 raise
+
+    def _spent(self) -> float:
+        return total_cost(self.store.usage(self.run_id), self.job.prices)[0]
+
+    def _budget_left(self) -> float | None:
+        """What the budget leaves for new batches: the limit, less what was spent, less the worst case of the
+        batches still open (their results are not billed yet)."""
+        if self.budget.limit is None:
+            return None
+        open_worst = sum(
+            worst_cost(model, size, max_tokens, self.job.prices, batch=True, cached_chars=size, ttl=self.job.cache_ttl)
+            or 0.0
+            for _, size, model, max_tokens in self.store.open_batch_costs(self.run_id)
+        )
+        return self.budget.limit - self._spent() - open_worst
 
     def _drop_plans(self, rows: list[dict[str, Any]]) -> None:
         """Plans this process never sent (no create attempted): their items go back to pending, and no
@@ -485,7 +540,7 @@ class BatchEngine:
             if member is None:
                 part.stray += 1
                 continue
-            outcome = self._outcome(member[0], member[1], line.get("result") or {}, started, seconds)
+            outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
             if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
                 part.usd += usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices) or 0.0
@@ -499,7 +554,9 @@ class BatchEngine:
         self.store.record(outcomes)
         return part
 
-    def _outcome(self, line_no: int, attempts: int, result: dict[str, Any], started: float, seconds: float) -> Outcome:
+    def _outcome(
+        self, line_no: int, attempts: int, model: str, result: dict[str, Any], started: float, seconds: float
+    ) -> Outcome:
         """One result line as the item's outcome, in the same result format as the online path."""
         kind = result.get("type")
         last_try = attempts + 1 >= self.job.max_attempts
@@ -522,6 +579,9 @@ class BatchEngine:
             text = redact(str(error.get("message") or ""), self.api_key)
             request_id = envelope.get("request_id")
             attempt = Attempt(started, seconds, error_type, request_id=request_id)
+            if error_type == "not_found_error":  # an unknown model: its items wait, they are not burnt
+                self.dead_models.setdefault(model, text)
+                return Outcome(self.run_id, line_no, State.PENDING, attempts=[attempt])
             if error_type in RETRYABLE_RESULT_ERRORS and not last_try:
                 return Outcome(self.run_id, line_no, State.PENDING, attempts=[attempt])
             body = {"type": "error", "error": {"type": error_type, "message": text}, "request_id": request_id}
@@ -642,12 +702,16 @@ async def run_batches(
     *,
     no_wait: bool = False,
     timeout: float | None = None,
+    budget: Budget | None = None,
+    limit: int | None = None,
 ) -> Stop | None:
     """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did.
 
     A signal never cancels a batch: the first stops at the next safe point, a second at once."""
     store.clear_cancel(run_id)
-    engine = BatchEngine(store, run_id, job, client, events=events, no_wait=no_wait, timeout=timeout)
+    engine = BatchEngine(
+        store, run_id, job, client, events=events, no_wait=no_wait, timeout=timeout, budget=budget, limit=limit
+    )
     task = asyncio.current_task()
     interrupted = Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
 

@@ -15,6 +15,7 @@ import click
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_USAGE, BatchrunError, UsageError
 
 DEFAULT_DB = "batchrun.db"
+MAX_CONCURRENCY = 1000
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -109,6 +110,35 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return client_options(fn)
 
 
+def setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Settings that do not change what is sent: given to resume, retry or a repeated submit, they apply to the rest
+    of the run (and are kept for later resumes)."""
+    for option in reversed(
+        [
+            click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches."),
+            click.option(
+                "--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Ceiling on requests in flight."
+            ),
+            click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per item before it fails."),
+            click.option("--rpm", type=click.IntRange(1), help="Stay under this many requests per minute."),
+            click.option("--itpm", type=click.IntRange(1), help="Stay under this many input tokens per minute."),
+            click.option("--otpm", type=click.IntRange(1), help="Stay under this many output tokens per minute."),
+            click.option(
+                "--max-cost",
+                type=click.FloatRange(0, min_open=True),
+                help="Spend at most this many USD on the run, across all its resumes.",
+            ),
+            click.option(
+                "--limit",
+                type=click.IntRange(1),
+                help="Process at most this many more items, then stop (exit 3 if items remain): a cheap canary.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of the Message Batches path, for the commands that process a run."""
     for option in reversed(
@@ -170,15 +200,10 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.argument("items", type=click.Path(dir_okay=False))
 @click.option("--job", "job_path", type=click.Path(dir_okay=False), help="Job settings (TOML).")
-@click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches (half price).")
 @click.option("--model", help="Model for lines that do not name one.")
 @click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
 @click.option("--system", help="System prompt, or @FILE to read it from a file.")
-@click.option("--concurrency", type=int, help="Ceiling on requests in flight.")
-@click.option("--max-attempts", type=int, help="Attempts per item before it fails for good.")
-@click.option("--rpm", type=int, help="Stay under this many requests per minute.")
-@click.option("--itpm", type=int, help="Stay under this many input tokens per minute.")
-@click.option("--otpm", type=int, help="Stay under this many output tokens per minute.")
+@setting_options
 @click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
 @click.option("--dry-run", is_flag=True, help="Validate, count tokens, print expected cost and time; send nothing.")
 @click.option("--new-run", is_flag=True, help="Start a new run even if the file changed under an unfinished one.")
@@ -210,6 +235,7 @@ def submit(
     from batchrun.runs import prepare_run
 
     flags["system"] = load_system(flags["system"])
+    limit = flags.pop("limit")
     job = load_job(job_path).with_overrides(**flags)
     load_env()
     if dry_run:
@@ -224,9 +250,10 @@ def submit(
             store.discard()
             raise
         click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
-        given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout}
+        given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,
+            settings=job.runtime_settings(),
             no_wait=no_wait,
             timeout=timeout,
             batch_size=flags["batch_size"],
@@ -238,6 +265,7 @@ def submit(
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--no-wait", is_flag=True, help="Batch mode: collect ended batches, create new ones, exit 3 if open.")
+@setting_options
 @batch_options
 @run_options
 @db_option
@@ -261,19 +289,15 @@ def resume(
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--error-type", help="Only items that failed with this error type (e.g. overloaded_error).")
+@setting_options
 @run_options
 @db_option
 @handle_errors
 def retry(run_id: str, error_type: str | None, db_path: str | None, **options: Any) -> None:
-    """Put permanently failed items back to pending and process them again."""
-    from batchrun.runs import load_run
-
+    """Put permanently failed items back to pending and process them again (under the run's lock: a retry that
+    cannot proceed changes nothing)."""
     load_env()
-    store = open_store(db_path)
-    load_run(store, run_id)
-    count = store.retry_failed(run_id, error_type)
-    click.echo(f"batchrun: {count} failed item(s) of run {run_id} are pending again", err=True)
-    _run_command(db_path, run_id, options, store=store)
+    _run_command(db_path, run_id, options, retry=error_type or True)
 
 
 @cli.command()
@@ -323,21 +347,27 @@ def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
         click.echo(format_plan(plan(items, job, make_client)))
 
 
-def _options(given: dict[str, Any], **batch: Any) -> Any:
+def _options(given: dict[str, Any], **more: Any) -> Any:
     """The RunOptions of a command from its parsed options."""
+    from batchrun.job import RUNTIME_KEYS
     from batchrun.settings import RunOptions
 
+    more.setdefault("settings", {k: given[k] for k in RUNTIME_KEYS if given.get(k) is not None})
     return RunOptions(
-        grace=given["grace"], use_cache=not given["no_cache"], request_timeout=given["request_timeout"], **batch
+        grace=given["grace"],
+        use_cache=not given["no_cache"],
+        request_timeout=given["request_timeout"],
+        limit=given["limit"],
+        **more,
     )
 
 
-def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], store: Any = None, **batch: Any) -> None:
+def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more: Any) -> None:
     """resume and retry: check the key, open the store, process the run."""
     with ExitStack() as stack:
         target = _client_factory(stack, given["emulate"], given["backend"])
-        store = store or open_store(db_path)
-        _process(store, run_id, _options(given, **batch), target, given["quiet"], given["output"])
+        store = open_store(db_path)
+        _process(store, run_id, _options(given, **more), target, given["quiet"], given["output"])
 
 
 def _process(store: Any, run_id: str, options: Any, target: Target, quiet: bool, output: str | None) -> None:

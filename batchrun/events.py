@@ -26,6 +26,10 @@ class StopReason(StrEnum):
     CREATE_FAILED = "create_failed"  # a batch create failed in a way that leaves open whether it exists
     CREATE_REFUSED = "create_refused"  # the API refused a batch create
     API_CALL_FAILED = "api_call_failed"  # a batch API call (retrieve, list, results) kept failing
+    BUDGET = "budget"  # the next request would take the run over --max-cost
+    LIMIT = "limit"  # --limit items were processed
+    UNKNOWN_MODEL = "unknown_model"  # the API does not know a model: its items stay pending
+    INVALID_REQUESTS = "invalid_requests"  # the run's first requests all failed with one invalid-request message
 
 
 @dataclass(slots=True)

@@ -15,6 +15,8 @@ from batchrun.caching import cached_system
 from batchrun.errors import UsageError
 
 MODES = ("online", "batch")
+# Settings that do not change what is sent: they may change under a run (resume, a repeated submit).
+RUNTIME_KEYS = ("mode", "concurrency", "max_attempts", "rpm", "itpm", "otpm", "max_cost", "poll_interval", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Job:
     routes: dict[str, str] = field(default_factory=dict)
     cache: bool = True
     cache_ttl: str = "5m"
+    max_cost: float | None = None
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -64,7 +67,6 @@ class Job:
             "max_tokens",
             "system",
             "template",
-            "mode",
             "params",
             "route_field",
             "routes",
@@ -73,6 +75,9 @@ class Job:
         )
         data = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def runtime_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RUNTIME_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

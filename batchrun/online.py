@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from batchrun.api import APIFailure, Reply, send
+from batchrun.budget import Budget
 from batchrun.caching import prefix_key
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from batchrun.job import Job
 
 MAX_GROUP = 1000
+INVALID_STREAK = 5  # the first outcomes of a run all failing with one invalid-request message stop it here
 
 
 class StopRequested(Exception):
@@ -54,6 +56,8 @@ class Engine:
         events: Listener = ignore,
         limiter: Limiter | None = None,
         request_timeout: float = 600.0,
+        budget: Budget | None = None,
+        limit: int | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -70,6 +74,13 @@ class Engine:
         self.last_success = 0.0
         self.interrupted = False
         self.left_pending = 0
+        self.budget = budget or Budget(None, 0.0, job.prices)
+        self.limit = limit
+        self.limit_reached = False
+        self.models = store.models(run_id)
+        self.dead_models: dict[str, str] = {}
+        self.invalid_streak = 0
+        self.invalid_message: str | None = None
         self.workers: list[asyncio.Task[None]] = []
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
@@ -96,6 +107,10 @@ class Engine:
             self._db_thread.shutdown(wait=True)
         if self.stopped_by is None and self.interrupted:
             self.stopped_by = Stop(StopReason.INTERRUPTED, self.run_id)
+        if self.dead_models and (self.stopped_by is None or self.stopped_by.reason == StopReason.LIMIT):
+            self.stopped_by = Stop(StopReason.UNKNOWN_MODEL, self.run_id, {"models": self.dead_models})
+        if self.stopped_by is None and self.limit_reached:
+            self.stopped_by = Stop(StopReason.LIMIT, self.run_id, {"limit": self.limit})
         if self.stopped_by is None and self.left_pending:
             self.stopped_by = Stop(StopReason.OVERLOADED, self.run_id, {"items": self.left_pending})
         return self.stopped_by
@@ -146,13 +161,18 @@ class Engine:
         """
         last = 0
         page = max(64, self.job.concurrency * 2)
-        while not self.stopping.is_set():
-            items = await self._db(self.store.claim_pending, self.run_id, last, page)
+        left = self.limit
+        while not self.stopping.is_set() and left != 0:
+            size = page if left is None else min(page, left)
+            items = await self._db(self.store.claim_pending, self.run_id, last, size)
             if not items:
                 break
             for item in items:
                 await self.queue.put(item)
             last = items[-1].line_no
+            left = None if left is None else left - len(items)
+        if left == 0:
+            self.limit_reached = True
         for _ in range(self.job.concurrency):
             await self.queue.put(None)
 
@@ -184,7 +204,11 @@ class Engine:
         except StopRequested:
             return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
         except APIFailure as failure:
-            if failure.fatal:
+            if failure.status == 404 and failure.error_type == "not_found_error":
+                self._unknown_model(item.params["model"], failure)
+            elif self._invalid_streak(failure):
+                return failed_outcome(self.run_id, item.line_no, failure, attempts)
+            elif failure.fatal:
                 self.stop(Stop(StopReason.FATAL_API, self.run_id, _failure_detail(failure)))
             elif self._looks_like_outage(failure, attempts):
                 self.stop(Stop(StopReason.OUTAGE, self.run_id, _failure_detail(failure, self.job.max_attempts)))
@@ -194,6 +218,26 @@ class Engine:
                 return failed_outcome(self.run_id, item.line_no, failure, attempts)
             return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
         return succeeded_outcome(self.run_id, item.line_no, reply, attempts)
+
+    def _unknown_model(self, model: str, failure: APIFailure) -> None:
+        """A model the API does not know: none of its items is sent (they stay pending), the others go on; a run
+        with no other model stops at once."""
+        self.dead_models.setdefault(model, failure.message)
+        if set(self.dead_models) >= set(self.models):
+            self.stop()
+
+    def _invalid_streak(self, failure: APIFailure) -> bool:
+        """The first INVALID_STREAK outcomes of the run all failed with the same invalid-request message: every item
+        would, so the run stops there instead of sending the whole file. Returns whether this failure counts."""
+        if self.last_success or failure.status not in (400, 422):
+            return False
+        if self.invalid_message not in (None, failure.message):
+            self.invalid_streak = 0
+        self.invalid_message = failure.message
+        self.invalid_streak += 1
+        if self.invalid_streak >= INVALID_STREAK:
+            self.stop(Stop(StopReason.INVALID_REQUESTS, self.run_id, _failure_detail(failure, self.invalid_streak)))
+        return True
 
     def _looks_like_outage(self, failure: APIFailure, attempts: list[Attempt]) -> bool:
         """Retries ran out and nothing succeeded anywhere since this item's last attempt began: the API is down,
@@ -230,14 +274,23 @@ class Engine:
         return led
 
     async def _send(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
-        reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
+        if item.params["model"] in self.dead_models:
+            raise StopRequested
+        budgeted = await self._reserve(item.params)
+        try:
+            reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
+        except BaseException:
+            self.budget.settle(budgeted, 0.0)
+            raise
         started = time.time()
         try:
             reply = await send(self.client, item.params, self.request_timeout)
         except asyncio.CancelledError:
             attempts.append(Attempt(started, time.time() - started, "aborted"))
+            self.budget.settle(budgeted, 0.0)
             raise
         except APIFailure as failure:
+            self.budget.settle(budgeted, 0.0)
             self.limiter.release(reservation, None)
             self.limiter.observe(failure.headers)
             self.limiter.throttled(failure.status, failure.retry_after)
@@ -253,12 +306,26 @@ class Engine:
                 )
             )
             raise
-        self.limiter.release(reservation, reply.message.get("usage"))
+        usage = reply.message.get("usage") or {}
+        self.budget.settle(budgeted, usage_cost(item.params["model"], "online", usage, self.job.prices))
+        self.limiter.release(reservation, usage)
         self.limiter.observe(reply.headers)
         self.limiter.succeeded()
         self.last_success = time.time()
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
         return reply
+
+    async def _reserve(self, params: dict[str, Any]) -> float:
+        """The request's worst case, held against --max-cost. While other requests hold reservations, wait for them
+        to settle (most cost far less than their worst case); when none does and it still does not fit, the run
+        has reached its budget."""
+        while (budgeted := self.budget.reserve(params)) is None:
+            if not self.budget.holders or self.stopping.is_set():
+                self.stop(Stop(StopReason.BUDGET, self.run_id, {"limit": self.budget.limit}))
+                raise StopRequested
+            self.budget.settled.clear()
+            await self.budget.settled.wait()
+        return budgeted
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -345,11 +412,13 @@ async def run_online(
     *,
     grace: float = 5.0,
     request_timeout: float = 600.0,
+    budget: Budget | None = None,
+    limit: int | None = None,
 ) -> Stop | None:
     """Process an online run (the caller holds its lock); returns why it stopped early, if it did.
 
     The first signal stops feeding and gives requests in flight `grace` seconds; a second one stops at once."""
-    engine = Engine(store, run_id, job, client, events, request_timeout=request_timeout)
+    engine = Engine(store, run_id, job, client, events, request_timeout=request_timeout, budget=budget, limit=limit)
     loop = asyncio.get_running_loop()
 
     def first(name: str) -> None:

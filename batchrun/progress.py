@@ -100,6 +100,11 @@ def describe(ev: Event) -> str | None:
             )
         case "signal":
             return f"{d['name']}: finishing requests in flight (up to {d['grace']:g}s; again to stop now)"
+        case "retrying_failed":
+            return f"{d['items']} failed item(s) of run {run} are pending again"
+        case "settings_changed":
+            shown = ", ".join(f"{k} = {v}" for k, v in d["changed"].items())
+            return f"{run}: from now on {shown}"
         case "signal_again":
             return f"{d['name']} again, stopping now"
         case "stray_released":
@@ -211,6 +216,25 @@ def describe_stop(stop: Stop) -> str:
             return (
                 f"stopped: the API refused batch {d['seq']} ({d['requests']} requests, {d['bytes']:,} bytes): "
                 f"{_api(d)} (its items are pending again; fix the cause, then {resume})"
+            )
+        case StopReason.BUDGET:
+            return (
+                f"budget reached: ${d['spent']:.4f} of ${d['limit']:.4f} spent, {d.get('left', '?')} item(s) left "
+                f"(the next request's worst case would go over); resume with a larger --max-cost: "
+                f"`batchrun resume {run} --max-cost USD`"
+            )
+        case StopReason.LIMIT:
+            return f"--limit {d['limit']} reached: {d.get('left', '?')} item(s) left ({resume} sends the rest)"
+        case StopReason.UNKNOWN_MODEL:
+            models = "; ".join(f"{m} ({message})" for m, message in d["models"].items())
+            return (
+                f"stopped: the API does not know the model {models}: its items were not sent and stay pending "
+                f"(fix the model id, e.g. in the job's model or routes, then submit with --new-run)"
+            )
+        case StopReason.INVALID_REQUESTS:
+            return (
+                f"stopped: the run's first {d['attempts']} requests all failed with {_api(d)} -- every item would; "
+                "the rest were not sent (fix the job or the input, then submit with --new-run)"
             )
         case StopReason.API_CALL_FAILED:
             return f"stopped: could not {d['what']}: {_api(d)} (batches keep processing; {resume} tries again)"

@@ -145,15 +145,21 @@ def process_run(
 ) -> Ending:
     """Send what has no result yet, holding the run's lock, and say how the run stands at the end.
 
+    Everything that changes the store happens under the lock: a command that cannot take it changes nothing.
     A run made before endpoints were recorded takes the endpoint of the first command that continues it."""
-    run, job = load_run(store, run_id)
+    run, _ = load_run(store, run_id)
     check_endpoint(run, endpoint)
-    if run.get("endpoint") is None:
-        store.set_run_endpoint(run_id, endpoint)
-    job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
     started = time.monotonic()
     with RunLock(store.path, run_id):
+        job = _apply_settings(store, run_id, options.settings, events)
+        if run.get("endpoint") is None:
+            store.set_run_endpoint(run_id, endpoint)
+        job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
+        check_budget(store, run_id, job)
         attempts_before = store.attempt_count(run_id)
+        if options.retry:
+            error_type = options.retry if isinstance(options.retry, str) else None
+            events(Event("retrying_failed", run_id, {"items": store.retry_failed(run_id, error_type)}))
         reused = store.reuse_results(run_id) if options.use_cache else 0
         counts = store.counts(run_id)
         stop = None
@@ -165,18 +171,76 @@ def process_run(
         return finish(store, run_id, job, started, attempts_before, stop, reused)
 
 
+def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events: Listener) -> Job:
+    """Settings that do not change requests (concurrency, limits, attempts, budget, mode) apply to the rest of the
+    run, and are kept for its later resumes. The mode changes only while no batch of the run is open: an item in a
+    batch sent online as well would be paid twice."""
+    _, job = load_run(store, run_id)
+    new = job.with_overrides(**settings)
+    changed = {k: v for k, v in settings.items() if getattr(job, k) != v}
+    if not changed:
+        return job
+    if "mode" in changed and store.batches(run_id, open_only=True):
+        raise UsageError(
+            f"run {run_id} has batches still open: its mode cannot change to {new.mode} now "
+            f"(`batchrun resume {run_id}` collects them, or `batchrun cancel {run_id}` cancels them; "
+            "then change the mode)"
+        )
+    store.update_run_job(run_id, new.to_dict(), new.mode)
+    events(Event("settings_changed", run_id, {"changed": changed}))
+    return new
+
+
+def check_budget(store: Store, run_id: str, job: Job) -> None:
+    """A budget needs a price for every model of the run: an unknown price would make the ceiling meaningless."""
+    if job.max_cost is None:
+        return
+    from batchrun.pricing import price_for
+
+    unpriced = [m for m in store.models(run_id) if price_for(m, job.prices) is None]
+    if unpriced:
+        raise UsageError(
+            f"--max-cost needs the price of every model of run {run_id}; no price is known for {', '.join(unpriced)} "
+            '(add them to the job\'s [prices] table, e.g. [prices."MODEL"] input = 3.0, output = 15.0 in USD per '
+            "million tokens)"
+        )
+
+
 async def _engine(
     store: Store, run_id: str, job: Job, options: RunOptions, client: Any, events: Listener
 ) -> Stop | None:
     # The engines are imported here, not at the top: status and results start faster without them.
+    from batchrun.budget import Budget
+    from batchrun.pricing import total_cost
+
+    spent, _ = total_cost(store.usage(run_id), job.prices)
+    budget = Budget(job.max_cost, spent, job.prices)
     if job.mode == "batch":
         from batchrun.batches import run_batches
 
-        return await run_batches(store, run_id, job, client, events, no_wait=options.no_wait, timeout=options.timeout)
+        return await run_batches(
+            store,
+            run_id,
+            job,
+            client,
+            events,
+            no_wait=options.no_wait,
+            timeout=options.timeout,
+            budget=budget,
+            limit=options.limit,
+        )
     from batchrun.online import run_online
 
     return await run_online(
-        store, run_id, job, client, events, grace=options.grace, request_timeout=options.request_timeout
+        store,
+        run_id,
+        job,
+        client,
+        events,
+        grace=options.grace,
+        request_timeout=options.request_timeout,
+        budget=budget,
+        limit=options.limit,
     )
 
 
@@ -224,6 +288,15 @@ def finish(
     """The bookkeeping at the end of every command that processed a run, whichever path it took."""
     counts = store.counts(run_id)
     exit_code = exit_code_for(counts)
+    if stop is not None and stop.reason in (StopReason.BUDGET, StopReason.LIMIT):
+        if exit_code != EXIT_NOT_FINISHED:  # it stopped with nothing left to do: nothing to say
+            stop = None
+        else:
+            stop.detail["left"] = counts[State.PENDING] + counts[State.IN_FLIGHT]
+            if stop.reason == StopReason.BUDGET:
+                from batchrun.pricing import total_cost
+
+                stop.detail["spent"] = total_cost(store.usage(run_id), job.prices)[0]
     if stop is not None and stop.reason == StopReason.BUG:
         exit_code = EXIT_FAILED_ITEMS
     open_batches = job.mode == "batch" and bool(store.batches(run_id, open_only=True))

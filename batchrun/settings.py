@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,3 +15,6 @@ class RunOptions:
     batch_size: int | None = None  # batch mode: overrides the job's batch_size for this process
     poll_interval: float | None = None  # batch mode: overrides the job's poll_interval for this process
     request_timeout: float = 600.0  # online: the most one request may take, start to last byte
+    limit: int | None = None  # process at most this many more items in this invocation
+    settings: dict[str, Any] = field(default_factory=dict)  # job settings that do not change requests, kept
+    retry: str | bool = False  # put failed items (True: all; a string: of that error type) back to pending first

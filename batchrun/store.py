@@ -158,6 +158,16 @@ def m005_endpoints(db: Database) -> None:
     db.execute("ALTER TABLE items ADD COLUMN answered_from TEXT")
 
 
+@migrations()
+def m006_fingerprint_without_mode(db: Database) -> None:
+    """The mode no longer decides a run's identity (it may change under a run): recompute stored fingerprints."""
+    from batchrun.job import Job
+
+    for run_id, job in db.execute("SELECT id, job FROM runs").fetchall():
+        fingerprint = Job.from_dict(orjson.loads(job)).fingerprint()
+        db.execute("UPDATE runs SET fingerprint = ? WHERE id = ?", [fingerprint, run_id])
+
+
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -263,6 +273,15 @@ class Store:
             )
         )
         return rows[0] if rows else None
+
+    def update_run_job(self, run_id: str, job: dict[str, Any], mode: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET job = ?, mode = ?, updated_at = ? WHERE id = ?",
+            [orjson.dumps(job).decode(), mode, time.time(), run_id],
+        )
+
+    def models(self, run_id: str) -> list[str]:
+        return [m for (m,) in self.db.execute("SELECT DISTINCT model FROM items WHERE run_id = ?", [run_id])]
 
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
@@ -522,6 +541,28 @@ class Store:
         while rows := cur.fetchmany(5000):
             yield from rows
 
+    def pending_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
+        """(line_no, bytes as sent, model, max_tokens) of the pending items in input order: what a batch plan and
+        the budget need, without loading params."""
+        cur = self.db.execute(
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)), model, "
+            "json_extract(params, '$.max_tokens') FROM items WHERE run_id = ? AND state = ? ORDER BY line_no",
+            [SENT_ID_OVERHEAD, run_id, PENDING],
+        )
+        while rows := cur.fetchmany(5000):
+            yield from rows
+
+    def open_batch_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
+        """The same for the items waiting in the run's open batches."""
+        cur = self.db.execute(
+            "SELECT line_no, length(CAST(params AS BLOB)), model, json_extract(params, '$.max_tokens') FROM items "
+            "WHERE run_id = ? AND state = ? AND batch_seq IN (SELECT seq FROM batches WHERE run_id = ? "
+            "AND collected_at IS NULL)",
+            [run_id, IN_FLIGHT, run_id],
+        )
+        while rows := cur.fetchmany(5000):
+            yield from rows
+
     def add_batch_plans(self, run_id: str, plans: list[tuple[int, int, int, int]], now: float) -> list[dict[str, Any]]:
         """Write planned batches, each `(first_line, last_line, n_items, n_bytes)` over the pending items, in one
         transaction: the plan rows, and every item moved to in_flight with its batch. Nothing is sent yet; after a
@@ -645,25 +686,25 @@ class Store:
                 [f"{batch_id} was adopted but its results are another run's: left alone", run_id, seq],
             )
 
-    def batch_members(self, run_id: str, seq: int, custom_ids: list[str]) -> dict[str, tuple[int, int]]:
-        """custom_id -> (line_no, attempts so far) of those items of the batch that still wait for a result.
-        Items already recorded are left out, so reading a batch's results again never records twice."""
+    def batch_members(self, run_id: str, seq: int, custom_ids: list[str]) -> dict[str, tuple[int, int, str]]:
+        """custom_id as sent -> (line_no, attempts so far, model) of those items of the batch that still wait for a
+        result. Items already recorded are left out, so reading a batch's results again never records twice."""
         token = self._batch_token(run_id, seq)
         if token is None:
             rows = self.db.execute(
-                "SELECT custom_id, line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
-                "AND custom_id IN (SELECT value FROM json_each(?))",
+                "SELECT custom_id, line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? "
+                "AND state = ? AND custom_id IN (SELECT value FROM json_each(?))",
                 [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
             ).fetchall()
-            return {custom_id: (line_no, attempts) for custom_id, line_no, attempts in rows}
+            return {custom_id: (line_no, attempts, model) for custom_id, line_no, attempts, model in rows}
         prefix = f"{token}-"
         lines = [int(c[len(prefix) :]) for c in custom_ids if c.startswith(prefix) and c[len(prefix) :].isdigit()]
         rows = self.db.execute(
-            "SELECT line_no, attempts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "SELECT line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
             "AND line_no IN (SELECT value FROM json_each(?))",
             [run_id, seq, IN_FLIGHT, orjson.dumps(lines).decode()],
         ).fetchall()
-        return {sent_custom_id(token, line_no): (line_no, attempts) for line_no, attempts in rows}
+        return {sent_custom_id(token, line_no): (line_no, attempts, model) for line_no, attempts, model in rows}
 
     def release_batch(self, run_id: str, seq: int) -> int:
         """Items of the batch still without a result go back to pending (sent again by a later batch)."""

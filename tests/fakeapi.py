@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-Handler = Callable[[web.Request, int, dict], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, int, dict], Awaitable[web.StreamResponse | None]]
 
 
 def message(params: dict, text: str = "ok") -> dict:
@@ -37,8 +37,12 @@ def json_response(body: object, status: int = 200, **headers: str) -> web.Respon
 
 
 class FakeAPI:
-    def __init__(self, handler: Handler) -> None:
+    """`handler` answers each request; with `upstream`, every route is served and a handler that returns None
+    passes the request on to the upstream server (the emulator) unchanged."""
+
+    def __init__(self, handler: Handler, upstream: str | None = None) -> None:
         self.handler = handler
+        self.upstream = upstream
         self.requests = 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -50,7 +54,10 @@ class FakeAPI:
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
-        app.router.add_post("/v1/messages", self._handle)
+        if self.upstream:
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+        else:
+            app.router.add_post("/v1/messages", self._handle)
         self.runner = web.AppRunner(app, handle_signals=False)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -62,8 +69,26 @@ class FakeAPI:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
-        params = orjson.loads(await request.read())
-        return await self.handler(request, self.requests, params)
+        body = await request.read()
+        params = orjson.loads(body) if body and request.content_type == "application/json" else {}
+        response = await self.handler(request, self.requests, params)
+        return response if response is not None else await self._forward(request, body)
+
+    async def _forward(self, request: web.Request, body: bytes) -> web.Response:
+        from aiohttp import ClientSession
+
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with (
+            ClientSession() as session,
+            session.request(request.method, f"{self.upstream}{request.rel_url}", data=body, headers=headers) as up,
+        ):
+            data = await up.read()
+            kept = {
+                k: v
+                for k, v in up.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding", "connection")
+            }
+            return web.Response(body=data, status=up.status, headers=kept)
 
     def close(self) -> None:
         async def stop() -> None:

@@ -40,22 +40,32 @@ def no_traceback(proc) -> None:
 
 
 def test_a_batch_of_another_run_is_never_adopted(workdir: Path, emulator) -> None:
-    """Run A's create fails (the API is unreachable), then run B (another database, same size) creates its batch;
+    """Run A's create fails (the API answers 529), then run B (another database, same size) creates its batch;
     A's resume finds B's batch as a candidate, proves from its results that it is not A's, leaves it alone and
     creates its own. Every answer A exports is the reply to A's own request, and B is untouched."""
     a_items = write_jsonl(workdir / "a.jsonl", [{"custom_id": f"a-{i}", "prompt": f"alpha {i}"} for i in range(30)])
     b_items = write_jsonl(workdir / "b.jsonl", [{"custom_id": f"b-{i}", "prompt": f"beta {i}"} for i in range(30)])
     batch = ["--mode", "batch", "--model", MODEL, "--max-tokens", "20", *FAST]
-    env = cli_env(emulator.base_url)
+    refusing = True
+
+    async def overloaded_creates(request: web.Request, n: int, params: dict) -> web.Response | None:
+        if refusing and request.method == "POST" and request.path == "/v1/messages/batches":
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            return json_response(error, 529, **{"retry-after": "0"})
+        return None
+
+    api = FakeAPI(overloaded_creates, upstream=emulator.base_url)
+    env = cli_env(api.base_url)
 
     down = batchrun(
         ["submit", str(a_items), *batch, "--run-id", "a", "--db", "a.db", "--max-attempts", "2"],
         cwd=workdir,
-        env=cli_env(DEAD_URL),
+        env=env,
     )
     assert down.returncode == 3, down.stderr
     assert "could not create batch 1" in down.stderr
     assert db_rows(workdir / "a.db", "SELECT count(*) FROM batches WHERE id IS NULL") == [(1,)]
+    refusing = False
 
     b = batchrun(["submit", str(b_items), *batch, "--run-id", "b", "--db", "b.db", "--no-wait"], cwd=workdir, env=env)
     assert b.returncode == 3, b.stderr
@@ -72,6 +82,7 @@ def test_a_batch_of_another_run_is_never_adopted(workdir: Path, emulator) -> Non
     assert b_batch not in {i for (i,) in db_rows(workdir / "a.db", "SELECT id FROM batches")}
 
     b_done = batchrun(["resume", "b", "--db", "b.db", *FAST, "-o", "b-out.jsonl"], cwd=workdir, env=env)
+    api.close()
     assert b_done.returncode == 0, b_done.stderr
     b_params = stored_params(workdir / "b.db")
     assert all(text == expected_text(b_params[cid]) for cid, text in texts(workdir / "b-out.jsonl").items())

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from batchrun.emulator.process import EmulatorProcess
-from tests.conftest import batchrun, cli_env, db_rows, prompts, read_jsonl, write_jsonl
+from tests.conftest import batchrun, cli_env, db_dump, db_rows, prompts, read_jsonl, write_jsonl
+from tests.fakeapi import FakeAPI, json_response, message
 
 MODEL = "claude-haiku-4-5"
 
@@ -97,3 +98,156 @@ def test_an_unfinished_run_keeps_an_existing_results_file(workdir: Path, emulato
     assert proc.returncode == 3
     assert "out.jsonl not written: the run is not finished" in proc.stderr
     assert (workdir / "out.jsonl").read_text() == "yesterday's results\n"
+
+
+# a budget, a limit, settings that change on resume
+
+
+def run_cost(workdir: Path, env: dict, run_id: str) -> float:
+    return status_json(workdir, env, run_id)["cost_usd"]
+
+
+def test_a_budget_stops_the_run_under_it_and_a_larger_one_finishes(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(60))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--model", MODEL, "--max-tokens", "200", "--run-id", "r", "--concurrency", "8"]
+    capped = batchrun([*args, "--max-cost", "0.005"], cwd=workdir, env=env)
+    assert capped.returncode == 3, capped.stderr
+    assert "budget reached" in capped.stderr and "--max-cost" in capped.stderr
+    spent = run_cost(workdir, env, "r")
+    assert 0 < spent <= 0.005
+    done = dict(db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state"))
+    assert 0 < done["succeeded"] < 60 and done.get("failed", 0) == 0
+
+    finished = batchrun(["resume", "r", "--max-cost", "1", "-o", "out.jsonl"], cwd=workdir, env=env)
+    assert finished.returncode == 0, finished.stderr
+    results = read_jsonl(workdir / "out.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"item-{i}" for i in range(60))
+    assert emulator.stats()["requests"] == 60  # every item exactly once, across the two commands
+    assert run_cost(workdir, env, "r") <= 1
+    print(f"budget test: ${spent:.4f} spent of a $0.005 budget; ${run_cost(workdir, env, 'r'):.4f} for the whole run")
+
+
+def test_a_budget_needs_a_price_for_every_model(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(["submit", str(items), "--model", "claude-unpriced-test", "--max-cost", "1"], cwd=workdir, env=env)
+    assert proc.returncode == 2 and "no price is known for claude-unpriced-test" in proc.stderr
+    assert emulator.stats()["requests"] == 0
+
+
+def test_limit_processes_that_many_items_then_exits_3(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(30))
+    env = cli_env(emulator.base_url)
+    canary = batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r", "--limit", "5"], cwd=workdir, env=env)
+    assert canary.returncode == 3 and "--limit 5 reached: 25 item(s) left" in canary.stderr
+    assert emulator.stats()["requests"] == 5
+    assert batchrun(["resume", "r"], cwd=workdir, env=env).returncode == 0
+    assert emulator.stats()["requests"] == 30
+
+
+def test_resume_with_a_lower_concurrency_never_has_more_in_flight(workdir: Path, emulator) -> None:
+    emulator.configure(api_key="the-right-key-1234")
+    items = write_jsonl(workdir / "items.jsonl", prompts(80))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "32"]
+    assert batchrun(args, cwd=workdir, env=env).returncode == 3
+    emulator.configure(api_key=None, latency_ms=30)
+    emulator.reset()
+    resumed = batchrun(["resume", "r", "--concurrency", "4"], cwd=workdir, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from now on concurrency = 4" in resumed.stderr
+    stats = emulator.stats()
+    assert stats["requests"] == 80 and stats["max_in_flight"] <= 4
+    assert status_json(workdir, env, "r")["total"] == 80
+
+
+def test_mode_changes_on_resume_and_request_settings_do_not(workdir: Path, emulator) -> None:
+    emulator.configure(api_key="the-right-key-1234")
+    items = write_jsonl(workdir / "items.jsonl", prompts(20))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--model", MODEL, "--run-id", "r"]
+    assert batchrun(args, cwd=workdir, env=env).returncode == 3
+    emulator.configure(api_key=None)
+    changed = batchrun([*args, "--max-tokens", "99"], cwd=workdir, env=env)
+    assert changed.returncode == 2 and "change the requests" in changed.stderr
+    again = batchrun([*args, "--mode", "batch", "--poll-interval", "0.1"], cwd=workdir, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "continuing run r" in again.stderr
+    assert status_json(workdir, env, "r")["answered_by"] == {"api": 0, "batch": 20, "cache": 0}
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--itpm", "--otpm", "--max-cost", "--concurrency", "--limit"])
+def test_zero_or_negative_settings_are_refused(workdir: Path, flag: str) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    for value in ("0", "-1"):
+        proc = batchrun(["submit", str(items), "--model", MODEL, flag, value], cwd=workdir, env=cli_env("http://x"))
+        assert proc.returncode == 2 and flag in proc.stderr
+    assert not (workdir / "batchrun.db").exists()
+
+
+# failing fast
+
+
+def test_an_unknown_model_stops_after_one_request_and_its_items_stay_pending(workdir: Path) -> None:
+    async def handler(request, n, params):
+        if params["model"] == "claude-made-up":
+            error = {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-made-up"}}
+            return json_response(error, 404)
+        return json_response(message(params))
+
+    items = write_jsonl(workdir / "items.jsonl", prompts(500))
+    with FakeAPI(handler) as api:
+        proc = batchrun(
+            ["submit", str(items), "--model", "claude-made-up", "--run-id", "r"], cwd=workdir, env=cli_env(api.base_url)
+        )
+        sent = api.requests
+    assert proc.returncode == 3, proc.stderr
+    assert "does not know the model claude-made-up" in proc.stderr
+    assert sent <= 5
+    assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 500)]
+    print(f"unknown model: {sent} request(s) for 500 items")
+
+
+def test_the_same_invalid_request_error_from_the_start_stops_the_run(workdir: Path) -> None:
+    async def handler(request, n, params):
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": "temperature: bad value"}}
+        return json_response(error, 400)
+
+    items = write_jsonl(workdir / "items.jsonl", prompts(300))
+    with FakeAPI(handler) as api:
+        proc = batchrun(
+            ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "2"],
+            cwd=workdir,
+            env=cli_env(api.base_url),
+        )
+        sent = api.requests
+    assert proc.returncode == 3, proc.stderr
+    assert "all failed with 400 invalid_request_error: temperature: bad value" in proc.stderr
+    assert sent < 10
+    counts = dict(db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state"))
+    assert counts["pending"] >= 290
+
+
+def test_retry_on_a_locked_run_changes_nothing(workdir: Path) -> None:
+    from batchrun.lock import RunLock
+
+    broken = True
+
+    async def handler(request, n, params):
+        if broken:
+            error = {"type": "error", "error": {"type": "invalid_request_error", "message": f"bad {n}"}}
+            return json_response(error, 400)
+        return json_response(message(params))
+
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    with FakeAPI(handler) as api:
+        env = cli_env(api.base_url)
+        assert batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r"], cwd=workdir, env=env).returncode == 1
+        before = db_dump(workdir / "batchrun.db")
+        broken = False
+        with RunLock(workdir / "batchrun.db", "r"):
+            proc = batchrun(["retry", "r"], cwd=workdir, env=env)
+        assert proc.returncode == 75, proc.stderr
+        assert db_dump(workdir / "batchrun.db") == before
+        assert batchrun(["retry", "r"], cwd=workdir, env=env).returncode == 0
