@@ -128,12 +128,10 @@ def test_two_processes_on_one_run_the_second_exits_75(workdir: Path, emulator) -
     items = write_jsonl(workdir / "items.jsonl", prompts(300))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
-    # `python -m batchrun` itself, not a fork of the test process: the program exactly as cron starts it
     first = start_batchrun(
         ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"],
         cwd=workdir,
         env=env,
-        fork=False,
     )
     wait_until(lambda: succeeded(db) >= 5, timeout=60)
     second = batchrun(["resume", "r"], cwd=workdir, env=env)
