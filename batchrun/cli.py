@@ -177,7 +177,9 @@ def open_store(db_path: str | None, create: bool = False) -> Any:
         raise UsageError(
             f"no batchrun database at {path} (give --db or set BATCHRUN_DB; `batchrun submit` creates one)"
         )
-    return Store(path)
+    store = Store(path)
+    click.get_current_context().call_on_close(store.close)
+    return store
 
 
 def load_env() -> None:

@@ -1,6 +1,7 @@
-"""The Message Batches path end to end: the batchrun command in a child process, the official SDK, real HTTP,
+"""The Message Batches path end to end: the batchrun command, the official SDK, real HTTP,
 the emulator's Message Batches endpoints. Batches last `batch_seconds` (a fraction of a second here) and the
-poll interval is 0.1 s, so each test takes a few seconds."""
+poll interval is 0.02 s, so each test takes about a second. Commands run in-process, except those that must
+be killed or signalled, which run in a child process (see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from tests.conftest import (
     prompts,
     read_jsonl,
     start_batchrun,
+    wait_until,
     write_jsonl,
 )
 
 MODEL = "claude-haiku-4-5"
-FAST = ["--poll-interval", "0.1"]
+FAST = ["--poll-interval", "0.02"]
 
 
 def distinct_prompts(n: int, prefix: str) -> list[dict]:
@@ -64,14 +66,6 @@ def batch_ids_in_store(db: Path) -> list[str]:
         return [i for (i,) in db_rows(db, "SELECT id FROM batches WHERE id IS NOT NULL ORDER BY seq")]
     except sqlite3.OperationalError:  # the store is still being created
         return []
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def emulator_batch(emulator, batch_id: str) -> dict:
@@ -183,7 +177,7 @@ def test_invalid_params_fail_with_the_api_message_and_are_not_resent(workdir: Pa
 
 
 def test_no_wait_records_the_batch_ids_and_resume_collects(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=1.0)
+    emulator.configure(batch_seconds=1.5)
     items = write_jsonl(workdir / "items.jsonl", prompts(120))
     env = cli_env(emulator.base_url)
     first = batchrun(submit_batch(items, "--run-id", "r", "--batch-size", "50", "--no-wait"), cwd=workdir, env=env)
@@ -207,9 +201,8 @@ def test_sigkill_after_create_before_the_id_is_stored_is_reconciled(workdir: Pat
     emulator.configure(batch_seconds=0.3)
     items = write_jsonl(workdir / "items.jsonl", prompts(200))
     env = cli_env(emulator.base_url)
-    crashed = batchrun(
-        submit_batch(items, "--run-id", "r"), cwd=workdir, env={**env, "BATCHRUN_TEST_CRASH_AFTER_CREATE": "1"}
-    )
+    crash = {**env, "BATCHRUN_TEST_CRASH_AFTER_CREATE": "1"}
+    crashed = batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=crash, subprocess=True)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     db = workdir / "batchrun.db"
     # the API has the batch; the store has the plan but not the id
@@ -240,7 +233,8 @@ def test_reconcile_adopts_only_an_unowned_batch_of_the_same_size(workdir: Path, 
     assert batchrun(submit_batch(stranger, "--run-id", "s", "--db", "x.db"), cwd=workdir, env=env).returncode == 0
     items = write_jsonl(workdir / "items.jsonl", prompts(60))
     crash = {**env, "BATCHRUN_TEST_CRASH_AFTER_CREATE": "1"}
-    assert batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=crash).returncode == -signal.SIGKILL
+    crashed = batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=crash, subprocess=True)
+    assert crashed.returncode == -signal.SIGKILL
     assert emulator.stats()["batches_created"] == 3
     resumed = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -253,14 +247,15 @@ def test_reconcile_adopts_only_an_unowned_batch_of_the_same_size(workdir: Path, 
 
 
 def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=4.0)
+    # a batch long enough that the cancel always lands while it runs, however loaded the machine
+    emulator.configure(batch_seconds=20.0)
     items = write_jsonl(workdir / "items.jsonl", prompts(300))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
     running = start_batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=env)
     try:
         wait_until(lambda: len(batch_ids_in_store(db)) == 1)
-        time.sleep(1.2)
+        time.sleep(0.2)  # the emulator processes 300 items in 20 s: at least a few are done by the cancel
         canceled = batchrun(["cancel", "r"], cwd=workdir, env=env)
         _, poller_err = running.communicate(timeout=30)
     finally:
@@ -290,11 +285,13 @@ def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path,
 
 
 def test_cancel_with_no_process_polling_then_resume(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=3.0)
+    # 100 items in 20 s: 0.25 s in, at least one is done, and the cancel lands long before the batch ends
+    # (with 3 s and a 1 s sleep, a loaded machine let the batch end first)
+    emulator.configure(batch_seconds=20.0)
     items = write_jsonl(workdir / "items.jsonl", prompts(100))
     env = cli_env(emulator.base_url)
     assert batchrun(submit_batch(items, "--run-id", "r", "--no-wait"), cwd=workdir, env=env).returncode == 3
-    time.sleep(1.0)
+    time.sleep(0.25)
     canceled = batchrun(["cancel", "r", "-o", "partial.jsonl"], cwd=workdir, env=env)
     assert canceled.returncode == 3, canceled.stderr
     partial = read_jsonl(workdir / "partial.jsonl")

@@ -18,9 +18,11 @@ from tests.conftest import (
     batchrun,
     cli_env,
     db_rows,
+    items_in_state,
     prompts,
     read_jsonl,
     start_batchrun,
+    wait_until,
     write_jsonl,
 )
 
@@ -28,18 +30,7 @@ MODEL = "claude-haiku-4-5"
 
 
 def succeeded(db: Path) -> int:
-    try:
-        return db_rows(db, "SELECT count(*) FROM items WHERE state = 'succeeded'")[0][0]
-    except sqlite3.OperationalError:  # the store is still being created
-        return 0
-
-
-def wait_until(predicate, timeout: float = 60.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(step)
+    return items_in_state(db, "succeeded")
 
 
 def assert_store_sound(workdir: Path, env: dict) -> None:
@@ -50,7 +41,7 @@ def assert_store_sound(workdir: Path, env: dict) -> None:
 @pytest.mark.slow
 def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Path, emulator) -> None:
     emulator.configure(latency_ms=30, latency_jitter_ms=25)
-    n = 3000
+    n = 1500
     items = write_jsonl(workdir / "items.jsonl", prompts(n))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
@@ -60,7 +51,7 @@ def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Pat
     for _ in range(10):
         before = succeeded(db)
         proc = start_batchrun(args, cwd=workdir, env=env)
-        target = before + rng.randint(20, 220)
+        target = before + rng.randint(10, 110)
         wait_until(lambda t=target, p=proc: succeeded(db) >= t or p.poll() is not None)
         time.sleep(rng.random() * 0.05)
         proc.send_signal(signal.SIGKILL)
@@ -138,9 +129,11 @@ def test_two_processes_on_one_run_the_second_exits_75(workdir: Path, emulator) -
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
     first = start_batchrun(
-        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"], cwd=workdir, env=env
+        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"],
+        cwd=workdir,
+        env=env,
     )
-    wait_until(lambda: succeeded(db) >= 5)
+    wait_until(lambda: succeeded(db) >= 5, timeout=60)
     second = batchrun(["resume", "r"], cwd=workdir, env=env)
     assert second.returncode == 75
     status = orjson.loads(batchrun(["status", "r", "--json"], cwd=workdir, env=env).stdout)
