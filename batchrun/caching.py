@@ -112,18 +112,18 @@ def not_cached_notice(params: Mapping[str, Any], usage: Mapping[str, Any]) -> st
     if minimum is None:
         why = f"batchrun does not know the minimum cacheable length of {model}, and this one is about {about:,} tokens"
     elif about < minimum[1]:
-        why = f"{model} caches prompts of at least {_figure(minimum)} tokens, this one is about {about:,}"
+        why = f"{model} caches prompts of at least {_figure(minimum)}, this one is about {about:,}"
     else:
         why = (
-            f"it is about {about:,} tokens and {model} should cache prompts of at least {_figure(minimum)} "
-            "(the API decides: its published minimum may have changed)"
+            f"it is about {about:,} tokens and {model} should cache prompts of at least {_figure(minimum)}; "
+            "the API decides, and its minimum may have changed"
         )
     return f"the system prompt was not cached: {why}; {after}"
 
 
 def _figure(minimum: tuple[int, int]) -> str:
     low, high = minimum
-    return f"{high:,}" if low == high else f"{low:,} or {high:,}"
+    return f"{high:,} tokens" if low == high else f"{high:,} tokens (some sources say {low:,})"
 
 
 def _prefix_tokens(params: Mapping[str, Any], usage: Mapping[str, Any]) -> int:
