@@ -44,7 +44,7 @@ from batchrun.budget import Budget, worst_cost
 from batchrun.errors import RunLocked
 from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
 from batchrun.lock import RunLock
-from batchrun.pricing import total_cost, usage_cost
+from batchrun.pricing import add_cost, total_cost, usage_cost
 from batchrun.retry import retrying
 from batchrun.signals import on_signals
 from batchrun.store import Attempt, Outcome, State, Store
@@ -138,7 +138,7 @@ class Tally:
     canceled: int = 0
     stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
     lines: int = 0  # result lines read
-    usd: float = 0.0  # cost of the results stored (batch price)
+    usd: float | None = 0.0  # cost of the results stored (batch price); None when a model has no price
 
     @property
     def stored(self) -> int:
@@ -292,7 +292,7 @@ class BatchEngine:
                 raise
 
     def _spent(self) -> float:
-        return total_cost(self.store.usage(self.run_id), self.job.prices)[0]
+        return total_cost(self.store.usage(self.run_id), self.job.prices, self.job.cache_ttl)[0]
 
     def _budget_left(self) -> float | None:
         """What the budget leaves for new batches: the limit, less what was spent, less the worst case of the
@@ -518,7 +518,7 @@ class BatchEngine:
         tally.canceled += part.canceled
         tally.stray += part.stray
         tally.lines += part.lines
-        tally.usd += part.usd
+        tally.usd = add_cost(tally.usd, part.usd)
         if part.succeeded or part.failed:
             self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd)
 
@@ -543,7 +543,8 @@ class BatchEngine:
             outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
             if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
-                part.usd += usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices) or 0.0
+                usd = usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices, self.job.cache_ttl)
+                part.usd = add_cost(part.usd, usd)
             elif outcome.state == State.FAILED:
                 part.failed += 1
             elif outcome.attempts:

@@ -385,12 +385,12 @@ def _process(store: Any, run_id: str, options: Any, target: Target, quiet: bool,
 
 
 def _cost_line(store: Any, run_id: str, ending: Any) -> str:
-    from batchrun.report import run_status
+    from batchrun.report import cost_text, run_status
 
     s = run_status(store, run_id)
     t = s["tokens"]
     return (
-        f"cost so far ${s['cost_usd']:.4f}: {t['input']:,} input, {t['output']:,} output, "
+        f"cost so far {cost_text(s)}: {t['input']:,} input, {t['output']:,} output, "
         f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
         f"{ending.reused} item(s) from the response cache"
     )

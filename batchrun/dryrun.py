@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from batchrun.caching import min_cacheable_tokens, prefix_key
 from batchrun.inputs import read_items
 from batchrun.job import Job
 from batchrun.limiter import estimate_input_tokens
-from batchrun.pricing import PRICES_TAKEN, cost
+from batchrun.pricing import PRICES_TAKEN, add_cost, cost
 
 SAMPLE = 20
 # Used for the duration estimate when neither the job nor the flags give limits: the published Start tier.
@@ -80,7 +80,8 @@ def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> di
         "items": sum(t.items for t in models.values()),
         "models": rows,
         "counted_with_api": bool(counted),
-        "cost_usd": {mode: round(sum(r[f"cost_{mode}_usd"] or 0 for r in rows), 6) for mode in ("online", "batch")},
+        "cost_usd": {mode: _total(r[f"cost_{mode}_usd"] for r in rows) for mode in ("online", "batch")},
+        "unpriced_models": [r["model"] for r in rows if r["cost_online_usd"] is None],
         "limits": limits,
         "limits_assumed": [k for k in ASSUMED_LIMITS if not getattr(job, k)],
         "online_minutes": _minutes(rows, limits),
@@ -123,9 +124,16 @@ def _model_plan(model: str, t: ModelTally, ratio: float | None, job: Job) -> dic
         "max_output_tokens": t.max_output,
         "cache_creation_tokens": writes,
         "cache_read_tokens": reads,
-        "cost_online_usd": _rounded(cost({**usage, "via": "online"}, job.prices)),
-        "cost_batch_usd": _rounded(cost({**usage, "via": "batch"}, job.prices)),
+        "cost_online_usd": _rounded(cost({**usage, "via": "online"}, job.prices, job.cache_ttl)),
+        "cost_batch_usd": _rounded(cost({**usage, "via": "batch"}, job.prices, job.cache_ttl)),
     }
+
+
+def _total(costs: Iterable[float | None]) -> float | None:
+    total: float | None = 0.0
+    for usd in costs:
+        total = add_cost(total, usd)
+    return _rounded(total)
 
 
 def _rounded(value: float | None) -> float | None:
@@ -145,17 +153,23 @@ def format_plan(p: dict[str, Any]) -> str:
     how = "counted with count_tokens on a sample" if p["counted_with_api"] else "estimated (no API access)"
     lines = [f"dry run: {p['items']:,} items, nothing sent; input tokens {how}; prices of {p['prices_taken']}"]
     for r in p["models"]:
-        price = lambda v: "no price" if v is None else f"${v:,.4f}"  # noqa: E731
+        price = lambda v: "cost unknown (no price)" if v is None else f"${v:,.4f}"  # noqa: E731
         lines.append(
             f"  {r['model']}: {r['items']:,} items, {r['input_tokens']:,} input tokens "
             f"({r['cache_read_tokens']:,} as cache reads, {r['cache_creation_tokens']:,} as cache writes), "
             f"at most {r['max_output_tokens']:,} output tokens: online {price(r['cost_online_usd'])}, "
             f"batch {price(r['cost_batch_usd'])}"
         )
-    lines.append(
-        f"  expected cost at most: online ${p['cost_usd']['online']:,.4f}, batch ${p['cost_usd']['batch']:,.4f} "
-        "(output priced at max_tokens)"
-    )
+    if p["unpriced_models"]:
+        lines.append(
+            f"  expected cost: unknown (no price for {', '.join(p['unpriced_models'])}: "
+            "give it under [prices] in the job file)"
+        )
+    else:
+        lines.append(
+            f"  expected cost at most: online ${p['cost_usd']['online']:,.4f}, batch ${p['cost_usd']['batch']:,.4f} "
+            "(output priced at max_tokens)"
+        )
     limits = ", ".join(f"{k.upper()} {v:,}" for k, v in p["limits"].items())
     assumed = (
         f" (assumed for {', '.join(p['limits_assumed'])}: pass --rpm/--itpm/--otpm)" if p["limits_assumed"] else ""

@@ -13,6 +13,7 @@ import orjson
 
 from batchrun.caching import cached_system
 from batchrun.errors import UsageError
+from batchrun.pricing import check_prices
 
 MODES = ("online", "batch")
 # Settings that do not change what is sent: they may change under a run (resume, a repeated submit).
@@ -55,6 +56,7 @@ class Job:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.cache_ttl not in ("5m", "1h"):
             raise UsageError(f'cache_ttl must be "5m" or "1h", not {self.cache_ttl!r}')
+        check_prices(self.prices)
         for name in ("max_tokens", "concurrency", "max_attempts", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -18,10 +18,10 @@ import orjson
 
 from batchrun.api import APIFailure, Reply, send
 from batchrun.budget import Budget
-from batchrun.caching import prefix_key
+from batchrun.caching import CacheWatch, prefix_key
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
-from batchrun.pricing import usage_cost
+from batchrun.pricing import add_cost, usage_cost
 from batchrun.retry import retrying
 from batchrun.signals import on_signals
 from batchrun.store import Attempt, ClaimedItem, Outcome, State, Store
@@ -58,6 +58,7 @@ class Engine:
         request_timeout: float = 600.0,
         budget: Budget | None = None,
         limit: int | None = None,
+        cache_watch: CacheWatch | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -70,6 +71,7 @@ class Engine:
         self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
         self.stopping = asyncio.Event()
         self.gates: dict[str, asyncio.Event] = {}
+        self.cache_watch = cache_watch or CacheWatch()
         self.stopped_by: Stop | None = None
         self.last_success = 0.0
         self.interrupted = False
@@ -248,7 +250,9 @@ class Engine:
     async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
         led = await self._wait_turn(item.params)
         try:
-            return await self._send(item, attempts)
+            reply = await self._send(item, attempts)
+            self._watch_cache(item.params, reply)
+            return reply
         finally:
             for gate in led:
                 gate.set()
@@ -259,7 +263,7 @@ class Engine:
         Returns the gates this request leads, opened when its reply (or failure) is in."""
         led = []
         for key in ("first", prefix_key(params)):
-            if key is None:
+            if key is None or (key != "first" and not self.cache_watch.serialise(key)):
                 continue
             gate = self.gates.get(key)
             if gate is None:
@@ -272,6 +276,15 @@ class Engine:
                 gate.set()
             raise StopRequested
         return led
+
+    def _watch_cache(self, params: dict[str, Any], reply: Reply) -> None:
+        """The first reply of a cached prefix tells whether the API cached it; if not, the user is told once."""
+        key = prefix_key(params)
+        if key is None:
+            return
+        notice = self.cache_watch.first_reply(key, params, reply.message.get("usage") or {})
+        if notice is not None:
+            self.events(Event("notice", self.run_id, {"text": notice}))
 
     async def _send(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
         if item.params["model"] in self.dead_models:
@@ -307,7 +320,9 @@ class Engine:
             )
             raise
         usage = reply.message.get("usage") or {}
-        self.budget.settle(budgeted, usage_cost(item.params["model"], "online", usage, self.job.prices))
+        self.budget.settle(
+            budgeted, usage_cost(item.params["model"], "online", usage, self.job.prices, self.job.cache_ttl)
+        )
         self.limiter.release(reservation, usage)
         self.limiter.observe(reply.headers)
         self.limiter.succeeded()
@@ -355,11 +370,10 @@ class Engine:
     def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
         ok = sum(1 for o, _ in group if o.state == State.SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == State.FAILED)
-        usd = sum(
-            usage_cost(o.model or "", o.via, o.usage, self.job.prices) or 0.0
-            for o, _ in group
-            if o.state == State.SUCCEEDED
-        )
+        usd: float | None = 0.0
+        for o, _ in group:
+            if o.state == State.SUCCEEDED:
+                usd = add_cost(usd, usage_cost(o.model or "", o.via, o.usage, self.job.prices, self.job.cache_ttl))
         if ok or bad:
             self.events(Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd}))
 

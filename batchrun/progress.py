@@ -23,6 +23,7 @@ class Progress:
         self.succeeded = 0
         self.failed = 0
         self.usd = 0.0
+        self.unpriced = False
         self.label = ""
         self.started = self.last_line = time.monotonic()
         self.start_done = self.done = 0
@@ -31,6 +32,8 @@ class Progress:
     def event(self, ev: Event) -> None:
         if ev.kind == "run_started":
             self._start(ev.run_id, ev.detail["total"], ev.detail["done"])
+        elif ev.kind == "notice":
+            self.write(ev.detail["text"])
         elif ev.kind == "items_done":
             self.update(ev.detail["succeeded"], ev.detail["failed"], ev.detail["usd"])
         elif ev.kind == "batches_waiting" and self.bar is not None:
@@ -60,24 +63,38 @@ class Progress:
         else:
             print(f"batchrun: {text}", file=self.stream, flush=True)
 
-    def update(self, succeeded: int = 0, failed: int = 0, usd: float = 0.0) -> None:
+    def update(self, succeeded: int = 0, failed: int = 0, usd: float | None = 0.0) -> None:
+        """`usd` is what these items cost, None when one of them is of a model that has no price."""
         self.succeeded += succeeded
         self.failed += failed
         self.done += succeeded + failed
-        self.usd += usd
+        if usd is None:
+            self.unpriced = True
+        else:
+            self.usd += usd
         if self.bar is not None:
-            self.bar.set_postfix(ok=self.succeeded, failed=self.failed, cost=f"${self.usd:.4f}", refresh=False)
+            self.bar.set_postfix(ok=self.succeeded, failed=self.failed, cost=self.cost(), refresh=False)
             self.bar.update(succeeded + failed)
         elif self.enabled and time.monotonic() - self.last_line >= self.interval:
             self.last_line = time.monotonic()
             self.log_line()
+
+    def cost(self) -> str:
+        """What this session has spent; unknown, never $0, once an item's model has no price."""
+        if not self.unpriced:
+            return f"${self.usd:.4f}"
+        return f"unknown (${self.usd:.4f} + unpriced)" if self.usd else "unknown"
+
+    def notice(self, text: str) -> None:
+        """A one-off line (such as the prompt-cache notice) that does not break the bar."""
+        self.write(text)
 
     def log_line(self) -> None:
         elapsed = max(1e-9, time.monotonic() - self.started)
         rate = (self.done - self.start_done) / elapsed
         self.write(
             f"{self.label}: {self.done}/{self.total} done ({self.succeeded} succeeded, "
-            f"{self.failed} failed this session, ${self.usd:.4f}), {rate:.1f} items/s"
+            f"{self.failed} failed this session, cost {self.cost()}), {rate:.1f} items/s"
         )
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchrun.lock import lock_holder
-from batchrun.pricing import PRICES_TAKEN, cost, total_cost
+from batchrun.pricing import PRICES_SOURCE, PRICES_TAKEN, cost, total_cost
 from batchrun.runs import load_run
 from batchrun.store import Store
 
@@ -14,8 +14,9 @@ from batchrun.store import Store
 def run_status(store: Store, run_id: str) -> dict[str, Any]:
     run, job = load_run(store, run_id)
     usage = store.usage(run_id)
-    usd, unpriced = total_cost(usage, job.prices)
-    tokens = {k: sum(row[k] or 0 for row in usage) for k in ("input", "output", "cache_creation", "cache_read")}
+    usd, unpriced = total_cost(usage, job.prices, job.cache_ttl)
+    kinds = ("input", "output", "cache_creation", "cache_creation_1h", "cache_read")
+    tokens = {k: sum(row[k] or 0 for row in usage) for k in kinds}
     return {
         "run_id": run_id,
         "status": _live_status(store, run_id, run["status"]),
@@ -26,13 +27,27 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "counts": store.counts(run_id),
         "answered_by": store.answered_by(run_id),
         "tokens": tokens,
-        "cost_usd": round(usd, 6),
+        "cost_usd": None if unpriced else round(usd, 6),
         "unpriced_models": unpriced,
         "prices_taken": PRICES_TAKEN,
-        "by_model": [{**row, "cost_usd": cost(row, job.prices)} for row in usage],
+        "prices_source": PRICES_SOURCE,
+        "by_model": [{**row, "cost_usd": _rounded(cost(row, job.prices, job.cache_ttl))} for row in usage],
         "failures": store.failures(run_id),
         "batches": batch_status(store, run_id),
     }
+
+
+def _rounded(usd: float | None) -> float | None:
+    return None if usd is None else round(usd, 6)
+
+
+def cost_text(s: dict[str, Any]) -> str:
+    """`$0.1234`, or why the cost is unknown: a model with no price is never shown as costing $0."""
+    if not s["unpriced_models"]:
+        return f"${s['cost_usd']:.4f}"
+    priced = sum(row["cost_usd"] or 0 for row in s["by_model"])
+    known = f"; ${priced:.4f} for the priced models" if priced else ""
+    return f"unknown (no price for {', '.join(s['unpriced_models'])}: give it under [prices] in the job file){known}"
 
 
 def batch_status(store: Store, run_id: str) -> list[dict[str, Any]]:
@@ -75,9 +90,9 @@ def format_status(s: dict[str, Any]) -> str:
         f"{s['input_path']}",
         f"  {c['succeeded']} succeeded, {c['failed']} failed, {c['pending']} pending, {c['in_flight']} in flight"
         f" of {s['total']}",
-        f"  tokens: {t['input']:,} in, {t['output']:,} out, {t['cache_creation']:,} cache write, "
-        f"{t['cache_read']:,} cache read; cost ${s['cost_usd']:.4f}"
-        + (f" (no price for {', '.join(s['unpriced_models'])})" if s["unpriced_models"] else ""),
+        f"  tokens: {t['input']:,} in, {t['output']:,} out, {t['cache_creation']:,} cache write"
+        + (f" ({t['cache_creation_1h']:,} of them 1-hour)" if t["cache_creation_1h"] else "")
+        + f", {t['cache_read']:,} cache read; cost {cost_text(s)}",
     ]
     for f in s["failures"]:
         status = f" {f['error_status']}" if f["error_status"] else ""

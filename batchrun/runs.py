@@ -213,7 +213,7 @@ async def _engine(
     from batchrun.budget import Budget
     from batchrun.pricing import total_cost
 
-    spent, _ = total_cost(store.usage(run_id), job.prices)
+    spent, _ = total_cost(store.usage(run_id), job.prices, job.cache_ttl)
     budget = Budget(job.max_cost, spent, job.prices)
     if job.mode == "batch":
         from batchrun.batches import run_batches
@@ -296,7 +296,7 @@ def finish(
             if stop.reason == StopReason.BUDGET:
                 from batchrun.pricing import total_cost
 
-                stop.detail["spent"] = total_cost(store.usage(run_id), job.prices)[0]
+                stop.detail["spent"] = total_cost(store.usage(run_id), job.prices, job.cache_ttl)[0]
     if stop is not None and stop.reason == StopReason.BUG:
         exit_code = EXIT_FAILED_ITEMS
     open_batches = job.mode == "batch" and bool(store.batches(run_id, open_only=True))

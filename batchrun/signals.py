@@ -25,6 +25,7 @@ def on_signals(first: Callable[[str], None], again: Callable[[str], None]) -> It
             seen = True
             first(name)
 
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         loop.add_signal_handler(sig, handler, sig.name)
     try:
@@ -32,3 +33,4 @@ def on_signals(first: Callable[[str], None], again: Callable[[str], None]) -> It
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, before[sig])  # the caller's own handlers (an embedding program's) come back

@@ -168,6 +168,16 @@ def m006_fingerprint_without_mode(db: Database) -> None:
         db.execute("UPDATE runs SET fingerprint = ? WHERE id = ?", [fingerprint, run_id])
 
 
+@migrations()
+def m007_cache_ttl_tokens(db: Database) -> None:
+    """The part of each item's cache writes made with the 1-hour TTL, which costs 2x input instead of 1.25x."""
+    db.execute("ALTER TABLE items ADD COLUMN cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE items SET cache_creation_1h_tokens = cache_creation_tokens "
+        'WHERE cache_creation_tokens > 0 AND instr(params, \'"ttl":"1h"\')'
+    )
+
+
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -394,6 +404,9 @@ class Store:
                 "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
                 "request_id = :request_id, input_tokens = :input_tokens, output_tokens = :output_tokens, "
                 "cache_creation_tokens = :cache_creation_tokens, cache_read_tokens = :cache_read_tokens, "
+                # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
+                "cache_creation_1h_tokens = coalesce(:cache_creation_1h_tokens, "
+                'CASE WHEN instr(params, \'"ttl":"1h"\') THEN :cache_creation_tokens ELSE 0 END), '
                 "attempts = attempts + :n_attempts, updated_at = :now "
                 "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'",
                 [_outcome_row(o, now) for o in outcomes],
@@ -489,7 +502,8 @@ class Store:
         return list(
             self.db.query(
                 "SELECT model, via, count(*) AS items, sum(input_tokens) AS input, sum(output_tokens) AS output, "
-                "sum(cache_creation_tokens) AS cache_creation, sum(cache_read_tokens) AS cache_read "
+                "sum(cache_creation_tokens) AS cache_creation, sum(cache_creation_1h_tokens) AS cache_creation_1h, "
+                "sum(cache_read_tokens) AS cache_read "
                 "FROM items WHERE run_id = ? AND via IS NOT NULL GROUP BY model, via ORDER BY model, via",
                 [run_id],
             )
@@ -760,9 +774,18 @@ def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
         "output_tokens": o.usage.get("output_tokens") or 0,
         "cache_creation_tokens": o.usage.get("cache_creation_input_tokens") or 0,
         "cache_read_tokens": o.usage.get("cache_read_input_tokens") or 0,
+        "cache_creation_1h_tokens": _writes_1h(o.usage),
         "n_attempts": len(o.attempts),
         "now": now,
     }
+
+
+def _writes_1h(usage: dict[str, Any]) -> int | None:
+    """The reply's 1-hour cache writes, or None when it has no per-TTL breakdown."""
+    breakdown = usage.get("cache_creation")
+    if not isinstance(breakdown, dict) or "ephemeral_1h_input_tokens" not in breakdown:
+        return None
+    return breakdown["ephemeral_1h_input_tokens"] or 0
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

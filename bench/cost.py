@@ -42,7 +42,10 @@ def stats_cost(stats: dict) -> float:
     total = 0.0
     for via, key in (("online", "messages"), ("batch", "batches")):
         for model, usage in stats["usage"].get(key, {}).items():
-            total += usage_cost(model, via, usage) or 0.0
+            usd = usage_cost(model, via, usage)
+            if usd is None:
+                raise SystemExit(f"{model} has no price in batchrun's table: its cost is unknown")
+            total += usd
     return total
 
 

@@ -74,6 +74,7 @@ def test_cached_triage_job_costs_what_the_usage_says(workdir: Path, emulator, ti
         "input": usage["input_tokens"],
         "output": usage["output_tokens"],
         "cache_creation": policy_tokens,
+        "cache_creation_1h": 0,
         "cache_read": 499 * policy_tokens,
     }
     first = db_rows(

@@ -21,7 +21,6 @@ from tests.fakeapi import FakeAPI, json_response, message
 
 MODEL = "claude-haiku-4-5"
 FAST = ["--poll-interval", "0.1"]
-DEAD_URL = "http://127.0.0.1:9"  # nothing listens on the discard port: every request fails to connect
 
 
 def stored_params(db: Path) -> dict[str, dict]:
