@@ -365,10 +365,10 @@ def _options(given: dict[str, Any], **more: Any) -> Any:
 
 
 def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more: Any) -> None:
-    """resume and retry: check the key, open the store, process the run."""
+    """resume and retry: open the store (it must exist), check the key, process the run."""
     with ExitStack() as stack:
-        target = _client_factory(stack, given["emulate"], given["backend"])
         store = open_store(db_path)
+        target = _client_factory(stack, given["emulate"], given["backend"])
         _process(store, run_id, _options(given, **more), target, given["quiet"], given["output"])
 
 

@@ -111,7 +111,7 @@ def test_2500_items_in_three_batches_all_succeed_in_input_order(workdir: Path, e
     expected = (usage["input_tokens"] * 1.0 + usage["output_tokens"] * 5.0) / 1e6 / 2
     assert data["cost_usd"] == pytest.approx(expected, abs=1e-6)
     text = batchrun(["status", "r"], cwd=workdir, env=env).stdout
-    assert "run r (batch, succeeded)" in text and batches[0]["id"] in text
+    assert "run r (batch, succeeded, on " in text and batches[0]["id"] in text
 
 
 def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir: Path, emulator) -> None:
@@ -361,21 +361,20 @@ def test_batches_are_cut_by_bytes_in_input_order(workdir: Path, emulator) -> Non
     assert all(b["bytes"] <= 3000 for b in batches) and sum(b["requests"] for b in batches) == 60
     # each batch's body is as many bytes as the plan said: built from the stored params, nothing re-encoded
     params = stored_params(workdir / "batchrun.db")
+    tokens = dict(db_rows(workdir / "batchrun.db", "SELECT seq, token FROM batches"))
     n = 0
     for b in batches:
         assert b["first_custom_id"] == f"item-{n}"
-        body = orjson.dumps(
-            {
-                "requests": [
-                    {"custom_id": f"item-{i}", "params": params[f"item-{i}"]} for i in range(n, n + b["requests"])
-                ]
-            }
-        )
+        sent = [  # the custom_id sent is the plan's token and the item's line number
+            {"custom_id": f"{tokens[b['seq']]}-{i + 1}", "params": params[f"item-{i}"]}
+            for i in range(n, n + b["requests"])
+        ]
+        body = orjson.dumps({"requests": sent})
         assert len(body) == b["bytes"]
         n += b["requests"]
         assert b["last_custom_id"] == f"item-{n - 1}"
         if n < 60:  # the next item (a comma and its request) would not have fitted
-            following = orjson.dumps({"custom_id": f"item-{n}", "params": params[f"item-{n}"]})
+            following = orjson.dumps({"custom_id": f"{tokens[b['seq']]}-{n + 1}", "params": params[f"item-{n}"]})
             assert b["bytes"] + 1 + len(following) > 3000
 
 

@@ -160,7 +160,7 @@ def test_retry_puts_failed_items_back_by_error_type(workdir: Path, emulator) -> 
         ["submit", str(items), "--model", MODEL, "--run-id", "r", "--max-attempts", "2"], cwd=workdir, env=env
     )
     # nothing succeeds while every item burns its attempts: the API looks down, items stay pending
-    assert proc.returncode == 3 and "looks down or unreachable" in proc.stderr
+    assert proc.returncode == 3 and "looks down, unreachable or overloaded" in proc.stderr
     states = db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state ORDER BY state")
     assert states == [("failed", 1), ("pending", 9)]  # the 400 is the item's own fault: it fails for good
     emulator.configure(p500=0.0)
@@ -211,7 +211,9 @@ def test_api_key_is_never_written_anywhere(workdir: Path, emulator) -> None:
     assert [p.returncode for p in outputs] == [3, 1, 3, 0]
     assert "401 authentication_error" in outputs[0].stderr
     assert "bad: Extra inputs" in (workdir / "r1.jsonl").read_text()
-    assert "looks down or unreachable" in outputs[2].stderr
+    assert "looks down, unreachable or overloaded" in outputs[2].stderr
+    assert not (workdir / "r2.jsonl").exists()  # an unfinished run writes no results file; `results` exports it
+    assert batchrun(["results", "conn", "-o", "r2.jsonl"], cwd=workdir, env=cli_env(dead)).returncode == 0
     secret = TEST_KEY.encode()
     for p in outputs:
         assert TEST_KEY not in p.stdout + p.stderr

@@ -213,7 +213,7 @@ def test_status_reports_counts_tokens_and_cost(workdir: Path, emulator) -> None:
     expected = (usage["input_tokens"] * 1.0 + usage["output_tokens"] * 5.0) / 1e6
     assert data["cost_usd"] == pytest.approx(expected, abs=1e-6)
     text = batchrun(["status"], cwd=workdir, env=env).stdout
-    assert "run r (online, succeeded)" in text and "5 succeeded, 0 failed" in text
+    assert "run r (online, succeeded, on " in text and "5 succeeded, 0 failed" in text
 
 
 def test_missing_api_key_is_a_usage_error_not_a_fallback(workdir: Path, emulator) -> None:
