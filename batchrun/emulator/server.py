@@ -17,15 +17,9 @@ from .cache import PromptCache
 from .config import LIMIT_FIELDS, EmulatorConfig
 from .faults import FaultInjector, RetryWatch
 from .ratelimit import RateLimiter
-from .replies import (
-    build_message,
-    count_input_tokens,
-    model_error,
-    request_key,
-    stream_events,
-    validate_params,
-)
+from .replies import build_message, count_input_tokens, request_key, stream_events
 from .stats import Stats
+from .validation import ApiError, check_count_tokens, check_messages, check_version
 
 MAX_MESSAGES_BODY = 32 * 1024 * 1024
 MAX_BATCH_BODY = 256 * 1024 * 1024
@@ -66,6 +60,18 @@ class Emulator:
 EMULATOR = web.AppKey("emulator", Emulator)
 
 
+ABORTED = -1  # stats status of a stream the client hung up on
+MIDSTREAM_AFTER_DELTAS = 2
+
+
+class ClientGone(Exception):
+    """The client hung up while its streamed reply was being written."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("client disconnected")
+        self.response = response
+
+
 class Reject(Exception):
     """An API error to send as the JSON error envelope."""
 
@@ -102,6 +108,17 @@ def check_auth(request: web.Request, config: EmulatorConfig) -> None:
         raise Reject(401, "authentication_error", "x-api-key header is required")
     if config.api_key is not None and key != config.api_key:
         raise Reject(401, "authentication_error", "invalid x-api-key")
+
+
+def check_headers(request: web.Request, config: EmulatorConfig) -> None:
+    """Authentication first (401), then the anthropic-version header every /v1 call must carry (400)."""
+    check_auth(request, config)
+    raise_api_error(check_version(request.headers))
+
+
+def raise_api_error(error: ApiError | None) -> None:
+    if error is not None:
+        raise Reject(error.status, error.type, error.message)
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
@@ -161,6 +178,11 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         if exc.status != 401:
             exc.headers = {**emu.ratelimit_headers(), **(exc.headers or {})}
         raise
+    except ClientGone as exc:
+        status, response = ABORTED, exc.response
+    except asyncio.CancelledError:
+        status = ABORTED
+        raise
     except Exception:
         status = 500  # a bug here must not be counted as an intentionally dropped connection
         raise
@@ -171,18 +193,16 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _messages(request: web.Request, emu: Emulator, stats: Stats) -> tuple[str | None, web.StreamResponse | None]:
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
-    error = validate_params(body)
-    if error is not None:
-        raise Reject(400, "invalid_request_error", error)
+    error = check_messages(body)
+    if error is not None and error.status != 404:
+        raise_api_error(error)
     key = request_key(body)
     now = time.monotonic()
     stats.received(key)
     emu.watch.arrived(key, now)
-    error = model_error(body)
-    if error is not None:
-        raise Reject(404, "not_found_error", error)
+    raise_api_error(error)
     extra_delay = _inject_fault(request, emu, stats, key, now)
     if extra_delay is None:
         return key, None
@@ -231,7 +251,12 @@ async def _reply(
         raise Reject(429, "rate_limit_error", refusal.message, headers)
     emu.cache.commit(use, now)
     msg_id = "msg_emu" + secrets.token_hex(12)
-    message = build_message(body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl)
+    fault = emu.faults.reply_fault(key, body)
+    if fault is not None:
+        stats.injected[fault] += 1
+    message = build_message(
+        body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl, fault=fault
+    )
     try:
         await asyncio.sleep(emu.faults.latency_s() + extra_delay)
     finally:
@@ -241,35 +266,48 @@ async def _reply(
     headers = emu.ratelimit_headers()
     if body.get("stream"):
         stats.streamed += 1
-        return await _stream(request, message, headers)
+        fail = emu.faults.midstream_error(key)
+        if fail:
+            stats.injected["midstream"] += 1
+        return await _stream(request, message, headers, fail_after=MIDSTREAM_AFTER_DELTAS if fail else None)
     return json_response(message, headers=headers)
 
 
-async def _stream(request: web.Request, message: dict, headers: dict[str, str]) -> web.StreamResponse:
+def sse(event_type: str, data: dict) -> bytes:
+    return f"event: {event_type}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream(
+    request: web.Request, message: dict, headers: dict[str, str], fail_after: int | None = None
+) -> web.StreamResponse:
+    """Send `message` as SSE; with fail_after, an overloaded_error event replaces the rest after that many deltas.
+    A client that hangs up raises ClientGone."""
     response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
-    await response.prepare(request)
-    for event in stream_events(message):
-        await response.write(f"event: {event['type']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n")
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        deltas = 0
+        for event in stream_events(message):
+            if fail_after is not None and deltas >= fail_after:
+                error = {"type": "overloaded_error", "message": "Overloaded"}
+                await response.write(sse("error", {"type": "error", "error": error, "request_id": request_id(request)}))
+                break
+            deltas += event["type"] == "content_block_delta"
+            await response.write(sse(event["type"], event))
+        await response.write_eof()
+    except ConnectionError:
+        raise ClientGone(response) from None
     return response
 
 
 async def handle_count_tokens(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
     emu.stats.count_tokens_requests += 1
-    if isinstance(body, dict) and "max_tokens" in body:
-        raise Reject(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
-    error = validate_params({**body, "max_tokens": 1} if isinstance(body, dict) else body)
-    if error is not None:
-        raise Reject(400, "invalid_request_error", error)
-    error = model_error(body)
-    if error is not None:
-        raise Reject(404, "not_found_error", error)
-    return json_response({"input_tokens": count_input_tokens(body)})
+    raise_api_error(check_count_tokens(body))
+    return json_response({"input_tokens": count_input_tokens(body)}, headers=emu.ratelimit_headers())
 
 
 # ---- Message Batches --------------------------------------------------------------------------
@@ -285,14 +323,14 @@ def _batch_json(request: web.Request, batch: Any) -> web.Response:
 
 async def handle_batch_create(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     items = check_requests(await read_json(request, MAX_BATCH_BODY))
     return _batch_json(request, emu.batches.create(items, time.time()))
 
 
 async def handle_batch_get(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     return _batch_json(request, await emu.batches.get(request.match_info["batch_id"], time.time()))
 
 
@@ -307,7 +345,7 @@ def _limit(request: web.Request) -> int:
 
 async def handle_batch_list(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
     if after_id and before_id:
         raise Reject(400, "invalid_request_error", "Only one of after_id and before_id may be given")
@@ -318,13 +356,13 @@ async def handle_batch_list(request: web.Request) -> web.Response:
 
 async def handle_batch_cancel(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     return _batch_json(request, await emu.batches.cancel(request.match_info["batch_id"], time.time()))
 
 
 async def handle_batch_delete(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     batch_id = request.match_info["batch_id"]
     await emu.batches.delete(batch_id, time.time())
     return json_response({"id": batch_id, "type": "message_batch_deleted"})
