@@ -47,6 +47,8 @@ class EmulatorConfig:
     p_slow: float = 0.0
     slow_ms: float = 2000.0
     retry_after_s: float = 1.0
+    # Pause between streamed events, like tokens arriving (0 = the whole stream at once).
+    stream_event_ms: float = 0.0
     # After the 200 has begun: a streamed reply sends `event: error` (overloaded_error) after a few deltas.
     p_midstream_error: float = 0.0
     # The model's answer goes wrong (drawn per attempt from seed, request key and attempt number):

@@ -269,7 +269,8 @@ async def _reply(
         fail = emu.faults.midstream_error(key)
         if fail:
             stats.injected["midstream"] += 1
-        return await _stream(request, message, headers, fail_after=MIDSTREAM_AFTER_DELTAS if fail else None)
+        fail_after = MIDSTREAM_AFTER_DELTAS if fail else None
+        return await _stream(request, message, headers, fail_after, emu.config.stream_event_ms / 1000.0)
     return json_response(message, headers=headers)
 
 
@@ -278,7 +279,7 @@ def sse(event_type: str, data: dict) -> bytes:
 
 
 async def _stream(
-    request: web.Request, message: dict, headers: dict[str, str], fail_after: int | None = None
+    request: web.Request, message: dict, headers: dict[str, str], fail_after: int | None, pause_s: float
 ) -> web.StreamResponse:
     """Send `message` as SSE; with fail_after, an overloaded_error event replaces the rest after that many deltas.
     A client that hangs up raises ClientGone."""
@@ -295,6 +296,8 @@ async def _stream(
                 break
             deltas += event["type"] == "content_block_delta"
             await response.write(sse(event["type"], event))
+            if pause_s:
+                await asyncio.sleep(pause_s)
         await response.write_eof()
     except ConnectionError:
         raise ClientGone(response) from None
