@@ -280,10 +280,12 @@ async def test_client_hanging_up_mid_stream_counts_as_aborted(emulator):
 
     emulator.configure(stream_event_ms=50)
     headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
-    async with httpx2.AsyncClient(base_url=emulator.base_url, timeout=10) as http:
-        async with http.stream("POST", "/v1/messages", json=body(stream=True), headers=headers) as response:
-            async for _ in response.aiter_bytes():
-                break
+    async with (
+        httpx2.AsyncClient(base_url=emulator.base_url, timeout=10) as http,
+        http.stream("POST", "/v1/messages", json=body(stream=True), headers=headers) as response,
+    ):
+        async for _ in response.aiter_bytes():
+            break
     for _ in range(40):
         stats = emulator.stats()
         if stats["in_flight"] == 0:
@@ -302,10 +304,12 @@ async def test_aborted_stream_logs_no_traceback(caplog):
     runner, base_url = await start(EmulatorConfig(stream_event_ms=30))
     try:
         headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
-        async with httpx2.AsyncClient(base_url=base_url, timeout=10) as http:
-            async with http.stream("POST", "/v1/messages", json=body(stream=True), headers=headers) as response:
-                async for _ in response.aiter_bytes():
-                    break
+        async with (
+            httpx2.AsyncClient(base_url=base_url, timeout=10) as http,
+            http.stream("POST", "/v1/messages", json=body(stream=True), headers=headers) as response,
+        ):
+            async for _ in response.aiter_bytes():
+                break
         stats = runner.app[EMULATOR].stats
         for _ in range(40):
             if stats.in_flight == 0:
