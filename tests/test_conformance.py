@@ -121,6 +121,15 @@ async def test_every_known_model_answers_and_unknown_ones_are_404(sdk):
         assert err.value.body["error"] == {"type": "not_found_error", "message": "model: claude-made-up"}
 
 
+async def test_models_endpoints_list_the_table(sdk):
+    listed = [model.id async for model in sdk.models.list(limit=7)]
+    assert listed == [spec.id for spec in MODELS]
+    alias = await sdk.models.retrieve("claude-haiku-4-5")
+    assert (alias.id, alias.max_tokens, alias.max_input_tokens) == ("claude-haiku-4-5", 64_000, 200_000)
+    with pytest.raises(anthropic.NotFoundError):
+        await sdk.models.retrieve("claude-made-up")
+
+
 async def test_sdk_model_literal_ids_are_all_known():
     from typing import get_args
 

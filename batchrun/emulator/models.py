@@ -57,3 +57,16 @@ def find_model(model: object) -> ModelSpec | None:
 
 def not_found_message(model: object) -> str:
     return f"model: {model}"
+
+
+def model_info(spec: ModelSpec, requested: str | None = None) -> dict:
+    """The Models API object for a spec (GET /v1/models/{id} answers with the id it was asked for)."""
+    return {
+        "type": "model",
+        "id": requested or spec.id,
+        "display_name": spec.display_name,
+        "created_at": "2025-01-01T00:00:00Z",
+        "lifecycle": "active",
+        "max_tokens": spec.max_output,
+        "max_input_tokens": spec.context_window,
+    }

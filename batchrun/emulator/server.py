@@ -16,6 +16,7 @@ from .batches import BatchError, BatchStore, check_requests, result_chunks
 from .cache import PromptCache
 from .config import LIMIT_FIELDS, EmulatorConfig
 from .faults import FaultInjector, RetryWatch
+from .models import MODELS, find_model, model_info
 from .ratelimit import RateLimiter
 from .replies import build_message, count_input_tokens, request_key, stream_events
 from .stats import Stats
@@ -389,6 +390,32 @@ async def handle_batch_results(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# ---- Models -----------------------------------------------------------------------------------
+
+
+async def handle_model_get(request: web.Request) -> web.Response:
+    check_headers(request, request.app[EMULATOR].config)
+    model_id = request.match_info["model_id"]
+    spec = find_model(model_id)
+    if spec is None:
+        raise Reject(404, "not_found_error", f"model: {model_id}")
+    return json_response(model_info(spec, model_id))
+
+
+async def handle_model_list(request: web.Request) -> web.Response:
+    check_headers(request, request.app[EMULATOR].config)
+    ids = [spec.id for spec in MODELS]
+    after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
+    limit = _limit(request)
+    start = ids.index(after_id) + 1 if after_id in ids else 0
+    stop = ids.index(before_id) if before_id in ids else len(ids)
+    chosen = ids[max(start, stop - limit) if before_id else start : stop][:limit]
+    data = [model_info(find_model(i)) for i in chosen]
+    more = (start + len(chosen) < len(ids)) if not before_id else stop - len(chosen) > 0
+    page = {"data": data, "has_more": more, "first_id": chosen[0] if chosen else None}
+    return json_response({**page, "last_id": chosen[-1] if chosen else None})
+
+
 # ---- Control ----------------------------------------------------------------------------------
 
 
@@ -427,6 +454,8 @@ def make_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete(batch, handle_batch_delete)
     app.router.add_post(batch + "/cancel", handle_batch_cancel)
     app.router.add_get(batch + "/results", handle_batch_results)
+    app.router.add_get("/v1/models", handle_model_list)
+    app.router.add_get("/v1/models/{model_id}", handle_model_get)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_post("/_emulator/reset", handle_reset)
     app.router.add_route("*", "/_emulator/config", handle_config)
