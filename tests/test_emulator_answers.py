@@ -115,6 +115,13 @@ async def test_truncation_fault_and_small_max_tokens_cut_the_json(emulator, sdk)
     assert plain.stop_reason == "max_tokens" and plain.usage.output_tokens == 300
 
 
+async def test_refusal_fault(emulator, sdk):
+    emulator.configure(p_refusal=1.0)
+    message = await create(sdk, schema_body("refuse me"))
+    assert message.stop_reason == "refusal" and message.usage.output_tokens <= 5
+    assert emulator.stats()["injected"] == {"refusal": 1}
+
+
 async def test_forced_tool_fault_drops_a_required_property(emulator, sdk):
     emulator.configure(p_invalid_json=1.0)
     tool = {"name": "t", "input_schema": SCHEMA}

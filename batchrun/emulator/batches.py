@@ -321,7 +321,7 @@ class BatchStore:
 
     def _reply_fault(self, key: str, params: dict) -> str | None:
         c = self.config
-        if not (c.p_invalid_json or c.p_missing_required or c.p_truncated):
+        if not (c.p_invalid_json or c.p_missing_required or c.p_truncated or c.p_refusal):
             return None
         attempt = self.answers.get(key, 0)
         self.answers[key] = attempt + 1

@@ -19,6 +19,7 @@ PROBABILITY_FIELDS = frozenset(
         "p_invalid_json",
         "p_missing_required",
         "p_truncated",
+        "p_refusal",
         "batch_p_errored",
         "batch_p_expired",
         "batch_p_tail",
@@ -57,6 +58,7 @@ class EmulatorConfig:
     p_invalid_json: float = 0.0
     p_missing_required: float = 0.0
     p_truncated: float = 0.0
+    p_refusal: float = 0.0  # a share of replies stop with stop_reason "refusal" after a few tokens
     max_faults_per_request: int = 3
     seed: int = 0
     api_key: str | None = None

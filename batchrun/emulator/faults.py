@@ -6,7 +6,7 @@ import hashlib
 import random
 
 from .config import EmulatorConfig
-from .replies import INVALID_JSON, MISSING_REQUIRED, TRUNCATED, output_schema, wants_structured
+from .replies import INVALID_JSON, MISSING_REQUIRED, REFUSAL, TRUNCATED, output_schema, wants_structured
 
 EARLY_TOLERANCE_S = 0.05
 MAX_EARLY_SAMPLES = 20
@@ -53,7 +53,7 @@ class FaultInjector:
         """The model-side fault of this attempt at `params` (INVALID_JSON, MISSING_REQUIRED, TRUNCATED or None),
         drawn from (seed, request key, attempt number) so a run replays the same faults in the same order."""
         c = self.config
-        if not (c.p_invalid_json or c.p_missing_required or c.p_truncated):
+        if not (c.p_invalid_json or c.p_missing_required or c.p_truncated or c.p_refusal):
             return None
         attempt = self.answers.get(key, 0)
         self.answers[key] = attempt + 1
@@ -96,6 +96,8 @@ def draw(*parts: object) -> float:
 
 
 def pick_reply_fault(config: EmulatorConfig, key: str, attempt: int, params: dict) -> str | None:
+    if draw(config.seed, key, attempt, "refusal") < config.p_refusal:
+        return REFUSAL
     if wants_structured(params):
         roll = draw(config.seed, key, attempt, "schema")
         if roll < config.p_invalid_json:

@@ -31,7 +31,8 @@ DELTA_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tok
 INVALID_JSON = "invalid_json"
 MISSING_REQUIRED = "missing_required"
 TRUNCATED = "truncated"
-REPLY_FAULTS = (INVALID_JSON, MISSING_REQUIRED, TRUNCATED)
+REFUSAL = "refusal"
+REPLY_FAULTS = (INVALID_JSON, MISSING_REQUIRED, TRUNCATED, REFUSAL)
 
 
 class Unit(NamedTuple):
@@ -254,6 +255,9 @@ def expected_reply(params: dict, fault: str | None = None) -> Reply:
         block, used = _thinking_block(key, params, max(1, room - 1))
         content.append(block)
     room = max(1, room - used)
+    if fault == REFUSAL:  # the classifiers stop the reply after its first tokens
+        text = f"emu-{key}:"
+        return Reply(text, used + min(room, PREFIX_TOKENS), "refusal", [*content, {"type": "text", "text": text}])
     tool = forced_tool(params)
     schema = output_schema(params)
     if tool is not None:
