@@ -72,6 +72,7 @@ def emulator_batch(emulator, batch_id: str) -> dict:
     """The emulator's own view of a batch (straight HTTP, not through batchrun)."""
     request = urllib.request.Request(f"{emulator.base_url}/v1/messages/batches/{batch_id}")
     request.add_header("x-api-key", "any-key-for-the-emulator")
+    request.add_header("anthropic-version", "2023-06-01")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

@@ -22,10 +22,17 @@ from batchrun.emulator.replies import (
     expected_reply,
     expected_text,
     request_key,
-    validate_params,
 )
+from batchrun.emulator.validation import check_messages
+
+
+def validate_params(body):
+    error = check_messages(body)
+    return None if error is None else error.message
+
 
 MODEL = "claude-sonnet-4-6"
+VERSION = {"anthropic-version": "2023-06-01"}
 
 
 def params(text: str = "hello", **extra: object) -> dict:
@@ -43,7 +50,7 @@ async def client(emulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
 
 @pytest.fixture
 async def raw(emulator) -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(base_url=emulator.base_url, timeout=10) as http:
+    async with httpx2.AsyncClient(base_url=emulator.base_url, timeout=10, headers=VERSION) as http:
         yield http
 
 
@@ -159,7 +166,7 @@ async def test_wrong_api_key_is_401_and_not_echoed(emulator, raw):
 
 
 async def test_rpm_limit_gives_429_with_retry_after_and_headers(emulator, client):
-    emulator.configure(rpm=5)
+    emulator.configure(rpm=5, itpm=0)
     remaining = []
     for i in range(5):
         response = await client.messages.with_raw_response.create(**params(f"r{i}"))
@@ -180,7 +187,7 @@ async def test_rpm_limit_gives_429_with_retry_after_and_headers(emulator, client
 
 
 async def test_token_headers_round_to_thousands(emulator, client):
-    emulator.configure(itpm=90_000, otpm=30_000)
+    emulator.configure(rpm=0, itpm=90_000, otpm=30_000)
     response = await client.messages.with_raw_response.create(**params(max_tokens=2000))
     h = response.headers
     assert h["anthropic-ratelimit-input-tokens-limit"] == "90000"

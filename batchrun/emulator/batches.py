@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -16,8 +17,10 @@ import orjson
 from .cache import NO_CACHE, PromptCache
 from .clock import rfc3339
 from .config import EmulatorConfig
-from .replies import build_message, model_error, request_key, validate_params
+from .faults import pick_reply_fault
+from .replies import build_message, request_key
 from .stats import Stats
+from .validation import check_messages
 
 MAX_REQUESTS = 100_000
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -25,6 +28,7 @@ CANCEL_SECONDS = 0.2  # how long a batch stays "canceling"
 EXPIRES_AFTER_S = 24 * 3600
 SETTLE_CHUNK = 2000  # items decided between yields to the event loop
 RETRYABLE_ERRORS = ("api_error", "overloaded_error")
+OUTCOME_KINDS = ("succeeded", "errored", "canceled", "expired")
 
 
 class BatchError(Exception):
@@ -43,6 +47,7 @@ class Outcome:
     cache_creation: int = 0
     cache_read: int = 0
     cache_ttl: str = "5m"
+    fault: str | None = None
 
 
 CANCELED = Outcome("canceled")
@@ -54,26 +59,27 @@ SUCCEEDED = Outcome("succeeded")
 class Batch:
     id: str
     created_at: float
-    batch_seconds: float
     items: list[tuple[str, Any]]  # (custom_id, params)
+    finish_at: list[float]  # wall time at which each request finishes processing
+    late: set[int]  # requests whose processing time passes 24 h: they expire
+    progress_counts: bool = False
     cancel_initiated_at: float | None = None
     outcomes: list[Outcome] | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    finishing: asyncio.Task | None = None
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOME_KINDS, 0))
+    decided: dict[int, Outcome] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # indices by finish time
+    retryable_errors: int = 0
+    task: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.order = sorted(range(len(self.items)), key=self.finish_at.__getitem__)
 
     @property
     def ends_at(self) -> float:
-        natural = self.created_at + self.batch_seconds
+        natural = max(self.finish_at, default=self.created_at)
         if self.cancel_initiated_at is None:
             return natural
         return min(natural, self.cancel_initiated_at + CANCEL_SECONDS)
-
-    def processed_count(self) -> int:
-        """Items processed before a cancel took effect (all of them if never canceled)."""
-        if self.cancel_initiated_at is None or self.batch_seconds <= 0:
-            return len(self.items)
-        share = (self.cancel_initiated_at - self.created_at) / self.batch_seconds
-        return min(len(self.items), int(max(0.0, share) * len(self.items)))
 
     def status(self) -> str:
         if self.outcomes is not None:
@@ -82,10 +88,10 @@ class Batch:
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         ended = self.outcomes is not None
-        counts = {"processing": 0 if ended else len(self.items), "succeeded": 0, "errored": 0}
-        counts |= {"canceled": 0, "expired": 0}
-        if ended:
+        counts = {"processing": len(self.items), **dict.fromkeys(OUTCOME_KINDS, 0)}
+        if ended or self.progress_counts:
             counts |= self.counts
+            counts["processing"] = len(self.items) - sum(self.counts.values())
         return {
             "id": self.id,
             "type": "message_batch",
@@ -100,6 +106,30 @@ class Batch:
             "archived_at": None,
             "results_url": f"{base_url}/v1/messages/batches/{self.id}/results" if ended else None,
         }
+
+
+def processing_times(config: EmulatorConfig, ordinal: int, n: int) -> tuple[list[float], set[int]]:
+    """Each request's processing time in wall seconds after create, and the requests that expire.
+
+    Without a distribution (batch_fast_s = batch_tail_s = 0) requests finish evenly over batch_seconds, so the
+    batch ends batch_seconds after create and a cancel keeps the share processed by then.
+    """
+    c = config
+    if not (c.batch_fast_s or c.batch_tail_s):
+        return [c.batch_seconds * (i + 1) / n for i in range(n)], set()
+    times: list[float] = []
+    late: set[int] = set()
+    for i in range(n):
+        u = _draw(c.seed, ordinal, i, "time")
+        if _draw(c.seed, ordinal, i, "tail") < c.batch_p_tail:
+            api_s = c.batch_fast_s + max(0.0, c.batch_tail_s - c.batch_fast_s) * u
+        else:
+            api_s = -c.batch_fast_s * math.log1p(-u)
+        if api_s > EXPIRES_AFTER_S:
+            api_s = EXPIRES_AFTER_S
+            late.add(i)
+        times.append(api_s / c.batch_time_scale)
+    return times, late
 
 
 def _draw(*parts: object) -> float:
@@ -167,9 +197,16 @@ class BatchStore:
         self.stats = stats
         self.batches: dict[str, Batch] = {}  # insertion order = creation order
         self.attempts: dict[str, int] = {}  # request key -> retryable failures so far
+        self.answers: dict[str, int] = {}  # request key -> replies built so far (for reply faults)
+        self.created = 0  # batches created since reset: seeds each batch's processing times
 
     def create(self, items: list[tuple[str, Any]], now: float) -> Batch:
-        batch = Batch("msgbatch_" + secrets.token_hex(12), now, self.config.batch_seconds, items)
+        times, late = processing_times(self.config, self.created, len(items))
+        finish_at = [now + t for t in times]
+        batch = Batch(
+            "msgbatch_" + secrets.token_hex(12), now, items, finish_at, late, self.config.batch_progress_counts
+        )
+        self.created += 1
         self.batches[batch.id] = batch
         self.stats.batches_created += 1
         self.stats.batch_requests += len(items)
@@ -220,39 +257,42 @@ class BatchStore:
         del self.batches[batch_id]
 
     async def settle(self, batch: Batch, now: float) -> None:
-        """End the batch if its time has come, deciding every item's outcome exactly once."""
-        if batch.outcomes is not None or now < batch.ends_at:
+        """Decide the outcome of every request whose time has come (before a cancel took effect), each exactly
+        once, and end the batch when its last request is done. Runs shielded, one pass at a time per batch:
+        a client hanging up must not leave a batch half-decided."""
+        while batch.task is not None:
+            await asyncio.shield(batch.task)
+        if batch.outcomes is not None:
             return
-        if batch.finishing is None:
-            batch.finishing = asyncio.ensure_future(self._finish(batch))
-        # Shielded: a client hanging up must not leave a batch half-decided.
-        await asyncio.shield(batch.finishing)
+        batch.task = asyncio.ensure_future(self._advance(batch, now))
+        batch.task.add_done_callback(lambda _: setattr(batch, "task", None))
+        await asyncio.shield(batch.task)
 
-    async def _finish(self, batch: Batch) -> None:
-        processed = batch.processed_count()
-        outcomes: list[Outcome] = []
-        errored = 0
-        for index, (_, params) in enumerate(batch.items):
-            if index % SETTLE_CHUNK == SETTLE_CHUNK - 1:
+    async def _advance(self, batch: Batch, now: float) -> None:
+        limit = now if batch.cancel_initiated_at is None else min(now, batch.cancel_initiated_at)
+        steps = 0
+        while len(batch.decided) < len(batch.items):
+            index = batch.order[len(batch.decided)]
+            if batch.finish_at[index] > limit:
+                break
+            outcome = EXPIRED if index in batch.late else self._decide(batch.items[index][1], batch.retryable_errors)
+            batch.retryable_errors += outcome.kind == "errored" and outcome.error_type in RETRYABLE_ERRORS
+            batch.decided[index] = outcome
+            batch.counts[outcome.kind] += 1
+            steps += 1
+            if steps % SETTLE_CHUNK == 0:
                 await asyncio.sleep(0)
-            outcome = CANCELED if index >= processed else self._decide(params, errored)
-            errored += outcome.kind == "errored" and outcome.error_type in RETRYABLE_ERRORS
-            outcomes.append(outcome)
-        counts = dict.fromkeys(("succeeded", "errored", "canceled", "expired"), 0)
-        for outcome in outcomes:
-            counts[outcome.kind] += 1
-        batch.counts = counts
+        if now < batch.ends_at:
+            return
+        outcomes = [batch.decided.get(i, CANCELED) for i in range(len(batch.items))]
+        batch.counts["canceled"] = len(batch.items) - len(batch.decided)
+        batch.decided = {}
         batch.outcomes = outcomes
 
     def _decide(self, params: dict, errored_so_far: int) -> Outcome:
-        error = validate_params(params)
-        if error is None and params.get("stream"):
-            error = "stream: Streaming is not supported for requests in a Message Batch"
+        error = check_messages(params, in_batch=True)
         if error is not None:
-            return Outcome("errored", "invalid_request_error", error)
-        error = model_error(params)
-        if error is not None:
-            return Outcome("errored", "not_found_error", error)
+            return Outcome("errored", error.type, error.message)
         key = request_key(params)
         kind = self._draw_outcome(key)
         if kind == "errored":
@@ -279,16 +319,28 @@ class BatchStore:
         self.attempts.pop(key, None)
         return "succeeded"
 
+    def _reply_fault(self, key: str, params: dict) -> str | None:
+        c = self.config
+        if not (c.p_invalid_json or c.p_missing_required or c.p_truncated or c.p_refusal):
+            return None
+        attempt = self.answers.get(key, 0)
+        self.answers[key] = attempt + 1
+        fault = pick_reply_fault(c, key, attempt, params)
+        if fault is not None:
+            self.stats.injected[fault] += 1
+        return fault
+
     def _succeed(self, params: dict) -> Outcome:
         use = self.cache.lookup(params, time.monotonic())
         self.cache.commit(use, time.monotonic())
+        fault = self._reply_fault(request_key(params), params)
         message = build_message(
-            params, msg_id="", cache_creation=use.creation, cache_read=use.read, service_tier="batch"
+            params, msg_id="", cache_creation=use.creation, cache_read=use.read, service_tier="batch", fault=fault
         )
         self.stats.batch_usage(params["model"], message["usage"])
-        if use is NO_CACHE:
+        if use is NO_CACHE and fault is None:
             return SUCCEEDED
-        return Outcome("succeeded", cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl)
+        return Outcome("succeeded", cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl, fault=fault)
 
 
 def result_line(batch: Batch, index: int) -> bytes:
@@ -304,6 +356,7 @@ def result_line(batch: Batch, index: int) -> bytes:
             cache_read=outcome.cache_read,
             cache_ttl=outcome.cache_ttl,
             service_tier="batch",
+            fault=outcome.fault,
         )
     elif outcome.kind == "errored":
         error = {"type": outcome.error_type, "message": outcome.error_message}

@@ -8,17 +8,35 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 LIMIT_FIELDS = frozenset({"rpm", "itpm", "otpm", "bucket_seconds"})
-PROBABILITY_FIELDS = frozenset({"p429", "p529", "p500", "p_drop", "p_slow", "batch_p_errored", "batch_p_expired"})
+PROBABILITY_FIELDS = frozenset(
+    {
+        "p429",
+        "p529",
+        "p500",
+        "p_drop",
+        "p_slow",
+        "p_midstream_error",
+        "p_invalid_json",
+        "p_missing_required",
+        "p_truncated",
+        "p_refusal",
+        "batch_p_errored",
+        "batch_p_expired",
+        "batch_p_tail",
+    }
+)
+# A Tier-4-like account (requests / input tokens / output tokens per minute), as the API's headers show one.
+DEFAULT_RPM, DEFAULT_ITPM, DEFAULT_OTPM = 4_000, 2_000_000, 400_000
 
 
 @dataclass
 class EmulatorConfig:
-    # Per-minute limits (0 = unlimited), enforced as token buckets holding limit*bucket_seconds/60
-    # and refilling limit/60 per second. A small bucket_seconds makes bursts hit 429 early, like
-    # the real API's per-second enforcement.
-    rpm: int = 0
-    itpm: int = 0
-    otpm: int = 0
+    # Per-minute limits (0 = unlimited: no bucket, no headers), enforced as token buckets holding
+    # limit*bucket_seconds/60 and refilling limit/60 per second. A small bucket_seconds makes bursts hit
+    # 429 early, like the real API's per-second enforcement. The defaults are a Tier-4-like account.
+    rpm: int = DEFAULT_RPM
+    itpm: int = DEFAULT_ITPM
+    otpm: int = DEFAULT_OTPM
     bucket_seconds: float = 60.0
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
@@ -30,10 +48,32 @@ class EmulatorConfig:
     p_slow: float = 0.0
     slow_ms: float = 2000.0
     retry_after_s: float = 1.0
+    # Pause between streamed events, like tokens arriving (0 = the whole stream at once).
+    stream_event_ms: float = 0.0
+    # After the 200 has begun: a streamed reply sends `event: error` (overloaded_error) after a few deltas.
+    p_midstream_error: float = 0.0
+    # The model's answer goes wrong (drawn per attempt from seed, request key and attempt number):
+    # structured replies (output_config json_schema, forced tool) with invalid JSON or a required property
+    # missing, and any reply cut at max_tokens.
+    p_invalid_json: float = 0.0
+    p_missing_required: float = 0.0
+    p_truncated: float = 0.0
+    p_refusal: float = 0.0  # a share of replies stop with stop_reason "refusal" after a few tokens
     max_faults_per_request: int = 3
     seed: int = 0
     api_key: str | None = None
+    # Message Batches. With batch_fast_s = batch_tail_s = 0 every request of a batch finishes
+    # batch_seconds (wall time) after create. Otherwise each request gets its own processing time, in API
+    # seconds, divided by batch_time_scale for wall time: most (1 - batch_p_tail) exponential with mean
+    # batch_fast_s, the tail uniform between batch_fast_s and batch_tail_s; past 24 h a request expires.
+    # The batch ends when its last request finishes.
     batch_seconds: float = 2.0
+    batch_fast_s: float = 0.0
+    batch_tail_s: float = 0.0
+    batch_p_tail: float = 0.0
+    batch_time_scale: float = 1.0
+    # The API keeps request_counts at {processing: all} until the batch ends; True shows progress instead.
+    batch_progress_counts: bool = False
     batch_p_errored: float = 0.0
     batch_p_expired: float = 0.0
     track_keys: bool = True
@@ -81,6 +121,8 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
         value = float(value)
     if value < 0:
         raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    if name == "batch_time_scale" and value == 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
     if name in PROBABILITY_FIELDS and value > 1:
         raise ValueError(f"{name}: must be between 0 and 1, got {value!r}")
     return value

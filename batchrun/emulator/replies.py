@@ -1,74 +1,38 @@
 """Deterministic replies: what the emulator answers for a Messages request body.
 
-Pure functions with no aiohttp import, so tests and batchrun can predict replies cheaply.
+Pure functions with no aiohttp import, so tests and batchrun can predict replies cheaply. A reply is a
+function of the request (and, when a fault flag picked one, of that fault): thinking block when thinking is
+on, a `tool_use` block when a tool is forced, JSON valid against the schema for structured outputs, else
+text; `stop_sequences` cut the text before the first one that occurs.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
-import re
 from typing import Any, NamedTuple
 
 import orjson
 
-KNOWN_FIELDS = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "messages",
-        "system",
-        "stop_sequences",
-        "temperature",
-        "top_p",
-        "top_k",
-        "metadata",
-        "stream",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "service_tier",
-        "output_config",
-        "container",
-        "mcp_servers",
-        "inference_geo",
-        "speed",
-        "context_management",
-        # Sent by anthropic 2.12's messages.create when given:
-        "cache_control",
-        "diagnostics",
-    }
-)
+from .media import block_tokens
+from .schema_gen import generate
+
 BASE_INPUT_TOKENS = 4
 MESSAGE_OVERHEAD_TOKENS = 3
 PREFIX_TOKENS = 5  # "emu-<16 hex>:" counts as 5 output tokens
+TOOL_USE_TOKENS = 10  # the tool_use block's framing, on top of its JSON input
 MIN_REPLY_TOKENS, MAX_REPLY_TOKENS = 5, 60
+MIN_THINKING_TOKENS, MAX_THINKING_TOKENS = 8, 40
 # Three-letter words: each word plus its space is 4 characters, about one token.
-WORDS = (
-    "ant",
-    "bee",
-    "cat",
-    "dog",
-    "eel",
-    "fox",
-    "gnu",
-    "hen",
-    "jay",
-    "koi",
-    "owl",
-    "pig",
-    "ram",
-    "yak",
-    "elk",
-    "bat",
-)
-MODEL_ID_RE = re.compile(r"^claude-")
-DELTA_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
+WORDS = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "jay", "koi", "owl", "pig", "ram", "yak", "elk", "bat")
+DELTA_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Reply faults (see faults.FaultInjector.reply_fault): the model's answer goes wrong, the HTTP exchange does not.
+INVALID_JSON = "invalid_json"
+MISSING_REQUIRED = "missing_required"
+TRUNCATED = "truncated"
+REFUSAL = "refusal"
+REPLY_FAULTS = (INVALID_JSON, MISSING_REQUIRED, TRUNCATED, REFUSAL)
 
 
 class Unit(NamedTuple):
@@ -80,9 +44,11 @@ class Unit(NamedTuple):
 
 
 class Reply(NamedTuple):
-    text: str
+    text: str  # the text block's text ("" when the reply has none)
     output_tokens: int
     stop_reason: str
+    content: list[dict]
+    stop_sequence: str | None = None
 
 
 def canonical(params: dict) -> bytes:
@@ -108,7 +74,11 @@ def _block_unit(block: Any) -> Unit:
     body = {k: v for k, v in block.items() if k != "cache_control"}
     data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     text = body.get("text") if body.get("type") == "text" else None
-    tokens = _text_tokens(text) if isinstance(text, str) else _text_tokens(data.decode())
+    sized = block_tokens(body) if body.get("type") in ("image", "document") else None
+    if sized is not None:
+        tokens = sized
+    else:
+        tokens = _text_tokens(text) if isinstance(text, str) else _text_tokens(data.decode())
     return Unit(tokens, data, cache_control if isinstance(cache_control, dict) else None)
 
 
@@ -116,6 +86,19 @@ def _as_list(value: Any) -> list:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+def _message_units(content: Any) -> list[Unit]:
+    units: list[Unit] = []
+    for block in _as_list(content):
+        if isinstance(block, dict) and block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+            inner = [_block_unit(b) for b in block["content"]]
+            head = _block_unit({k: v for k, v in block.items() if k != "content"})
+            data = head.data + b"".join(u.data for u in inner)
+            units.append(Unit(head.tokens + sum(u.tokens for u in inner), data, head.cache_control))
+        else:
+            units.append(_block_unit(block))
+    return units
 
 
 def input_units(params: dict) -> list[Unit]:
@@ -126,8 +109,7 @@ def input_units(params: dict) -> list[Unit]:
     for message in messages if isinstance(messages, list) else []:
         role = message.get("role") if isinstance(message, dict) else None
         units.append(Unit(MESSAGE_OVERHEAD_TOKENS, f"<{role}>".encode(), None))
-        content = message.get("content") if isinstance(message, dict) else None
-        units += [_block_unit(block) for block in _as_list(content)]
+        units += _message_units(message.get("content") if isinstance(message, dict) else None)
     top_level = params.get("cache_control")
     if isinstance(top_level, dict) and units:
         # Top-level cache_control marks the last cacheable block of the request.
@@ -140,7 +122,7 @@ def count_input_tokens(params: dict) -> int:
 
 
 def reply_tokens(params: dict) -> int:
-    """Output tokens of the full (untruncated) reply: 5..60, derived from the request key."""
+    """Output tokens of the full (untruncated) text reply: 5..60, derived from the request key."""
     span = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
     return MIN_REPLY_TOKENS + int(request_key(params)[:8], 16) % span
 
@@ -150,16 +132,146 @@ def _filler(key: str, count: int) -> list[str]:
     return [WORDS[int(ch, 16)] for ch in digest[:count]]
 
 
-def expected_reply(params: dict) -> Reply:
-    """The reply text, its output token count and stop reason; output_tokens <= max_tokens."""
-    key = request_key(params)
+# ---- what the request asks for ----------------------------------------------------------------
+
+
+def thinking_on(params: dict) -> bool:
+    thinking = params.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def forced_tool(params: dict) -> dict | None:
+    """The custom tool a `tool` or `any` tool_choice makes the model call, or None."""
+    choice = params.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") not in ("tool", "any"):
+        return None
+    tools = [
+        t for t in _as_list(params.get("tools")) if isinstance(t, dict) and isinstance(t.get("input_schema"), dict)
+    ]
+    if choice["type"] == "tool":
+        return next((t for t in tools if t.get("name") == choice.get("name")), None)
+    return tools[int(request_key(params)[8:12], 16) % len(tools)] if tools else None
+
+
+def output_schema(params: dict) -> dict | None:
+    config = params.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return fmt["schema"]
+    return None
+
+
+def wants_structured(params: dict) -> bool:
+    """True when a schema governs the reply (structured output or a forced tool): schema faults apply."""
+    return output_schema(params) is not None or forced_tool(params) is not None
+
+
+def expected_output(params: dict) -> Any:
+    """The object the emulator answers a structured request with: the parsed JSON text for
+    `output_config.format`, the tool_use `input` for a forced tool; None for a plain text request."""
+    tool = forced_tool(params)
+    if tool is not None:
+        return generate(tool["input_schema"], request_key(params))
+    schema = output_schema(params)
+    return None if schema is None else generate(schema, request_key(params))
+
+
+def _drop_required(value: Any, schema: dict) -> Any:
+    required = [name for name in schema.get("required") or [] if isinstance(value, dict) and name in value]
+    if not required:
+        return value
+    return {k: v for k, v in value.items() if k != required[0]}
+
+
+# ---- building the reply -----------------------------------------------------------------------
+
+
+def _thinking_block(key: str, params: dict, room: int) -> tuple[dict, int]:
+    budget = params["thinking"].get("budget_tokens")
+    tokens = MIN_THINKING_TOKENS + int(key[4:8], 16) % (MAX_THINKING_TOKENS - MIN_THINKING_TOKENS + 1)
+    tokens = max(1, min(tokens, room, budget if isinstance(budget, int) else tokens))
+    words = _filler(key[::-1], max(0, tokens - PREFIX_TOKENS))
+    text = " ".join([f"emu-think-{key}:", *words])
+    signature = base64.b64encode(hashlib.sha256(f"sig:{key}:{text}".encode()).digest() * 2).decode()
+    return {"type": "thinking", "thinking": text, "signature": signature}, tokens
+
+
+def _plain_text(key: str, params: dict, room: int, fault: str | None) -> tuple[str, int, str]:
     full = reply_tokens(params)
-    max_tokens = params.get("max_tokens")
-    limit = max_tokens if isinstance(max_tokens, int) and max_tokens >= 1 else full
-    tokens = min(full, limit)
+    tokens = min(full, room)
+    cut = room < full
+    if fault == TRUNCATED:
+        tokens, cut = max(1, min(full, room) // 2), True
     words = _filler(key, max(0, tokens - PREFIX_TOKENS))
     text = " ".join([f"emu-{key}:", *words])
-    return Reply(text, tokens, "max_tokens" if limit < full else "end_turn")
+    return text, (room if fault == TRUNCATED else tokens), "max_tokens" if cut else "end_turn"
+
+
+def _json_text(key: str, params: dict, schema: dict, room: int, fault: str | None) -> tuple[str, int, str]:
+    value = generate(schema, key)
+    if fault == MISSING_REQUIRED:
+        value = _drop_required(value, schema)
+    text = orjson.dumps(value).decode()
+    if fault == INVALID_JSON:
+        text = text[: max(1, len(text) // 2)]
+    tokens = _text_tokens(text)
+    if fault == TRUNCATED or tokens > room:
+        keep = len(text) // 2 if fault == TRUNCATED else room * 4
+        return text[: min(keep, room * 4)], room, "max_tokens"
+    return text, tokens, "end_turn"
+
+
+def _tool_use(key: str, tool: dict, room: int, fault: str | None) -> tuple[dict, int, str]:
+    value = generate(tool["input_schema"], key)
+    if fault == MISSING_REQUIRED:
+        value = _drop_required(value, tool["input_schema"])
+    tokens = TOOL_USE_TOKENS + _text_tokens(orjson.dumps(value).decode())
+    block = {"type": "tool_use", "id": f"toolu_emu{key}", "name": tool["name"], "input": value}
+    if fault == TRUNCATED or tokens > room:
+        return {**block, "input": {}}, room, "max_tokens"
+    return block, tokens, "tool_use"
+
+
+def _apply_stop_sequences(text: str, tokens: int, stops: Any) -> tuple[str, int, str | None]:
+    hits = [(text.find(s), s) for s in _as_list(stops) if isinstance(s, str) and s and s in text]
+    if not hits:
+        return text, tokens, None
+    at, stop = min(hits)
+    cut = text[:at]
+    return cut, max(1, min(tokens, _text_tokens(cut))), stop
+
+
+def expected_reply(params: dict, fault: str | None = None) -> Reply:
+    """The reply's content, output token count and stop reason; output_tokens <= max_tokens.
+
+    `fault` is one of REPLY_FAULTS when the server's fault flags picked one for this attempt, else None.
+    """
+    key = request_key(params)
+    max_tokens = params.get("max_tokens")
+    room = max_tokens if isinstance(max_tokens, int) and max_tokens >= 1 else MAX_REPLY_TOKENS * 1000
+    content: list[dict] = []
+    used = 0
+    if thinking_on(params):
+        block, used = _thinking_block(key, params, max(1, room - 1))
+        content.append(block)
+    room = max(1, room - used)
+    if fault == REFUSAL:  # the classifiers stop the reply after its first tokens
+        text = f"emu-{key}:"
+        return Reply(text, used + min(room, PREFIX_TOKENS), "refusal", [*content, {"type": "text", "text": text}])
+    tool = forced_tool(params)
+    schema = output_schema(params)
+    if tool is not None:
+        block, tokens, stop_reason = _tool_use(key, tool, room, fault)
+        return Reply("", used + tokens, stop_reason, [*content, block])
+    if schema is not None:
+        text, tokens, stop_reason = _json_text(key, params, schema, room, fault)
+    else:
+        text, tokens, stop_reason = _plain_text(key, params, room, fault)
+    text, tokens, stop_sequence = _apply_stop_sequences(text, tokens, params.get("stop_sequences"))
+    if stop_sequence is not None:
+        stop_reason = "stop_sequence"
+    content.append({"type": "text", "text": text})
+    return Reply(text, used + tokens, stop_reason, content, stop_sequence)
 
 
 def expected_text(params: dict) -> str:
@@ -198,9 +310,10 @@ def build_message(
     cache_read: int = 0,
     cache_ttl: str = "5m",
     service_tier: str = "standard",
+    fault: str | None = None,
 ) -> dict:
     """The full Message JSON for `params`; cache numbers come from the server's prompt cache."""
-    reply = expected_reply(params)
+    reply = expected_reply(params, fault)
     usage = build_usage(
         params,
         reply.output_tokens,
@@ -214,149 +327,64 @@ def build_message(
         "type": "message",
         "role": "assistant",
         "model": params["model"],
-        "content": [{"type": "text", "text": reply.text}],
+        "content": reply.content,
         "stop_reason": reply.stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": reply.stop_sequence,
         "usage": usage,
     }
 
 
-def model_error(params: dict) -> str | None:
-    """The 404 not_found_error message for an unknown model, or None."""
-    model = params.get("model")
-    return None if MODEL_ID_RE.match(model) else f"model: {model}"
+# ---- streaming ----------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _word_pieces(text: str, words_per_delta: int) -> list[str]:
+    words = text.split(" ")
+    return [
+        " ".join(words[i : i + words_per_delta]) + (" " if i + words_per_delta < len(words) else "")
+        for i in range(0, len(words), words_per_delta)
+    ]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _content_error(path: str, content: Any) -> str | None:
-    if isinstance(content, str):
-        return None if content else f"{path}: messages must have non-empty content"
-    if not isinstance(content, list):
-        return f"{path}.content: Input should be a valid list"
-    if not content:
-        return f"{path}: messages must have non-empty content"
-    for j, block in enumerate(content):
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            return f"{path}.content.{j}: Input should be a valid dictionary with a 'type' field"
-        if block["type"] == "text":
-            if not isinstance(block.get("text"), str):
-                return f"{path}.content.{j}.text: Field required"
-            if not block["text"]:
-                return "messages: text content blocks must be non-empty"
-    return None
-
-
-def _messages_error(messages: Any) -> str | None:
-    if not isinstance(messages, list):
-        return "messages: Input should be a valid list"
-    if not messages:
-        return "messages: at least one message is required"
-    for i, message in enumerate(messages):
-        path = f"messages.{i}"
-        if not isinstance(message, dict):
-            return f"{path}: Input should be a valid dictionary"
-        extra = sorted(set(message) - {"role", "content"})
-        if extra:
-            return f"{path}.{extra[0]}: Extra inputs are not permitted"
-        if message.get("role") not in ("user", "assistant"):
-            return f"{path}.role: Input should be 'user' or 'assistant'"
-        if "content" not in message:
-            return f"{path}.content: Field required"
-        error = _content_error(path, message["content"])
-        if error:
-            return error
-    if messages[0]["role"] != "user":
-        return 'messages: first message must use the "user" role'
-    return None
-
-
-def _system_error(system: Any) -> str | None:
-    if isinstance(system, str):
-        return None
-    if not isinstance(system, list):
-        return "system: Input should be a valid string or a list of text blocks"
-    for i, block in enumerate(system):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            return f"system.{i}.type: Input should be 'text'"
-        if not isinstance(block.get("text"), str):
-            return f"system.{i}.text: Field required"
-        if not block["text"]:
-            return "system: text content blocks must be non-empty"
-    return None
-
-
-def _sampling_error(params: dict) -> str | None:
-    for name, high in (("temperature", 1), ("top_p", 1)):
-        if name in params:
-            value = params[name]
-            if not _is_number(value):
-                return f"{name}: Input should be a valid number"
-            if not 0 <= value <= high:
-                return f"{name}: Input should be between 0 and {high}"
-    if "top_k" in params and (not _is_int(params["top_k"]) or params["top_k"] < 0):
-        return "top_k: Input should be a non-negative integer"
-    stops = params.get("stop_sequences")
-    if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
-        return "stop_sequences: Input should be a valid list of strings"
-    if "stream" in params and not isinstance(params["stream"], bool):
-        return "stream: Input should be a valid boolean"
-    return None
-
-
-def validate_params(params: Any) -> str | None:
-    """The API-style 400 message for an invalid Messages body, or None if it is acceptable."""
-    if not isinstance(params, dict):
-        return "Input should be a valid dictionary"
-    extra = sorted(set(params) - KNOWN_FIELDS)
-    if extra:
-        return f"{extra[0]}: Extra inputs are not permitted"
-    for name in ("model", "max_tokens", "messages"):
-        if name not in params:
-            return f"{name}: Field required"
-    if not isinstance(params["model"], str) or not params["model"]:
-        return "model: Input should be a valid string"
-    if not _is_int(params["max_tokens"]):
-        return "max_tokens: Input should be a valid integer"
-    if params["max_tokens"] < 1:
-        return "max_tokens: Input should be greater than or equal to 1"
-    error = _messages_error(params["messages"])
-    if error is None and "system" in params:
-        error = _system_error(params["system"])
-    return error or _sampling_error(params)
+def _block_events(index: int, block: dict, words_per_delta: int) -> list[dict]:
+    kind = block["type"]
+    if kind == "text":
+        start, deltas = (
+            {"type": "text", "text": ""},
+            [{"type": "text_delta", "text": piece} for piece in _word_pieces(block["text"], words_per_delta) if piece],
+        )
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in _word_pieces(block["thinking"], words_per_delta)]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    else:  # tool_use
+        start = {**block, "input": {}}
+        raw = orjson.dumps(block["input"]).decode() if block["input"] else ""
+        deltas = [{"type": "input_json_delta", "partial_json": raw[i : i + 16]} for i in range(0, len(raw), 16)]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": start},
+        *({"type": "content_block_delta", "index": index, "delta": delta} for delta in deltas),
+        {"type": "content_block_stop", "index": index},
+    ]
 
 
 def stream_events(message: dict, words_per_delta: int = 3) -> list[dict]:
     """The SSE event payloads that stream `message`, in the order the API sends them."""
-    text = message["content"][0]["text"]
-    words = text.split(" ")
-    pieces = [
-        " ".join(words[i : i + words_per_delta]) + (" " if i + words_per_delta < len(words) else "")
-        for i in range(0, len(words), words_per_delta)
-    ]
     usage = message["usage"]
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     start["usage"] = {**usage, "output_tokens": 1}
     # message_delta usage is cumulative: the SDK overwrites its snapshot with these values.
     final_usage = {name: usage[name] for name in DELTA_USAGE_FIELDS}
+    blocks: list[dict] = []
+    for index, block in enumerate(message["content"]):
+        blocks += _block_events(index, block, words_per_delta)
+    if blocks:
+        blocks.insert(1, {"type": "ping"})
     return [
         {"type": "message_start", "message": start},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        {"type": "ping"},
-        *(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-            for piece in pieces
-        ),
-        {"type": "content_block_stop", "index": 0},
+        *blocks,
         {
             "type": "message_delta",
-            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
             "usage": final_usage,
         },
         {"type": "message_stop"},

@@ -16,16 +16,11 @@ from .batches import BatchError, BatchStore, check_requests, result_chunks
 from .cache import PromptCache
 from .config import LIMIT_FIELDS, EmulatorConfig
 from .faults import FaultInjector, RetryWatch
+from .models import MODELS, find_model, model_info
 from .ratelimit import RateLimiter
-from .replies import (
-    build_message,
-    count_input_tokens,
-    model_error,
-    request_key,
-    stream_events,
-    validate_params,
-)
+from .replies import build_message, count_input_tokens, request_key, stream_events
 from .stats import Stats
+from .validation import ApiError, check_count_tokens, check_messages, check_version
 
 MAX_MESSAGES_BODY = 32 * 1024 * 1024
 MAX_BATCH_BODY = 256 * 1024 * 1024
@@ -66,6 +61,18 @@ class Emulator:
 EMULATOR = web.AppKey("emulator", Emulator)
 
 
+ABORTED = -1  # stats status of a stream the client hung up on
+MIDSTREAM_AFTER_DELTAS = 2
+
+
+class ClientGone(Exception):
+    """The client hung up while its streamed reply was being written."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("client disconnected")
+        self.response = response
+
+
 class Reject(Exception):
     """An API error to send as the JSON error envelope."""
 
@@ -102,6 +109,17 @@ def check_auth(request: web.Request, config: EmulatorConfig) -> None:
         raise Reject(401, "authentication_error", "x-api-key header is required")
     if config.api_key is not None and key != config.api_key:
         raise Reject(401, "authentication_error", "invalid x-api-key")
+
+
+def check_headers(request: web.Request, config: EmulatorConfig) -> None:
+    """Authentication first (401), then the anthropic-version header every /v1 call must carry (400)."""
+    check_auth(request, config)
+    raise_api_error(check_version(request.headers))
+
+
+def raise_api_error(error: ApiError | None) -> None:
+    if error is not None:
+        raise Reject(error.status, error.type, error.message)
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
@@ -161,6 +179,11 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         if exc.status != 401:
             exc.headers = {**emu.ratelimit_headers(), **(exc.headers or {})}
         raise
+    except ClientGone as exc:
+        status, response = ABORTED, exc.response
+    except asyncio.CancelledError:
+        status = ABORTED
+        raise
     except Exception:
         status = 500  # a bug here must not be counted as an intentionally dropped connection
         raise
@@ -171,18 +194,16 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _messages(request: web.Request, emu: Emulator, stats: Stats) -> tuple[str | None, web.StreamResponse | None]:
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
-    error = validate_params(body)
-    if error is not None:
-        raise Reject(400, "invalid_request_error", error)
+    error = check_messages(body)
+    if error is not None and error.status != 404:
+        raise_api_error(error)
     key = request_key(body)
     now = time.monotonic()
     stats.received(key)
     emu.watch.arrived(key, now)
-    error = model_error(body)
-    if error is not None:
-        raise Reject(404, "not_found_error", error)
+    raise_api_error(error)
     extra_delay = _inject_fault(request, emu, stats, key, now)
     if extra_delay is None:
         return key, None
@@ -231,7 +252,12 @@ async def _reply(
         raise Reject(429, "rate_limit_error", refusal.message, headers)
     emu.cache.commit(use, now)
     msg_id = "msg_emu" + secrets.token_hex(12)
-    message = build_message(body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl)
+    fault = emu.faults.reply_fault(key, body)
+    if fault is not None:
+        stats.injected[fault] += 1
+    message = build_message(
+        body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl, fault=fault
+    )
     try:
         await asyncio.sleep(emu.faults.latency_s() + extra_delay)
     finally:
@@ -241,35 +267,51 @@ async def _reply(
     headers = emu.ratelimit_headers()
     if body.get("stream"):
         stats.streamed += 1
-        return await _stream(request, message, headers)
+        fail = emu.faults.midstream_error(key)
+        if fail:
+            stats.injected["midstream"] += 1
+        fail_after = MIDSTREAM_AFTER_DELTAS if fail else None
+        return await _stream(request, message, headers, fail_after, emu.config.stream_event_ms / 1000.0)
     return json_response(message, headers=headers)
 
 
-async def _stream(request: web.Request, message: dict, headers: dict[str, str]) -> web.StreamResponse:
+def sse(event_type: str, data: dict) -> bytes:
+    return f"event: {event_type}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream(
+    request: web.Request, message: dict, headers: dict[str, str], fail_after: int | None, pause_s: float
+) -> web.StreamResponse:
+    """Send `message` as SSE; with fail_after, an overloaded_error event replaces the rest after that many deltas.
+    A client that hangs up raises ClientGone."""
     response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
-    await response.prepare(request)
-    for event in stream_events(message):
-        await response.write(f"event: {event['type']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n")
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        deltas = 0
+        for event in stream_events(message):
+            if fail_after is not None and deltas >= fail_after:
+                error = {"type": "overloaded_error", "message": "Overloaded"}
+                await response.write(sse("error", {"type": "error", "error": error, "request_id": request_id(request)}))
+                break
+            deltas += event["type"] == "content_block_delta"
+            await response.write(sse(event["type"], event))
+            if pause_s:
+                await asyncio.sleep(pause_s)
+        await response.write_eof()
+    except ConnectionError:
+        raise ClientGone(response) from None
     return response
 
 
 async def handle_count_tokens(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
     emu.stats.count_tokens_requests += 1
-    if isinstance(body, dict) and "max_tokens" in body:
-        raise Reject(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
-    error = validate_params({**body, "max_tokens": 1} if isinstance(body, dict) else body)
-    if error is not None:
-        raise Reject(400, "invalid_request_error", error)
-    error = model_error(body)
-    if error is not None:
-        raise Reject(404, "not_found_error", error)
-    return json_response({"input_tokens": count_input_tokens(body)})
+    raise_api_error(check_count_tokens(body))
+    return json_response({"input_tokens": count_input_tokens(body)}, headers=emu.ratelimit_headers())
 
 
 # ---- Message Batches --------------------------------------------------------------------------
@@ -285,14 +327,14 @@ def _batch_json(request: web.Request, batch: Any) -> web.Response:
 
 async def handle_batch_create(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     items = check_requests(await read_json(request, MAX_BATCH_BODY))
     return _batch_json(request, emu.batches.create(items, time.time()))
 
 
 async def handle_batch_get(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     return _batch_json(request, await emu.batches.get(request.match_info["batch_id"], time.time()))
 
 
@@ -307,7 +349,7 @@ def _limit(request: web.Request) -> int:
 
 async def handle_batch_list(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
     if after_id and before_id:
         raise Reject(400, "invalid_request_error", "Only one of after_id and before_id may be given")
@@ -318,13 +360,13 @@ async def handle_batch_list(request: web.Request) -> web.Response:
 
 async def handle_batch_cancel(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     return _batch_json(request, await emu.batches.cancel(request.match_info["batch_id"], time.time()))
 
 
 async def handle_batch_delete(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
-    check_auth(request, emu.config)
+    check_headers(request, emu.config)
     batch_id = request.match_info["batch_id"]
     await emu.batches.delete(batch_id, time.time())
     return json_response({"id": batch_id, "type": "message_batch_deleted"})
@@ -346,6 +388,32 @@ async def handle_batch_results(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+# ---- Models -----------------------------------------------------------------------------------
+
+
+async def handle_model_get(request: web.Request) -> web.Response:
+    check_headers(request, request.app[EMULATOR].config)
+    model_id = request.match_info["model_id"]
+    spec = find_model(model_id)
+    if spec is None:
+        raise Reject(404, "not_found_error", f"model: {model_id}")
+    return json_response(model_info(spec, model_id))
+
+
+async def handle_model_list(request: web.Request) -> web.Response:
+    check_headers(request, request.app[EMULATOR].config)
+    ids = [spec.id for spec in MODELS]
+    after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
+    limit = _limit(request)
+    start = ids.index(after_id) + 1 if after_id in ids else 0
+    stop = ids.index(before_id) if before_id in ids else len(ids)
+    chosen = ids[max(start, stop - limit) if before_id else start : stop][:limit]
+    data = [model_info(find_model(i)) for i in chosen]
+    more = (start + len(chosen) < len(ids)) if not before_id else stop - len(chosen) > 0
+    page = {"data": data, "has_more": more, "first_id": chosen[0] if chosen else None}
+    return json_response({**page, "last_id": chosen[-1] if chosen else None})
 
 
 # ---- Control ----------------------------------------------------------------------------------
@@ -386,6 +454,8 @@ def make_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete(batch, handle_batch_delete)
     app.router.add_post(batch + "/cancel", handle_batch_cancel)
     app.router.add_get(batch + "/results", handle_batch_results)
+    app.router.add_get("/v1/models", handle_model_list)
+    app.router.add_get("/v1/models/{model_id}", handle_model_get)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_post("/_emulator/reset", handle_reset)
     app.router.add_route("*", "/_emulator/config", handle_config)

@@ -23,6 +23,7 @@ class Stats:
         self.injected: Counter[str] = Counter()
         self.rate_limited = 0
         self.dropped = 0
+        self.aborted = 0  # streams the client hung up on
         self.streamed = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -43,10 +44,14 @@ class Stats:
             self.received_by_key[key] += 1
 
     def finished(self, status: int | None, key: str | None) -> None:
-        """status None means the connection was dropped without a response."""
+        """status None means the connection was dropped without a response, a negative one that the client
+        hung up mid-stream."""
         self.in_flight -= 1
         if status is None:
             self.dropped += 1
+            return
+        if status < 0:
+            self.aborted += 1
             return
         self.by_status[str(status)] += 1
         if status == 200 and key is not None and self.track_keys:
@@ -63,6 +68,7 @@ class Stats:
             "requests": self.requests,
             "by_status": dict(self.by_status),
             "dropped": self.dropped,
+            "aborted": self.aborted,
             "injected": dict(self.injected),
             "rate_limited": self.rate_limited,
             "streamed": self.streamed,
