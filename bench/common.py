@@ -57,8 +57,9 @@ def child_env(base_url: str | None = None) -> dict[str, str]:
 
 
 def Emulator(**config: Any) -> EmulatorProcess:
-    """The emulator in its own process (so on 2 cores, its own core), keeping no per-request records."""
-    return EmulatorProcess(track_keys=False, **config)
+    """The emulator in its own process (so on 2 cores, its own core), keeping no per-request records. Unless a
+    scenario sets limits, none are enforced (0 turns each off; the emulator's default is Tier-4-like)."""
+    return EmulatorProcess(track_keys=False, **{"rpm": 0, "itpm": 0, "otpm": 0, **config})
 
 
 class StatsPoller:

@@ -370,3 +370,21 @@ def test_there_are_no_import_cycles() -> None:
     for node in graph:
         if node not in state:
             visit(node, [])
+
+
+def test_an_error_in_the_middle_of_a_streamed_reply_is_retried(workdir: Path, emulator) -> None:
+    """Requests whose max_tokens need streaming; the API sends `event: error` (overloaded) after some deltas of half
+    of them: each is retried like a 529 before the stream, and every item ends with its own answer."""
+    emulator.configure(p_midstream_error=0.5)
+    items = write_jsonl(workdir / "items.jsonl", prompts(12))
+    proc = batchrun(
+        ["submit", str(items), "--model", "claude-sonnet-4-5", "--max-tokens", "30000", "-o", "out.jsonl"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
+    assert proc.returncode == 0, proc.stderr
+    params = stored_params(workdir / "batchrun.db")
+    answers = texts(workdir / "out.jsonl")
+    assert len(answers) == 12 and all(answers[c] == expected_text(params[c]) for c in answers)
+    outcomes = db_rows(workdir / "batchrun.db", "SELECT outcome, status FROM attempts WHERE outcome != 'succeeded'")
+    assert outcomes and set(outcomes) == {("overloaded_error", 529)}
