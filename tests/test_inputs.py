@@ -148,7 +148,7 @@ def test_bad_job_file(submit, workdir: Path) -> None:
     job = workdir / "job.toml"
     job.write_text('model = "claude-haiku-4-5"\nmax_tokenz = 5\n')
     code, err = submit(path, "--job", str(job))
-    assert code == 2 and "unknown key(s) max_tokenz" in err and str(job) in err
+    assert code == 2 and "unknown key max_tokenz (did you mean max_tokens?)" in err and str(job) in err
 
 
 def test_only_submit_creates_a_database(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
