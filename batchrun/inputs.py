@@ -174,8 +174,9 @@ def read_items(path: str | Path, job: Job) -> Iterator[Item]:
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise InputError(
                 [
-                    f"{shown}: not a complete gzip file ({e or type(e).__name__}, after line {line_no}); "
-                    "compress it again, or give the uncompressed file"
+                    f"{shown}: not a complete gzip file ({e or type(e).__name__}"
+                    + (f", after line {line_no}" if line_no else "")
+                    + "); compress it again, or give the uncompressed file"
                 ]
             ) from None
     if problems:

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from sqlite_utils.migrations import Migrations
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from batchrun.errors import InputError, StoreCorrupt, StoreError, StoreUnavailable, UsageError
-from batchrun.lock import migration_lock
+from batchrun.lock import MIGRATION_LOCK, lock_dir, migration_lock
 
 PENDING, IN_FLIGHT, SUCCEEDED, FAILED = "pending", "in_flight", "succeeded", "failed"
 STATES = (PENDING, IN_FLIGHT, SUCCEEDED, FAILED)
@@ -249,7 +249,7 @@ class Store:
     def _open(self) -> None:
         if self.path.is_dir():
             raise IsADirectoryError(str(self.path))
-        self.is_new = not self.path.exists()
+        self.is_new = not self.path.exists() and self._create()
         create_private_file(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db = Database(conn)
@@ -260,6 +260,32 @@ class Store:
             with migration_lock(self.path):
                 retry_busy(lambda: migrations.apply(self.db))
 
+    def _create(self) -> bool:
+        """Make the database with its whole schema under a private name, then link it into place: no process ever
+        sees it without its tables, and of processes creating it at once one wins and the others open its file.
+        Returns whether this process created it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                migrations.apply(Database(conn))
+            finally:
+                conn.close()
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return not self.path.exists()  # no hard links here: create in place, the migration lock serialises
+        finally:
+            tmp.unlink(missing_ok=True)
+            Path(f"{tmp}-journal").unlink(missing_ok=True)
+
     def close(self) -> None:
         self.db.close()
 
@@ -269,6 +295,10 @@ class Store:
             self.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            locks = lock_dir(self.path)
+            (locks / MIGRATION_LOCK).unlink(missing_ok=True)
+            with suppress(OSError):
+                locks.rmdir()
 
     @contextmanager
     def _write(self) -> Iterator[None]:

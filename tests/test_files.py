@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,12 +16,13 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from sqlite_utils import Database
 
 from batchrun.cli import cli
 from batchrun.errors import RunLocked, StoreError
 from batchrun.inputs import Item
 from batchrun.lock import RunLock, lock_dir, lock_holder
-from batchrun.store import Outcome, Store
+from batchrun.store import Outcome, Store, migrations
 from tests.conftest import TEST_KEY, cli_env, prompts, read_jsonl, write_jsonl
 
 ROOT = os.geteuid() == 0
@@ -93,7 +95,7 @@ def test_a_symlinked_lock_directory_is_refused(tmp_path: Path) -> None:
     db = make_db(tmp_path / "c.db")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    shutil.rmtree(lock_dir(db))
+    shutil.rmtree(lock_dir(db), ignore_errors=True)
     lock_dir(db).symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(StoreError, match="not a directory batchrun made"):
         RunLock(db, "r1").__enter__()
@@ -131,8 +133,14 @@ except BatchrunError as e:
 """
 
 
-def test_six_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schema", ["fresh", "old"])
+def test_six_processes_opening_a_fresh_or_old_database_at_once_all_succeed(schema: str, tmp_path: Path) -> None:
+    """A new database is created once; an old one (first migration only) is upgraded once, under the migration lock."""
     db = tmp_path / "fresh.db"
+    if schema == "old":
+        conn = sqlite3.connect(db, isolation_level=None)
+        migrations.apply(Database(conn), stop_before="m002_batches")
+        conn.close()
     start = time.time() + 1.0
     procs = [
         subprocess.Popen(

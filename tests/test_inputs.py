@@ -72,6 +72,7 @@ def test_bad_line_exits_2_names_line_and_sends_nothing(case: str, submit, workdi
     assert "(" in err.split(f"{path}:{line}: ", 1)[1]  # every message says how to fix it
     assert "Traceback" not in err
     assert db_dump(workdir / "batchrun.db") == before
+    assert not (workdir / "batchrun.db.locks").exists()  # a database that bad input created leaves nothing behind
     assert emulator.stats()["requests"] == 0
 
 
