@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,6 +33,17 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("batchrun: interrupted", err=True)
             sys.exit(EXIT_NOT_FINISHED)
+        except sqlite3.Error as e:
+            from batchrun.store import store_error
+
+            error = store_error(e)
+            click.echo(f"batchrun: error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            click.echo(f"batchrun: error: {os_error_line(e)}", err=True)
+            sys.exit(EXIT_NOT_FINISHED if e.errno in TRY_LATER_ERRNOS else EXIT_USAGE)
         except (SystemExit, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as e:
@@ -50,6 +63,54 @@ def debugging() -> bool:
     ctx = click.get_current_context(silent=True)
     flag = bool(ctx and ctx.find_root().params.get("debug"))
     return flag or os.environ.get("BATCHRUN_DEBUG") == "1"
+
+
+TRY_LATER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def os_error_line(e: OSError) -> str:
+    """A file problem as one line: what, where, and the fix."""
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno in TRY_LATER_ERRNOS:
+        fix = "free some space and run the command again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable by this user, or choose another path"
+    elif e.errno == errno.ENOENT:
+        fix = "check that the path and its directory exist"
+    else:
+        fix = "check the path"
+    return f"{where}{e.strerror or e} ({fix})"
+
+
+def check_output(output: str | None, db: Path, *inputs: str | None) -> None:
+    """Refuse an `-o` that would overwrite the database, its -wal/-shm files or an input file, or that cannot be
+    written (missing or read-only directory), before anything runs."""
+    if output is None:
+        return
+    out = Path(output)
+    parent = out.parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: directory {parent} does not exist (create it first, or write elsewhere)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {output}: directory {parent} is not writable (choose a writable directory)")
+    protected = {f"{db}{suffix}": "the database" for suffix in ("", "-wal", "-shm", "-journal")}
+    protected.update({str(i): "the input file" for i in inputs if i and i != "-"})
+    for path, what in protected.items():
+        if os.path.realpath(path) == os.path.realpath(out) or _same_file(path, out):
+            raise UsageError(f"-o {output} is {what} ({path}): results would overwrite it (write them to another file)")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_run_output(store: Any, run_id: str, output: str | None) -> None:
+    """`check_output` for a command on an existing run: its database and the file the run was made from."""
+    run = store.get_run(run_id) if output else None
+    check_output(output, store.path, run["input_path"] if run else None)
 
 
 def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -240,6 +301,7 @@ def submit(
     limit = flags.pop("limit")
     job = load_job(job_path).with_overrides(**flags)
     load_env()
+    check_output(output, db_location(db_path), items)
     if dry_run:
         _dry_run(items, job, emulate, backend)
         return
@@ -330,8 +392,9 @@ def cancel(
 
     load_env()
     with ExitStack() as stack:
-        target = _client_factory(stack, emulate, backend)
         store = open_store(db_path)
+        check_run_output(store, run_id, output)
+        target = _client_factory(stack, emulate, backend)
         progress = Progress(enabled=not quiet)
         try:
             ending = cancel_run(store, run_id, RunOptions(timeout=timeout), target, progress.event)
@@ -368,6 +431,7 @@ def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more
     """resume and retry: open the store (it must exist), check the key, process the run."""
     with ExitStack() as stack:
         store = open_store(db_path)
+        check_run_output(store, run_id, given["output"])
         target = _client_factory(stack, given["emulate"], given["backend"])
         _process(store, run_id, _options(given, **more), target, given["quiet"], given["output"])
 
@@ -466,6 +530,7 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
 
     from batchrun.report import format_status, run_status
 
+    load_env()
     if run_id is None and not db_location(db_path).exists():
         click.echo('{"runs": []}' if as_json else "no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
         return
@@ -492,8 +557,10 @@ def results(run_id: str, output: str | None, only: str | None, db_path: str | No
     from batchrun.results import export_results, write_results
     from batchrun.runs import load_run
 
+    load_env()
     store = open_store(db_path)
     load_run(store, run_id)
+    check_run_output(store, run_id, output)
     if output:
         count = export_results(store, run_id, output, only)
         click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
@@ -507,11 +574,19 @@ def results(run_id: str, output: str | None, only: str | None, db_path: str | No
 @handle_errors
 def doctor(db_path: str | None) -> None:
     """Check the store for damage or inconsistent rows; exit 1 if any are found."""
-    store = open_store(db_path)
+    from batchrun.errors import StoreCorrupt
+
+    load_env()
+    try:
+        store = open_store(db_path)
+    except StoreCorrupt as e:
+        click.echo(f"batchrun doctor: {e}")
+        click.echo(f"batchrun doctor: {db_location(db_path)}: 1 problem(s)")
+        sys.exit(1)
     problems = store.check()
     for problem in problems:
         click.echo(f"batchrun doctor: {problem}")
-    in_flight = store.in_flight_count()
+    in_flight = 0 if problems else store.in_flight_count()
     if in_flight:
         click.echo(
             f"batchrun doctor: note: {in_flight} item(s) in flight (being sent, or left by a process that died: "

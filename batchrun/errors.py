@@ -18,11 +18,16 @@ class UsageError(BatchrunError):
 
 
 class InputError(UsageError):
-    """Problems found in the input file, each as `FILE:LINE: what is wrong (how to fix)`."""
+    """Problems found in the input file, each as `FILE:LINE: what is wrong (how to fix)`.
 
-    def __init__(self, problems: list[str], more: int = 0) -> None:
+    `lines` (when known) are the line numbers of `problems`, so problems found by different checks can be merged in
+    file order.
+    """
+
+    def __init__(self, problems: list[str], more: int = 0, lines: list[int] | None = None) -> None:
         self.problems = problems
         self.more = more
+        self.lines = lines if lines is not None else [0] * len(problems)
         text = "\n".join(problems)
         if more:
             text += f"\n... and {more} more problem(s) in the file"
@@ -33,7 +38,16 @@ class RunLocked(BatchrunError):
     exit_code = EXIT_LOCKED
 
 
-class FatalAPIError(BatchrunError):
-    """An error that every item would hit (bad key, no permission, no credit): the run stops, items stay pending."""
+class StoreError(BatchrunError):
+    """The database or a file next to it cannot be used as it is (a directory, read-only, damaged, a symlinked
+    lock file); the message says how to fix it."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is not a SQLite database, or is damaged."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be written right now (another process kept it locked too long, disk full): try later."""
 
     exit_code = EXIT_NOT_FINISHED

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import string
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,10 @@ from batchrun.pricing import check_prices
 MODES = ("online", "batch")
 # Settings that do not change what is sent: they may change under a run (resume, a repeated submit).
 RUNTIME_KEYS = ("mode", "concurrency", "max_attempts", "rpm", "itpm", "otpm", "max_cost", "poll_interval", "batch_size")
+MAX_CONCURRENCY = 1000  # requests in flight; more buys nothing under any account's rate limits
+MAX_ATTEMPTS = 100
+MAX_BATCH_SIZE = 100_000  # the Message Batches API's limits
+MAX_BATCH_BYTES = 256_000_000
 
 
 @dataclass(frozen=True)
@@ -52,15 +59,12 @@ class Job:
         return job
 
     def check(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.cache_ttl not in ("5m", "1h"):
-            raise UsageError(f'cache_ttl must be "5m" or "1h", not {self.cache_ttl!r}')
-        check_prices(self.prices)
-        for name in ("max_tokens", "concurrency", "max_attempts", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+        """Every setting's type and range, all problems at once, before anything is stored or sent."""
+        problems = job_problems(asdict(self))
+        if not problems:
+            check_prices(self.prices)
+        if problems:
+            raise UsageError("\n".join(problems))
 
     def fingerprint(self) -> str:
         """What decides the requests a run sends: the same input and fingerprint continue the same run."""
@@ -87,7 +91,10 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        job = cls(**{k: v for k, v in data.items() if k in known})
+        if isinstance(job.concurrency, int) and job.concurrency > MAX_CONCURRENCY:  # stored before the cap existed
+            job = replace(job, concurrency=MAX_CONCURRENCY)
+        return job
 
 
 def load_job(path: str | Path | None) -> Job:
@@ -99,10 +106,14 @@ def load_job(path: str | Path | None) -> Job:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path}: no such job file (check the path given to --job)") from None
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror} (give --job a readable TOML file)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML: {e} (fix the file's syntax)") from None
     system_file = data.pop("system_file", None)
     if system_file is not None:
+        if not isinstance(system_file, str):
+            raise UsageError(f"{path}: system_file must be a path in quotes (relative to the job file)")
         if "system" in data:
             raise UsageError(f"{path}: set either system or system_file, not both")
         try:
@@ -111,16 +122,159 @@ def load_job(path: str | Path | None) -> Job:
             raise UsageError(
                 f"{path}: system_file {system_file!r}: {e.strerror} (path is relative to the job file)"
             ) from None
-    known = {f.name for f in fields(Job)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)} (known keys: {', '.join(sorted(known))})")
-    job = Job(**data)
+    problems = [f"{path}: {p}" for p in unknown_key_problems(data)]
+    problems += [f"{path}: {p}" for p in job_problems({k: v for k, v in data.items() if k in KNOWN_KEYS})]
+    if problems:
+        raise UsageError("\n".join(problems))
+    return Job(**data)
+
+
+def unknown_key_problems(data: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in sorted(set(data) - KNOWN_KEYS):
+        close = difflib.get_close_matches(key, KNOWN_KEYS | {"system_file"}, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(KNOWN_KEYS))}"
+        problems.append(f"unknown key {key} ({hint})")
+    return problems
+
+
+def job_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with these settings, one line each: `key = value: what it must be`."""
+    problems = []
+    for key, value in data.items():
+        check = CHECKS.get(key)
+        problem = check(value) if check else None
+        if problem:
+            problems.append(f"{key} = {_short(value)}: {problem}")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(low: int, high: int | None = None, optional: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            return f"must be a whole number from {low:,}" + (f" to {high:,}" if high is not None else " up")
+        return None
+
+    return check
+
+
+def _positive_number(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        return "must be a number of seconds above 0 (e.g. 5 or 0.5)"
+    return None
+
+
+def _text(optional: bool = True, empty: bool = True) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or (not empty and not value.strip()):
+            return "must be a string" + ("" if empty else " that is not empty") + ' (in quotes: "...")'
+        return None
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in options else f"must be one of {', '.join(repr(o) for o in options)}"
+
+    return check
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _params(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a table of Messages parameters (params = { temperature = 0.0 })"
+    if "stream" in value:
+        return '"stream" is chosen by batchrun (remove it from params)'
+    return None
+
+
+def _routes(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        return 'must be a table of field value = "model" (routes = { hard = "claude-sonnet-4", default = "..." })'
+    return None
+
+
+def _prices(value: Any) -> str | None:
+    example = '(prices = { "claude-haiku-4-5" = { input = 1.0, output = 5.0 } }, USD per million tokens)'
+    if not isinstance(value, dict):
+        return f"must be a table of model = {{ input, output }} {example}"
+    for model, price in value.items():
+        if not isinstance(price, dict) or set(price) != {"input", "output"}:
+            return f"{model!r} must have exactly input and output {example}"
+        for kind, usd in price.items():
+            if not isinstance(usd, int | float) or isinstance(usd, bool) or not math.isfinite(usd) or usd < 0:
+                return f"{model}.{kind} must be a number >= 0 {example}"
+    return None
+
+
+def _positive_usd(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        return "must be a number of US dollars above 0 (e.g. 25 or 0.5)"
+    return None
+
+
+def _template(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return 'must be a string with {field} placeholders (template = "Classify: {text}")'
     try:
-        job.check()
-    except UsageError as e:
-        raise UsageError(f"{path}: {e}") from None
-    return job
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as e:
+        return f"is not a valid template: {e} (write a field as {{name}} and a literal brace as {{{{ or }}}})"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or name.isdigit():
+            return "has a field without a name ({} or {0}): name each one after a field of the input lines ({text})"
+        if "." in name or "[" in name or "{" in (spec or ""):
+            return f"field {{{name}}} is not a plain field name (use {{text}}; no attributes, indexes or nesting)"
+        if conversion not in (None, "r", "s", "a"):
+            return f"field {{{name}!{conversion}}} has an unknown conversion (use !r, !s or !a, or none)"
+    return None
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "model": _text(empty=False),
+    "max_tokens": _int(1),
+    "system": _text(),
+    "template": _template,
+    "mode": _choice(*MODES),
+    "concurrency": _int(1, MAX_CONCURRENCY),
+    "max_attempts": _int(1, MAX_ATTEMPTS),
+    "params": _params,
+    "rpm": _int(1, optional=True),
+    "itpm": _int(1, optional=True),
+    "otpm": _int(1, optional=True),
+    "batch_size": _int(1, MAX_BATCH_SIZE),
+    "batch_max_bytes": _int(1, MAX_BATCH_BYTES),
+    "poll_interval": _positive_number,
+    "poll_max_interval": _positive_number,
+    "prices": _prices,
+    "route_field": _text(empty=False),
+    "routes": _routes,
+    "cache": _bool,
+    "cache_ttl": _choice("5m", "1h"),
+    "max_cost": lambda v: None if v is None else _positive_usd(v),
+}
+KNOWN_KEYS = frozenset(f.name for f in fields(Job))
 
 
 def load_system(value: str | None) -> str | None:
@@ -174,7 +328,10 @@ def _fill(template: str, obj: dict[str, Any]) -> str:
             f"template field(s) {', '.join(missing)} missing from the line "
             f"(add {', '.join(repr(m) for m in missing)} to it, or change the job's template)"
         )
-    return template.format_map(obj)
+    try:
+        return template.format_map(obj)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise RenderError(f"cannot fill the job's template from this line: {e} (check the fields' values)") from None
 
 
 def _apply_defaults(params: dict[str, Any], obj: dict[str, Any], job: Job) -> None:

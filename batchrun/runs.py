@@ -17,7 +17,7 @@ from typing import Any
 from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
-from batchrun.inputs import file_sha256, read_items
+from batchrun.inputs import file_sha256, input_label, read_items
 from batchrun.job import Job
 from batchrun.lock import RunLock
 from batchrun.settings import RunOptions
@@ -52,7 +52,7 @@ def prepare_run(
     """
     sha = file_sha256(input_path)
     fingerprint = job.fingerprint()
-    input_path = str(Path(input_path).resolve())
+    input_path = input_label(input_path)
     if run_id is not None:
         if not RUN_ID.fullmatch(run_id):
             raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64)")

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from batchrun.errors import InputError
+from batchrun.errors import InputError, StoreCorrupt, StoreError, StoreUnavailable, UsageError
+from batchrun.lock import MIGRATION_LOCK, lock_dir, migration_lock
 
 
 class State(StrEnum):
@@ -32,6 +36,9 @@ class State(StrEnum):
 PENDING, IN_FLIGHT, SUCCEEDED, FAILED = State.PENDING, State.IN_FLIGHT, State.SUCCEEDED, State.FAILED
 STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
+BUSY_TIMEOUT_S = 30
+MAX_PROBLEMS = 20
+T = TypeVar("T")
 
 migrations = Migrations("batchrun")
 
@@ -232,20 +239,121 @@ def create_private_file(path: Path) -> None:
     """The database holds prompts and replies: only its owner may read it."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+
+
+def store_error(e: BaseException, path: str | Path | None = None) -> StoreError:
+    """One line saying what is wrong with the database and how to fix it, for a sqlite3 or OS error."""
+    where = str(path) if path is not None else "the batchrun database"
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    code = getattr(e, "errno", None)
+    if isinstance(e, IsADirectoryError) or (path is not None and Path(path).is_dir()):
+        return StoreError(
+            f"{where} is a directory, not a database file (give --db a file path, e.g. {where}/batchrun.db)"
+        )
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return StoreCorrupt(
+            f"{where} is damaged or not a batchrun database ({text}); restore it from a backup, "
+            "or give another --db (`batchrun doctor` reports what is wrong)"
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "full" in low or "disk i/o" in low:
+        return StoreUnavailable(
+            f"cannot write {where}: the disk is full or a file size limit was reached ({text}); "
+            "free some space and run the command again (nothing that was committed is lost)"
+        )
+    if "locked" in low or "busy" in low:
+        return StoreUnavailable(
+            f"{where} stayed locked by another process for over {BUSY_TIMEOUT_S}s ({text}); try again later"
+        )
+    if isinstance(e, PermissionError) or code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in low:
+        return StoreError(
+            f"cannot write {where} ({text}): the database and its directory must be writable by this user "
+            "(fix their permissions, or give another --db)"
+        )
+    if "unable to open" in low:
+        return StoreError(
+            f"cannot open {where} ({text}): check that its directory exists and is writable by this user "
+            "(SQLite writes -wal and -shm files next to it)"
+        )
+    return StoreError(f"cannot use {where}: {text} (check the path given to --db or BATCHRUN_DB)")
+
+
+def _is_busy(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
+def retry_busy(fn: Callable[[], T]) -> T:
+    """Run a statement that can meet another process's write; SQLITE_BUSY that the busy timeout does not cover
+    (a WAL snapshot upgrade, a journal-mode change) is retried with jitter until the same timeout."""
+    for attempt in Retrying(
+        retry=retry_if_exception(_is_busy),
+        stop=stop_after_delay(BUSY_TIMEOUT_S),
+        wait=wait_random_exponential(multiplier=0.01, max=0.5),
+        reraise=True,
+    ):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")
 
 
 class Store:
     def __init__(self, path: str | Path) -> None:
+        """Open (and create or upgrade) the database; any problem is a StoreError with the fix in its message."""
         self.path = Path(path)
-        self.is_new = not self.path.exists()
+        self.db: Database | None = None
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None:
+                self.db.close()
+            raise store_error(e, self.path) from None
+
+    def _open(self) -> None:
+        if self.path.is_dir():
+            raise IsADirectoryError(str(self.path))
+        self.is_new = not self.path.exists() and self._create()
         create_private_file(self.path)
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db = Database(conn)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        migrations.apply(self.db)
+        if retry_busy(lambda: migrations.pending(self.db)):
+            with migration_lock(self.path):
+                retry_busy(lambda: migrations.apply(self.db))
+
+    def _create(self) -> bool:
+        """Make the database with its whole schema under a private name, then link it into place: no process ever
+        sees it without its tables, and of processes creating it at once one wins and the others open its file.
+        Returns whether this process created it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
+                migrations.apply(Database(conn))
+            finally:
+                conn.close()
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return not self.path.exists()  # no hard links here: create in place, the migration lock serialises
+        finally:
+            tmp.unlink(missing_ok=True)
+            Path(f"{tmp}-journal").unlink(missing_ok=True)
 
     def close(self) -> None:
         self.db.close()
@@ -256,6 +364,23 @@ class Store:
             self.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            locks = lock_dir(self.path)
+            (locks / MIGRATION_LOCK).unlink(missing_ok=True)
+            with suppress(OSError):
+                locks.rmdir()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction that takes the write lock up front (BEGIN IMMEDIATE): a transaction that read first
+        and then writes can get SQLITE_BUSY from SQLite at once, without the busy timeout."""
+        retry_busy(lambda: self.db.execute("BEGIN IMMEDIATE"))
+        try:
+            yield
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | tuple | None:
         return self.db.execute(sql, list(params)).fetchone()
@@ -317,7 +442,12 @@ class Store:
         return [row[0] for row in self.db.execute("SELECT id FROM runs ORDER BY created_at").fetchall()]
 
     def create_run(self, run: dict[str, Any], items: Iterable[Any]) -> int:
-        """Insert a run and all its items in one transaction: on any input problem nothing is written."""
+        """Insert a run and all its items in one transaction: on any input problem nothing is written.
+
+        Every problem of the file is reported at once, in line order: those `items` raises (InputError, after the
+        whole file is read) merged with custom_ids used twice. If another process created the same run (same id,
+        input and settings) meanwhile, that run is kept and its size returned.
+        """
         now = time.time()
         row = {
             **run,
@@ -327,52 +457,92 @@ class Store:
             "status": "pending",
             "total": 0,
         }
-        total = 0
-        with self.db.atomic():
-            self.db.execute(
+        with self._write():
+            inserted = self.db.execute(
                 "INSERT INTO runs (id, created_at, updated_at, input_path, input_sha256, fingerprint, mode, job, "
                 "status, total, endpoint) VALUES (:id, :created_at, :updated_at, :input_path, :input_sha256, "
-                ":fingerprint, :mode, :job, :status, :total, :endpoint)",
+                ":fingerprint, :mode, :job, :status, :total, :endpoint) ON CONFLICT (id) DO NOTHING",
                 row,
-            )
-            for chunk in _chunks(items, INSERT_CHUNK):
-                self.db.conn.executemany(
-                    "INSERT INTO items (run_id, line_no, custom_id, model, params, request_hash, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            run["id"],
-                            i.line_no,
-                            i.custom_id,
-                            i.params["model"],
-                            (params := orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)),
-                            hashlib.sha256(params).hexdigest(),
-                            PENDING,
-                        )
-                        for i in chunk
-                    ],
-                )
-                total += len(chunk)
-            self._refuse_duplicates(run["id"], run["input_path"])
+            ).rowcount
+            if not inserted:
+                return self._same_run(run)
+            total, error = self._insert_items(run["id"], items)
+            _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
         return total
 
-    def _refuse_duplicates(self, run_id: str, input_path: str) -> None:
+    def _same_run(self, run: dict[str, Any]) -> int:
+        total, sha, fingerprint = self._one(
+            "SELECT total, input_sha256, fingerprint FROM runs WHERE id = ?", [run["id"]]
+        )
+        if (sha, fingerprint) != (run["input_sha256"], run["fingerprint"]):
+            raise UsageError(
+                f"run {run['id']} already exists with a different input file or settings "
+                f"(use `batchrun resume {run['id']}` to continue it, or choose another --run-id)"
+            )
+        return total
+
+    def _insert_items(self, run_id: str, items: Iterable[Any]) -> tuple[int, InputError | None]:
+        """Insert every item `items` yields; an InputError it raises at the end is returned, not raised."""
+        total = 0
+        chunk: list[Any] = []
+
+        def flush() -> None:
+            nonlocal total
+            self.db.conn.executemany(
+                "INSERT INTO items (run_id, line_no, custom_id, model, params, request_hash, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        i.line_no,
+                        i.custom_id,
+                        i.params["model"],
+                        (params := orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)),
+                        hashlib.sha256(params).hexdigest(),
+                        PENDING,
+                    )
+                    for i in chunk
+                ],
+            )
+            total += len(chunk)
+            chunk.clear()
+
+        error = None
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= INSERT_CHUNK:
+                    flush()
+        except InputError as e:
+            error = e
+        flush()
+        return total, error
+
+    def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
+        """Lines whose custom_id an earlier line already used, first ones first (found by the index, so memory
+        does not grow with the file)."""
+        if not self._one(
+            "SELECT 1 FROM items WHERE run_id = ? GROUP BY custom_id HAVING count(*) > 1 LIMIT 1", [run_id]
+        ):
+            return None
         rows = self.db.execute(
-            "SELECT custom_id, group_concat(line_no) FROM items WHERE run_id = ? GROUP BY custom_id "
-            "HAVING count(*) > 1 ORDER BY min(line_no) LIMIT 21",
+            "SELECT line_no, custom_id, first FROM (SELECT line_no, custom_id, "
+            "min(line_no) OVER (PARTITION BY custom_id) AS first FROM items WHERE run_id = ?) "
+            "WHERE line_no > first ORDER BY line_no",
             [run_id],
-        ).fetchall()
-        if rows:
-            problems = []
-            for custom_id, lines in rows[:20]:
-                first, *others = lines.split(",")
-                problems.extend(
-                    f"{input_path}:{line}: duplicate custom_id {custom_id!r}, first used on line {first} "
-                    "(give every line its own custom_id)"
-                    for line in others
-                )
-            raise InputError(problems[:20], more=max(0, len(problems) - 20))
+        )
+        lines, problems, more = [], [], 0
+        for line, custom_id, first in rows:
+            if len(problems) >= MAX_PROBLEMS:
+                more += 1
+                continue
+            lines.append(line)
+            problems.append(
+                f"{input_path}:{line}: duplicate custom_id {custom_id!r}, first used on line {first} "
+                "(give every line its own custom_id)"
+            )
+        return InputError(problems, more, lines)
 
     def set_run_status(self, run_id: str, status: str) -> None:
         self.db.execute("UPDATE runs SET status = ?, updated_at = ? WHERE id = ?", [status, time.time(), run_id])
@@ -398,7 +568,7 @@ class Store:
     def record(self, outcomes: list[Outcome]) -> None:
         """Write a group of outcomes, each result with the state change that marks it, in one transaction."""
         now = time.time()
-        with self.db.atomic():
+        with self._write():
             self.db.conn.executemany(
                 "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
                 "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
@@ -464,6 +634,12 @@ class Store:
 
     def check(self) -> list[str]:
         """Inconsistencies a crash or a hand edit could leave; an empty list means the store is sound."""
+        try:
+            return self._check()
+        except sqlite3.DatabaseError as e:
+            return [f"the database is damaged: {e} (restore it from a backup; `sqlite3 DB .recover` may save rows)"]
+
+    def _check(self) -> list[str]:
         problems = [f"integrity_check: {row[0]}" for row in self.db.execute("PRAGMA integrity_check") if row[0] != "ok"]
         checks = {
             "items whose run does not exist": "SELECT count(*) FROM items WHERE run_id NOT IN (SELECT id FROM runs)",
@@ -581,7 +757,7 @@ class Store:
         """Write planned batches, each `(first_line, last_line, n_items, n_bytes)` over the pending items, in one
         transaction: the plan rows, and every item moved to in_flight with its batch. Nothing is sent yet; after a
         crash, a plan without a batch id is reconciled against the account's batches before anything is created."""
-        with self.db.atomic():
+        with self._write():
             seq = self._one("SELECT coalesce(max(seq), 0) FROM batches WHERE run_id = ?", [run_id])[0]
             for first, last, n_items, n_bytes in plans:
                 seq += 1
@@ -616,10 +792,8 @@ class Store:
         )
         while rows := cur.fetchmany(5000):
             for custom_id, line_no, params in rows:
-                if isinstance(params, str):
-                    params = params.encode()
                 sent = sent_custom_id(token, line_no) if token else custom_id
-                yield b'{"custom_id":"%s","params":%s}' % (sent.encode(), params)
+                yield orjson.dumps({"custom_id": sent, "params": orjson.Fragment(params)})
 
     def _batch_token(self, run_id: str, seq: int) -> str | None:
         """The plan's token; None for plans made before tokens existed (they send the user's custom_ids)."""
@@ -797,3 +971,16 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _raise_input_problems(*errors: InputError | None) -> None:
+    """Raise one InputError holding the problems of all `errors`, in line order, at most MAX_PROBLEMS listed."""
+    found = [e for e in errors if e is not None]
+    if not found:
+        return
+    pairs = sorted(
+        (line, n, text) for e in found for n, (line, text) in enumerate(zip(e.lines, e.problems, strict=True))
+    )
+    more = sum(e.more for e in found) + max(0, len(pairs) - MAX_PROBLEMS)
+    kept = pairs[:MAX_PROBLEMS]
+    raise InputError([text for _, _, text in kept], more, [line for line, _, _ in kept])

@@ -182,7 +182,7 @@ def _check_request(i: int, request: Any) -> str:
     if extra:
         raise _invalid(f"requests.{i}.{extra[0]}: Extra inputs are not permitted")
     custom_id = request["custom_id"]
-    if not isinstance(custom_id, str) or not CUSTOM_ID_RE.match(custom_id):
+    if not isinstance(custom_id, str) or not CUSTOM_ID_RE.fullmatch(custom_id):
         message = f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
         raise _invalid(message)
     if not isinstance(request["params"], dict):
