@@ -450,6 +450,7 @@ class Store:
         """
         now = time.time()
         row = {
+            "endpoint": None,
             **run,
             "job": orjson.dumps(run["job"]).decode(),
             "created_at": now,

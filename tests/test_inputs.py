@@ -203,7 +203,8 @@ def test_results_lines_are_json_whatever_the_stored_custom_id(tmp_path: Path) ->
     lines = out.getvalue().splitlines()
     assert [orjson.loads(line)["custom_id"] for line in lines] == weird
     store.add_batch_plans("r", [(4, 4, 1, 10)], 0.0)
-    assert [orjson.loads(line)["custom_id"] for line in store.batch_request_lines("r", 1)] == ['e"\n']
+    ((token,),) = store.db.execute("SELECT token FROM batches").fetchall()
+    assert [orjson.loads(line)["custom_id"] for line in store.batch_request_lines("r", 1)] == [f"{token}-4"]
 
 
 @pytest.mark.parametrize(

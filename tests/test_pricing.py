@@ -299,7 +299,7 @@ def test_a_first_reply_without_cache_tokens_is_reported_once_and_ends_serialisin
     client = anthropic.Anthropic(base_url=emulator.base_url, api_key=TEST_KEY, max_retries=0)
     watch = CacheWatch()
     seen = {}
-    for model, chars in (("claude-3-5-haiku-latest", 9000), ("claude-sonnet-4-5", 9000), ("claude-haiku-9", 4000)):
+    for model, chars in (("claude-3-5-haiku-latest", 9000), ("claude-sonnet-4-5", 9000), ("claude-opus-4-8", 4000)):
         params = {
             "model": model,
             "max_tokens": 8,
@@ -320,8 +320,8 @@ def test_a_first_reply_without_cache_tokens_is_reported_once_and_ends_serialisin
     assert not watch.serialise(key)
     key, notice, usage = seen["claude-sonnet-4-5"]
     assert usage["cache_creation_input_tokens"] > 0 and notice is None and watch.serialise(key)
-    key, notice, _ = seen["claude-haiku-9"]
-    assert "does not know the minimum cacheable length of claude-haiku-9" in notice and not watch.serialise(key)
+    key, notice, _ = seen["claude-opus-4-8"]
+    assert "does not know the minimum cacheable length of claude-opus-4-8" in notice and not watch.serialise(key)
 
 
 def test_the_notice_names_the_minimum_and_the_prompts_size() -> None:
