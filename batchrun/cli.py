@@ -73,8 +73,25 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API.")(fn)
 
 
+def see_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How a run is watched: the progress log's format, and a command run when it stops."""
+    fn = click.option(
+        "--on-finish",
+        metavar="CMD",
+        help="Run CMD (with sh) when the run stops for any reason; BATCHRUN_* variables tell how it ended.",
+    )(fn)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Progress lines off a terminal: timestamped text, or one JSON object per line.",
+    )(fn)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that processes a run."""
+    fn = see_options(fn)
     for option in reversed(
         [
             click.option(
@@ -140,14 +157,9 @@ def db_location(db_path: str | None) -> Path:
 
 def open_store(db_path: str | None, create: bool = False) -> Any:
     """Only `submit` creates a database; every other command on a missing one says where it looked."""
-    from batchrun.store import Store
+    import batchrun
 
-    path = db_location(db_path)
-    if not create and not path.exists():
-        raise UsageError(
-            f"no batchrun database at {path} (give --db or set BATCHRUN_DB; `batchrun submit` creates one)"
-        )
-    return Store(path)
+    return batchrun.open_store(db_path, create)
 
 
 def load_env() -> None:
@@ -203,6 +215,8 @@ def submit(
     grace: float,
     request_timeout: float,
     no_cache: bool,
+    log_format: str,
+    on_finish: str | None,
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
@@ -232,7 +246,7 @@ def submit(
             batch_size=flags["batch_size"],
             poll_interval=flags["poll_interval"],
         )
-        _process(store, run_id, options, make_client, quiet, output)
+        _process(store, run_id, options, make_client, quiet, output, log_format, on_finish)
 
 
 @cli.command()
@@ -284,6 +298,7 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     help="Stop waiting for the canceled batches to end after this many seconds (exit 3; cancel again collects).",
 )
 @client_options
+@see_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results collected so far here.")
 @db_option
@@ -296,22 +311,18 @@ def cancel(
     quiet: bool,
     output: str | None,
     db_path: str | None,
+    log_format: str,
+    on_finish: str | None,
 ) -> None:
     """Cancel RUN's open batches: what they finished is stored, the rest stays pending for `resume` (exit 3)."""
-    from batchrun.progress import Progress
-    from batchrun.runs import cancel_run
     from batchrun.settings import RunOptions
 
     load_env()
     with ExitStack() as stack:
         make_client = _client_factory(stack, emulate, backend)
         store = open_store(db_path)
-        progress = Progress(enabled=not quiet)
-        try:
-            ending = cancel_run(store, run_id, RunOptions(timeout=timeout), make_client, progress.event)
-        finally:
-            progress.close()
-    _report_ending(store, run_id, ending, output)
+        options = RunOptions(timeout=timeout)
+        _process(store, run_id, options, make_client, quiet, output, log_format, on_finish, cancel=True)
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
@@ -337,57 +348,81 @@ def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], store:
     with ExitStack() as stack:
         make_client = _client_factory(stack, given["emulate"], given["backend"])
         store = store or open_store(db_path)
-        _process(store, run_id, _options(given, **batch), make_client, given["quiet"], given["output"])
+        _process(
+            store,
+            run_id,
+            _options(given, **batch),
+            make_client,
+            given["quiet"],
+            given["output"],
+            given["log_format"],
+            given["on_finish"],
+        )
 
 
 def _process(
-    store: Any, run_id: str, options: Any, make_client: Callable[[], Any], quiet: bool, output: str | None
+    store: Any,
+    run_id: str,
+    options: Any,
+    make_client: Callable[[], Any],
+    quiet: bool,
+    output: str | None,
+    log_format: str = "text",
+    on_finish: str | None = None,
+    *,
+    cancel: bool = False,
 ) -> None:
+    """Process (or cancel) the run through the Python API's `process`, say how it ended, exit with its code."""
+    import batchrun
     from batchrun.progress import Progress
-    from batchrun.runs import process_run
 
-    progress = Progress(enabled=not quiet)
+    progress = Progress(enabled=not quiet, log_format=log_format)
+    say = functools.partial(_say, progress)
     try:
-        ending = process_run(store, run_id, options, make_client, progress.event)
+        result = batchrun.process(
+            store,
+            run_id,
+            options,
+            make_client,
+            progress.event,
+            output=output,
+            on_finish=on_finish,
+            say=say,
+            cancel=cancel,
+            ended=progress.close,
+        )
     finally:
         progress.close()
-    _report_ending(store, run_id, ending, output)
+    _report_ending(result, say)
 
 
-def _cost_line(store: Any, run_id: str, ending: Any) -> str:
-    from batchrun.report import run_status
+def _say(progress: Any, text: str) -> None:
+    """A closing line: timestamped (or JSON) like the progress lines off a terminal, shown even with --quiet."""
+    progress.enabled = True
+    progress.write(text, event="ending")
 
-    s = run_status(store, run_id)
-    t = s["tokens"]
-    return (
-        f"cost so far ${s['cost_usd']:.4f}: {t['input']:,} input, {t['output']:,} output, "
+
+def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
+    c = result.counts
+    t = result.status["tokens"]
+    say(
+        f"run {result.run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
+        f"{c['pending'] + c['in_flight']} pending; {result.sent} request(s) sent in {result.seconds:.1f}s"
+    )
+    say(
+        f"cost so far ${result.cost_usd:.4f}: {t['input']:,} input, {t['output']:,} output, "
         f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
-        f"{ending.reused} item(s) from the response cache"
+        f"{result.reused} item(s) from the response cache"
     )
-
-
-def _report_ending(store: Any, run_id: str, ending: Any, output: str | None) -> None:
-    c = ending.counts
-    click.echo(
-        f"batchrun: run {run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
-        f"{c['pending'] + c['in_flight']} pending; {ending.sent} request(s) sent in {ending.seconds:.1f}s",
-        err=True,
-    )
-    click.echo(f"batchrun: {_cost_line(store, run_id, ending)}", err=True)
-    if ending.stop is not None:
-        from batchrun.progress import describe_stop
-
-        click.echo(f"batchrun: {describe_stop(ending.stop)}", err=True)
-        if ending.stop.error is not None and debugging():
+    if result.stop is not None:
+        say(result.stop_message)
+        if result.stop.error is not None and debugging():
             import traceback
 
-            traceback.print_exception(ending.stop.error, file=sys.stderr)
-    if output:
-        from batchrun.results import export_results
-
-        count = export_results(store, run_id, output)
-        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
-    sys.exit(ending.exit_code)
+            traceback.print_exception(result.stop.error, file=sys.stderr)
+    if result.results_path:
+        say(f"wrote {result.results_written} result line(s) to {result.results_path}")
+    sys.exit(result.exit_code)
 
 
 def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Callable[[], Any]:
