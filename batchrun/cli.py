@@ -494,6 +494,22 @@ def results(run_id: str, output: str | None, only: str | None, db_path: str | No
 
 
 @cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True, help="HTML file."
+)
+@db_option
+@handle_errors
+def report(run_id: str, output: str, db_path: str | None) -> None:
+    """Write a one-file HTML report of RUN: throughput, concurrency, latency, cost, failures, batches, results."""
+    from batchrun.htmlreport import write_report
+
+    store = open_store(db_path)
+    path = write_report(store, run_id, output)
+    click.echo(f"batchrun: wrote the report of run {run_id} to {path}", err=True)
+
+
+@cli.command()
 @db_option
 @handle_errors
 def doctor(db_path: str | None) -> None:
