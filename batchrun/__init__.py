@@ -399,13 +399,13 @@ def _submit(
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         make_client = client_factory(stack, emulate, backend, progress.write)
+        path = stack.enter_context(_spooled(items))  # bad items: refused before a database is made
         store = stack.enter_context(_store(db, create=True))
-        with _spooled(items) as path:
-            try:
-                run_id, created = prepare_run(store, path, the_job, run_id, new_run)
-            except BatchrunError:
-                store.discard()
-                raise
+        try:
+            run_id, created = prepare_run(store, path, the_job, run_id, new_run)
+        except BatchrunError:
+            store.discard()
+            raise
         try:
             return process(
                 store,

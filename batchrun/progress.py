@@ -55,6 +55,7 @@ class Progress:
         self.overloaded = 0
         self.retrying = 0
         self.waiting: str | None = None
+        self.waiting_idle_only = False  # "waiting on requests in flight" is said only when nothing moves
         self.label = ""
         self.started = self.last_line = self.last_done_at = self.clock()
         self.start_done = self.done = 0
@@ -130,7 +131,9 @@ class Progress:
         """An engine's periodic report of what it waits on: keeps lines coming while nothing moves."""
         if "retrying" in d:
             self.retrying = d["retrying"]
-        self.waiting = _online_wait(d) if "in_flight" in d else self.waiting
+        if "in_flight" in d:
+            self.waiting = _online_wait(d)
+            self.waiting_idle_only = not (d.get("paused", 0) > 0.5 or d.get("retrying"))
         self._sample()
         if self.bar is not None:
             if self.waiting:
@@ -197,11 +200,11 @@ class Progress:
             "http_529": self.overloaded,
             "tokens": self.tokens,
             "cost_usd": round(self.usd, 6),
-            "waiting": self.waiting if self._idle() else None,
+            "waiting": self.waiting if self._idle() or not self.waiting_idle_only else None,
         }
 
     def _idle(self) -> bool:
-        """Nothing finished within the last interval: the line says what the run waits on."""
+        """Nothing finished within the last interval."""
         return self.clock() - self.last_done_at >= self.interval
 
     def log_line(self) -> None:
