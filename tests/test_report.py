@@ -151,7 +151,7 @@ def test_on_finish_runs_when_the_run_stops_early(workdir: Path, emulator) -> Non
     emulator.configure(p529=1.0, retry_after_s=0.01, max_faults_per_request=100)
     items = write_jsonl(workdir / "items.jsonl", prompts(3))
     proc = batchrun(
-        ["submit", str(items), "--model", MODEL, "--max-attempts", "2", "--on-finish", "echo $BATCHRUN_EXIT_CODE >code"],
+        ["submit", str(items), "--model", MODEL, "--max-attempts", "2", "--on-finish", "echo $BATCHRUN_EXIT_CODE>code"],
         cwd=workdir,
         env=cli_env(emulator.base_url),
     )
