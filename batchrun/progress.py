@@ -132,8 +132,7 @@ class Progress:
         if "retrying" in d:
             self.retrying = d["retrying"]
         if "in_flight" in d:
-            self.waiting = _online_wait(d)
-            self.waiting_idle_only = not (d.get("paused", 0) > 0.5 or d.get("retrying"))
+            self.waiting, self.waiting_idle_only = _online_wait(d)
         self._sample()
         if self.bar is not None:
             if self.waiting:
@@ -221,6 +220,8 @@ class Progress:
         if self.closed:
             return
         self.closed = True
+        if self.done >= self.total:
+            self.retrying, self.waiting = 0, None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -253,14 +254,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _online_wait(d: dict[str, Any]) -> str | None:
+def _online_wait(d: dict[str, Any]) -> tuple[str | None, bool]:
+    """What an online run waits on, and whether to say it only when nothing moves (requests in flight)."""
     if d.get("paused", 0) > 0.5:
-        return f"waiting {d['paused']:.0f} s on retry-after"
+        return f"waiting {d['paused']:.0f} s on retry-after", False
     if d.get("retrying") and not d.get("in_flight"):
-        return f"waiting {d.get('wait', 0):.0f} s on retry backoff ({d['retrying']} item(s))"
+        return f"waiting {d.get('wait', 0):.0f} s on retry backoff ({d['retrying']} item(s))", False
     if d.get("in_flight"):
-        return f"waiting on {d['in_flight']} request(s) in flight"
-    return None
+        return f"waiting on {d['in_flight']} request(s) in flight", True
+    return None, False
 
 
 def _batches_wait(rows: list[tuple[str, str, dict[str, int]]]) -> str | None:
