@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, BatchrunError, RunLocked, UsageError
+from batchrun.errors import BatchrunError, RunFailed, RunLocked, RunNotFinished, UsageError
 
 __all__ = [
     "BatchrunError",
@@ -35,18 +35,6 @@ __all__ = [
     "submit",
 ]
 LAZY = frozenset(__all__) | {"process", "open_store", "db_location", "client_factory", "load_job_arg"}
-
-
-class RunFailed(BatchrunError):
-    """The run ended with items that failed for good (the CLI's exit code 1)."""
-
-    exit_code = EXIT_FAILED_ITEMS
-
-
-class RunNotFinished(BatchrunError):
-    """The run stopped with items still pending (exit code 3): `resume` continues it."""
-
-    exit_code = EXIT_NOT_FINISHED
 
 
 def __getattr__(name: str) -> Any:

@@ -37,3 +37,15 @@ class FatalAPIError(BatchrunError):
     """An error that every item would hit (bad key, no permission, no credit): the run stops, items stay pending."""
 
     exit_code = EXIT_NOT_FINISHED
+
+
+class RunFailed(BatchrunError):
+    """The run ended with items that failed for good (the CLI's exit code 1)."""
+
+    exit_code = EXIT_FAILED_ITEMS
+
+
+class RunNotFinished(BatchrunError):
+    """The run stopped with items still pending (exit code 3): `resume` continues it."""
+
+    exit_code = EXIT_NOT_FINISHED

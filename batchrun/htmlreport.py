@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from batchrun import store as store_queries
+import batchrun.store as store_queries
 from batchrun.pricing import cost
 from batchrun.report import run_status
 from batchrun.runs import load_run

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun import RunFailed, RunNotFinished
-from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, BatchrunError, UsageError
+from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, BatchrunError, RunFailed, RunNotFinished, UsageError
 
 if TYPE_CHECKING:
     from batchrun.events import Listener, Stop
