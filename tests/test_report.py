@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import batchrun, cli_env, prompts, write_jsonl
+from tests.conftest import batchrun, cli_env, db_rows, prompts, write_jsonl
 
 MODEL = "claude-haiku-4-5"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -29,7 +29,7 @@ def bad_items(n: int, bad: tuple[int, ...]) -> list[dict]:
 def online_run(workdir: Path, emulator) -> tuple[str, dict]:
     """An online run with 429s, 529s and three items that fail for good; returns (run id, status --json)."""
     emulator.configure(p429=0.15, p529=0.1, retry_after_s=0.05, latency_ms=5)
-    items = write_jsonl(workdir / "items.jsonl", bad_items(20, (3, 11, 17)))
+    items = write_jsonl(workdir / "items.jsonl", bad_items(40, (3, 11, 17)))
     env = cli_env(emulator.base_url)
     proc = batchrun(
         ["submit", str(items), "--model", MODEL, "--run-id", "nightly", "--concurrency", "8"], cwd=workdir, env=env
@@ -80,7 +80,7 @@ def test_report_numbers_equal_status_json(workdir: Path, emulator, online_run) -
     assert proc.returncode == 0, proc.stderr
     text = (workdir / "r.html").read_text()
     page = parse(text)
-    assert page.cells["total"] == str(status["total"]) == "20"
+    assert page.cells["total"] == str(status["total"]) == "40"
     for state, n in status["counts"].items():
         assert page.cells[f"counts.{state}"] == str(n)
     for kind, n in status["tokens"].items():
@@ -93,7 +93,8 @@ def test_report_numbers_equal_status_json(workdir: Path, emulator, online_run) -
     assert page.scripts == 0 and not re.search(r"(src|href)=['\"]?https?:", text)
     assert set(page.charts) >= {"throughput", "concurrency", "latency", "cost", "cache", "retries"}
     assert all(n > 0 for n in page.charts.values()), page.charts
-    assert text.count("class='mark-429'") + text.count("class='mark-529'") > 0
+    throttled = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM attempts WHERE status IN (429, 529)")[0][0]
+    assert text.count("class='mark-429'") + text.count("class='mark-529'") == throttled > 0
 
 
 def test_report_of_a_batch_run_draws_its_batches(workdir: Path, emulator) -> None:
