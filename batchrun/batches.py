@@ -70,6 +70,7 @@ INGEST_CHUNK = 2000  # results per store transaction
 BODY_PIECE = 1 << 20  # bytes of request body read from the store at a time
 MIN_POLL_S = 0.01
 POLL_GROWTH = 1.5
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 CANCEL_CHECK_S = 1.0  # how often a waiting process looks for `batchrun cancel`
 LOCK_WAIT_S = 120.0  # how long `batchrun cancel` waits for a process polling the run to stop
 # Test hook (tests only): with BATCHRUN_TEST_CRASH_AFTER_CREATE=1 the process kills itself with SIGKILL right
@@ -139,6 +140,7 @@ class Tally:
     stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
     lines: int = 0  # result lines read
     usd: float | None = 0.0  # cost of the results stored (batch price); None when a model has no price
+    tokens: int = 0  # tokens of the results stored (input, output, cache writes and reads)
 
     @property
     def stored(self) -> int:
@@ -252,6 +254,7 @@ class BatchEngine:
             end = min(end, self.deadline)
         while True:
             self._check_stop()
+            self.emit("tick")
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -519,8 +522,9 @@ class BatchEngine:
         tally.stray += part.stray
         tally.lines += part.lines
         tally.usd = add_cost(tally.usd, part.usd)
+        tally.tokens += part.tokens
         if part.succeeded or part.failed:
-            self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd)
+            self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd, tokens=part.tokens)
 
     def _write_chunk(self, seq: int, lines: list[bytes], started: float, seconds: float) -> Tally:
         """On the store's thread: decide each result's outcome and record the chunk in one transaction."""
@@ -545,6 +549,7 @@ class BatchEngine:
                 part.succeeded += 1
                 usd = usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices, self.job.cache_ttl)
                 part.usd = add_cost(part.usd, usd)
+                part.tokens += sum(outcome.usage.get(k) or 0 for k in TOKEN_KEYS)
             elif outcome.state == State.FAILED:
                 part.failed += 1
             elif outcome.attempts:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 
@@ -135,8 +135,25 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--emulate", is_flag=True, help="Send to the built-in API emulator instead of the API.")(fn)
 
 
+def see_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How a run is watched: the progress log's format, and a command run when it stops."""
+    fn = click.option(
+        "--on-finish",
+        metavar="CMD",
+        help="Run CMD (with sh) when the run stops for any reason; BATCHRUN_* variables tell how it ended.",
+    )(fn)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Progress lines off a terminal: timestamped text, or one JSON object per line.",
+    )(fn)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that processes a run."""
+    fn = see_options(fn)
     for option in reversed(
         [
             click.option(
@@ -231,14 +248,9 @@ def db_location(db_path: str | None) -> Path:
 
 def open_store(db_path: str | None, create: bool = False) -> Any:
     """Only `submit` creates a database; every other command on a missing one says where it looked."""
-    from batchrun.store import Store
+    import batchrun
 
-    path = db_location(db_path)
-    if not create and not path.exists():
-        raise UsageError(
-            f"no batchrun database at {path} (give --db or set BATCHRUN_DB; `batchrun submit` creates one)"
-        )
-    store = Store(path)
+    store = batchrun.open_store(db_path, create)
     click.get_current_context().call_on_close(store.close)
     return store
 
@@ -291,6 +303,8 @@ def submit(
     grace: float,
     request_timeout: float,
     no_cache: bool,
+    log_format: str,
+    on_finish: str | None,
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
@@ -323,7 +337,7 @@ def submit(
             batch_size=flags["batch_size"],
             poll_interval=flags["poll_interval"],
         )
-        _process(store, run_id, options, target, quiet, output)
+        _process(store, run_id, options, target, quiet, output, log_format, on_finish)
 
 
 @cli.command()
@@ -372,6 +386,7 @@ def retry(run_id: str, error_type: str | None, db_path: str | None, **options: A
     help="Stop waiting for the canceled batches to end after this many seconds (exit 3; cancel again collects).",
 )
 @client_options
+@see_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results collected so far here.")
 @db_option
@@ -384,10 +399,10 @@ def cancel(
     quiet: bool,
     output: str | None,
     db_path: str | None,
+    log_format: str,
+    on_finish: str | None,
 ) -> None:
     """Cancel RUN's open batches: what they finished is stored, the rest stays pending for `resume` (exit 3)."""
-    from batchrun.progress import Progress
-    from batchrun.runs import cancel_run
     from batchrun.settings import RunOptions
 
     load_env()
@@ -395,12 +410,8 @@ def cancel(
         store = open_store(db_path)
         check_run_output(store, run_id, output)
         target = _client_factory(stack, emulate, backend)
-        progress = Progress(enabled=not quiet)
-        try:
-            ending = cancel_run(store, run_id, RunOptions(timeout=timeout), target, progress.event)
-        finally:
-            progress.close()
-    _report_ending(store, run_id, ending, output, partial=True)
+        options = RunOptions(timeout=timeout)
+        _process(store, run_id, options, target, quiet, output, log_format, on_finish, cancel=True)
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
@@ -433,90 +444,90 @@ def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more
         store = open_store(db_path)
         check_run_output(store, run_id, given["output"])
         target = _client_factory(stack, given["emulate"], given["backend"])
-        _process(store, run_id, _options(given, **more), target, given["quiet"], given["output"])
+        _process(
+            store,
+            run_id,
+            _options(given, **more),
+            target,
+            given["quiet"],
+            given["output"],
+            given["log_format"],
+            given["on_finish"],
+        )
 
 
-def _process(store: Any, run_id: str, options: Any, target: Target, quiet: bool, output: str | None) -> None:
+def _process(
+    store: Any,
+    run_id: str,
+    options: Any,
+    target: Any,
+    quiet: bool,
+    output: str | None,
+    log_format: str = "text",
+    on_finish: str | None = None,
+    *,
+    cancel: bool = False,
+) -> None:
+    """Process (or cancel) the run through the Python API's `process`, say how it ended, exit with its code."""
+    import batchrun
     from batchrun.progress import Progress
-    from batchrun.runs import process_run
 
-    progress = Progress(enabled=not quiet)
+    progress = Progress(enabled=not quiet, log_format=log_format)
+    say = functools.partial(_say, progress)
     try:
-        ending = process_run(store, run_id, options, target.make_client, progress.event, target.endpoint)
+        result = batchrun.process(
+            store,
+            run_id,
+            options,
+            target,
+            progress.event,
+            output=output,
+            on_finish=on_finish,
+            say=say,
+            cancel=cancel,
+            ended=progress.close,
+        )
     finally:
         progress.close()
-    _report_ending(store, run_id, ending, output)
+    _report_ending(result, say)
 
 
-def _cost_line(store: Any, run_id: str, ending: Any) -> str:
-    from batchrun.report import cost_text, run_status
+def _say(progress: Any, text: str) -> None:
+    """A closing line: timestamped (or JSON) like the progress lines off a terminal, shown even with --quiet."""
+    progress.enabled = True
+    progress.write(text, event="ending")
 
-    s = run_status(store, run_id)
-    t = s["tokens"]
-    return (
-        f"cost so far {cost_text(s)}: {t['input']:,} input, {t['output']:,} output, "
+
+def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
+    from batchrun.report import cost_text
+
+    c = result.counts
+    t = result.status["tokens"]
+    say(
+        f"run {result.run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
+        f"{c['pending'] + c['in_flight']} pending; {result.sent} request(s) sent in {result.seconds:.1f}s"
+    )
+    say(
+        f"cost so far {cost_text(result.status)}: {t['input']:,} input, {t['output']:,} output, "
         f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
-        f"{ending.reused} item(s) from the response cache"
+        f"{result.reused} item(s) from the response cache"
     )
-
-
-def _report_ending(store: Any, run_id: str, ending: Any, output: str | None, partial: bool = False) -> None:
-    """The end-of-run summary; `-o` is written when the run ended (cancel: also with what it has so far)."""
-    c = ending.counts
-    click.echo(
-        f"batchrun: run {run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
-        f"{c['pending'] + c['in_flight']} pending; {ending.sent} request(s) sent in {ending.seconds:.1f}s",
-        err=True,
-    )
-    click.echo(f"batchrun: {_cost_line(store, run_id, ending)}", err=True)
-    if ending.stop is not None:
-        from batchrun.progress import describe_stop
-
-        click.echo(f"batchrun: {describe_stop(ending.stop)}", err=True)
-        if ending.stop.error is not None and debugging():
+    if result.stop is not None:
+        say(result.stop_message)
+        if result.stop.error is not None and debugging():
             import traceback
 
-            traceback.print_exception(ending.stop.error, file=sys.stderr)
-    if output and ending.exit_code == EXIT_NOT_FINISHED and not partial:
-        click.echo(
-            f"batchrun: {output} not written: the run is not finished (`batchrun results {run_id} -o {output}` "
-            "exports what is done so far)",
-            err=True,
-        )
-    elif output:
-        from batchrun.results import export_results
-
-        count = export_results(store, run_id, output)
-        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
-    sys.exit(ending.exit_code)
+            traceback.print_exception(result.stop.error, file=sys.stderr)
+    if result.results_path:
+        say(f"wrote {result.results_written} result line(s) to {result.results_path}")
+    sys.exit(result.exit_code)
 
 
-class Target(NamedTuple):
-    """Where a command's requests go: the client factory, and the endpoint a run records."""
+def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Any:
+    """Where requests go (the library's Target), decided before anything is stored or sent."""
+    import batchrun
 
-    make_client: Callable[[], Any]
-    endpoint: str
-
-
-def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Target:
-    """Decide where requests go before anything is sent; the emulator is used only when asked for."""
-    from batchrun.api import endpoint_of, make_client
-
-    if emulate:
-        from batchrun.emulate import EMULATOR_KEY, emulator
-
-        url = stack.enter_context(emulator())
-        click.echo(
-            f"batchrun: --emulate: requests go to the built-in API emulator at {url}; no request leaves this machine",
-            err=True,
-        )
-        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
-    if not os.environ.get("ANTHROPIC_API_KEY"):
-        raise UsageError(
-            "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
-            "or add --emulate to try batchrun on the built-in API emulator)"
-        )
-    return Target(lambda: make_client(backend), endpoint_of(False))
+    return batchrun.client_factory(stack, emulate, backend, lambda text: click.echo(f"batchrun: {text}", err=True))
 
 
 @cli.command()
@@ -567,6 +578,22 @@ def results(run_id: str, output: str | None, only: str | None, db_path: str | No
     else:
         write_results(store, run_id, sys.stdout.buffer, only)
         sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True, help="HTML file."
+)
+@db_option
+@handle_errors
+def report(run_id: str, output: str, db_path: str | None) -> None:
+    """Write a one-file HTML report of RUN: throughput, concurrency, latency, cost, failures, batches, results."""
+    from batchrun.htmlreport import write_report
+
+    store = open_store(db_path)
+    path = write_report(store, run_id, output)
+    click.echo(f"batchrun: wrote the report of run {run_id} to {path}", err=True)
 
 
 @cli.command()

@@ -51,3 +51,15 @@ class StoreUnavailable(StoreError):
     """The database cannot be written right now (another process kept it locked too long, disk full): try later."""
 
     exit_code = EXIT_NOT_FINISHED
+
+
+class RunFailed(BatchrunError):
+    """The run ended with items that failed for good (the CLI's exit code 1)."""
+
+    exit_code = EXIT_FAILED_ITEMS
+
+
+class RunNotFinished(BatchrunError):
+    """The run stopped with items still pending (exit code 3): `resume` continues it."""
+
+    exit_code = EXIT_NOT_FINISHED

@@ -50,6 +50,7 @@ class Job:
     cache: bool = True
     cache_ttl: str = "5m"
     max_cost: float | None = None
+    on_finish: str | None = None  # a shell command run when a run stops (not part of the run's identity)
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -272,6 +273,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "routes": _routes,
     "cache": _bool,
     "cache_ttl": _choice("5m", "1h"),
+    "on_finish": _text(empty=False),
     "max_cost": lambda v: None if v is None else _positive_usd(v),
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(Job))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 MAX_GROUP = 1000
 INVALID_STREAK = 5  # the first outcomes of a run all failing with one invalid-request message stop it here
+TICK_S = 1.0  # how often the engine reports what it waits on (progress lines while nothing moves)
 
 
 class StopRequested(Exception):
@@ -84,6 +85,7 @@ class Engine:
         self.invalid_streak = 0
         self.invalid_message: str | None = None
         self.workers: list[asyncio.Task[None]] = []
+        self.sleeping: list[float] = []  # when each retry backoff in progress ends (monotonic)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
     async def _db(self, fn: Any, *args: Any) -> Any:
@@ -121,10 +123,24 @@ class Engine:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._writer())
             feeder = tasks.create_task(self._feeder())
+            ticker = tasks.create_task(self._ticker())
             async with asyncio.TaskGroup() as crew:
                 self.workers = [crew.create_task(self._worker()) for _ in range(self.job.concurrency)]
             feeder.cancel()
+            ticker.cancel()
             self.results.put_nowait(None)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            detail = {
+                "in_flight": self.limiter.in_flight,
+                "retrying": len(self.sleeping),
+                "wait": max(0.0, min(self.sleeping) - now) if self.sleeping else 0.0,
+                "paused": max(0.0, self.limiter.paused_until - self.limiter.clock()),
+            }
+            self.events(Event("tick", self.run_id, detail))
 
     def _crashed(self, error: BaseException) -> None:
         kind = StopReason.STORE_ERROR if isinstance(error, sqlite3.Error | OSError) else StopReason.BUG
@@ -307,6 +323,13 @@ class Engine:
             self.limiter.release(reservation, None)
             self.limiter.observe(failure.headers)
             self.limiter.throttled(failure.status, failure.retry_after)
+            self.events(
+                Event(
+                    "api_error",
+                    self.run_id,
+                    {"status": failure.status, "error_type": failure.error_type, "retry_after": failure.retry_after},
+                )
+            )
             attempts.append(
                 Attempt(
                     started,
@@ -343,10 +366,15 @@ class Engine:
         return budgeted
 
     async def _sleep(self, seconds: float) -> None:
+        self.events(Event("retry_wait", self.run_id, {"seconds": seconds}))
+        end = time.monotonic() + seconds
+        self.sleeping.append(end)
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
         except TimeoutError:
             return
+        finally:
+            self.sleeping.remove(end)
         raise StopRequested
 
     async def _writer(self) -> None:
@@ -374,8 +402,16 @@ class Engine:
         for o, _ in group:
             if o.state == State.SUCCEEDED:
                 usd = add_cost(usd, usage_cost(o.model or "", o.via, o.usage, self.job.prices, self.job.cache_ttl))
+        tokens = sum(_tokens(o.usage) for o, _ in group if o.state == State.SUCCEEDED)
         if ok or bad:
-            self.events(Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd}))
+            self.events(
+                Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd, "tokens": tokens})
+            )
+
+
+def _tokens(usage: dict[str, Any]) -> int:
+    keys = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(usage.get(k) or 0 for k in keys)
 
 
 def _failure_detail(failure: APIFailure, attempts: int | None = None) -> dict[str, Any]:

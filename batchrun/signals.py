@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -13,7 +14,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @contextlib.contextmanager
 def on_signals(first: Callable[[str], None], again: Callable[[str], None]) -> Iterator[None]:
-    """Call `first(name)` on the first signal and `again(name)` on every later one, while the block runs."""
+    """Call `first(name)` on the first signal and `again(name)` on every later one, while the block runs.
+
+    Outside the main thread (the Python API run from a thread or a notebook) signals cannot be caught there:
+    the block runs without handlers, and the caller's own handling applies."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     loop = asyncio.get_running_loop()
     seen = False
 

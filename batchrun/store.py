@@ -985,3 +985,44 @@ def _raise_input_problems(*errors: InputError | None) -> None:
     more = sum(e.more for e in found) + max(0, len(pairs) - MAX_PROBLEMS)
     kept = pairs[:MAX_PROBLEMS]
     raise InputError([text for _, _, text in kept], more, [line for line, _, _ in kept])
+
+
+# report
+# The queries of `batchrun report` (batchrun/htmlreport.py): module functions over a Store, so this section only
+# appends to the module.
+
+
+def report_attempts(store: Store, run_id: str) -> list[tuple[float, float, int | None, str]]:
+    """Every request the run sent: (started_at, seconds, HTTP status or None, outcome), in start order."""
+    return store.db.execute(
+        "SELECT started_at, seconds, status, outcome FROM attempts WHERE run_id = ? ORDER BY started_at", [run_id]
+    ).fetchall()
+
+
+def report_finished_times(store: Store, run_id: str) -> list[float]:
+    """When each item got its outcome (succeeded or failed), in time order."""
+    rows = store.db.execute(
+        "SELECT updated_at FROM items WHERE run_id = ? AND state IN (?, ?) AND updated_at IS NOT NULL "
+        "ORDER BY updated_at",
+        [run_id, SUCCEEDED, FAILED],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def report_attempts_per_item(store: Store, run_id: str) -> list[tuple[int, int]]:
+    """(attempts, items) for the items that have their outcome: how many needed a retry."""
+    return store.db.execute(
+        "SELECT attempts, count(*) FROM items WHERE run_id = ? AND state IN (?, ?) GROUP BY attempts ORDER BY 1",
+        [run_id, SUCCEEDED, FAILED],
+    ).fetchall()
+
+
+def report_failure_messages(store: Store, run_id: str, examples: int = 3) -> list[dict[str, Any]]:
+    """Failed items grouped by error type, status and message, with a few example custom_ids each."""
+    rows = store.db.query(
+        "SELECT error_type, error_status, error_message AS message, count(*) AS items, "
+        "group_concat(custom_id, char(31)) AS ids FROM items WHERE run_id = ? AND state = ? "
+        "GROUP BY error_type, error_status, error_message ORDER BY items DESC, error_type",
+        [run_id, FAILED],
+    )
+    return [{**row, "ids": (row["ids"] or "").split("\x1f")[:examples]} for row in rows]

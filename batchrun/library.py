@@ -1,0 +1,476 @@
+"""The Python API's implementation; `batchrun/__init__.py` re-exports it lazily so the CLI starts fast."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, BatchrunError, RunFailed, RunNotFinished, UsageError
+
+if TYPE_CHECKING:
+    from batchrun.events import Listener, Stop
+    from batchrun.job import Job
+    from batchrun.settings import RunOptions
+    from batchrun.store import Store
+
+
+DEFAULT_DB = "batchrun.db"
+ItemsArg = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
+
+
+@dataclass(slots=True)
+class RunResult:
+    """How a submit, resume, retry or cancel left the run: the CLI's exit code, counts, cost, why it stopped."""
+
+    run_id: str
+    exit_code: int
+    counts: dict[str, int]
+    cost_usd: float
+    seconds: float
+    sent: int
+    db: str
+    created: bool = False
+    reused: int = 0
+    stop: Stop | None = None
+    stop_message: str | None = None
+    results_path: str | None = None
+    results_written: int | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> int:
+        return self.counts.get("succeeded", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @property
+    def pending(self) -> int:
+        return self.counts.get("pending", 0) + self.counts.get("in_flight", 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+    def check(self) -> RunResult:
+        """Raise RunFailed (exit 1) or RunNotFinished (exit 3) unless every item succeeded; returns self."""
+        if self.exit_code == EXIT_NOT_FINISHED:
+            raise RunNotFinished(self.stop_message or f"run {self.run_id}: {self.pending} item(s) still pending")
+        if self.exit_code != EXIT_OK:
+            raise RunFailed(self.stop_message or f"run {self.run_id}: {self.failed} item(s) failed")
+        return self
+
+    def results(self, only: str | None = None) -> Results:
+        return results(self.run_id, db=self.db, only=only)
+
+
+class Results:
+    """A run's results in input order, as dicts in the Message Batches result format; iterate it once or more."""
+
+    def __init__(self, db: str | os.PathLike[str] | None, run_id: str, only: str | None = None) -> None:
+        self.db = db
+        self.run_id = run_id
+        self.only = only
+        with _store(db) as store:
+            from batchrun.runs import load_run
+
+            load_run(store, run_id)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import orjson
+
+        with _store(self.db) as store:
+            for custom_id, _, result in store.iter_results(self.run_id, self.only):
+                yield {"custom_id": custom_id, "result": orjson.loads(result)}
+
+    def to_pandas(self) -> Any:
+        """A DataFrame, one row per item: custom_id, type, text, model, tokens, error type and message."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("to_pandas() needs pandas (pip install pandas)") from None
+        return pd.DataFrame([_flat_row(r) for r in self])
+
+
+def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    result = row["result"]
+    message = result.get("message") or {}
+    error = (result.get("error") or {}).get("error") or {}
+    usage = message.get("usage") or {}
+    text = "".join(b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text")
+    return {
+        "custom_id": row["custom_id"],
+        "type": result.get("type"),
+        "text": text if message else None,
+        "model": message.get("model"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+    }
+
+
+# the store and the client
+
+
+def db_location(db: str | os.PathLike[str] | None) -> Path:
+    return Path(db or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+
+
+def open_store(db: str | os.PathLike[str] | None, create: bool = False) -> Store:
+    """Only submit creates a database; everything else on a missing one says where it looked."""
+    from batchrun.store import Store
+
+    path = db_location(db)
+    if not create and not path.exists():
+        raise UsageError(
+            f"no batchrun database at {path} (give --db or set BATCHRUN_DB; `batchrun submit` creates one)"
+        )
+    return Store(path)
+
+
+@contextlib.contextmanager
+def _store(db: str | os.PathLike[str] | None, create: bool = False) -> Iterator[Store]:
+    store = open_store(db, create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class Target(NamedTuple):
+    """Where a command's requests go: the client factory, and the endpoint a run records."""
+
+    make_client: Callable[[], Any]
+    endpoint: str
+
+
+def client_factory(
+    stack: contextlib.ExitStack, emulate: bool, backend: str = "aiohttp", say: Callable[[str], Any] | None = None
+) -> Target:
+    """Decide where requests go before anything is sent; the emulator is used only when asked for."""
+    from batchrun.api import endpoint_of, make_client
+
+    if emulate:
+        from batchrun.emulate import EMULATOR_KEY, emulator
+
+        url = stack.enter_context(emulator())
+        if say is not None:
+            say(f"--emulate: requests go to the built-in API emulator at {url}; no request leaves this machine")
+        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise UsageError(
+            "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
+            "or add --emulate to try batchrun on the built-in API emulator)"
+        )
+    return Target(lambda: make_client(backend), endpoint_of(False))
+
+
+# processing a run: shared by the CLI and the functions below
+
+
+def process(
+    store: Store,
+    run_id: str,
+    options: RunOptions,
+    target: Target,
+    events: Listener | None = None,
+    *,
+    output: str | None = None,
+    on_finish: str | None = None,
+    say: Callable[[str], Any] | None = None,
+    cancel: bool = False,
+    created: bool = False,
+    ended: Callable[[], Any] | None = None,
+) -> RunResult:
+    """Process (or, `cancel`, cancel) a stored run, write its results if asked, then run the on-finish hook.
+
+    `ended` is called as soon as the work is over (before the export and the hook): progress closes there."""
+    from batchrun.events import ignore
+    from batchrun.runs import cancel_run, load_run, process_run
+
+    say = say or (lambda text: None)
+    try:
+        if cancel:
+            ending = cancel_run(store, run_id, options, target, events or ignore)
+        else:
+            ending = process_run(store, run_id, options, target.make_client, events or ignore, target.endpoint)
+    finally:
+        if ended is not None:
+            ended()
+    result = _result(store, run_id, ending, created)
+    if output and result.exit_code == EXIT_NOT_FINISHED and not cancel:
+        say(
+            f"{output} not written: the run is not finished (`batchrun results {run_id} -o {output}` exports what "
+            "is done so far)"
+        )
+    elif output:
+        from batchrun.results import export_results
+
+        result.results_path = output
+        result.results_written = export_results(store, run_id, output)
+    _, job = load_run(store, run_id)
+    command = on_finish or getattr(job, "on_finish", None)
+    if command:
+        from batchrun.hooks import finish_env, run_on_finish
+
+        variables = finish_env(
+            run_id=run_id,
+            exit_code=result.exit_code,
+            counts=result.counts,
+            cost_usd=result.cost_usd,
+            results_path=result.results_path,
+            db_path=store.path,
+        )
+        run_on_finish(command, variables, say)
+    return result
+
+
+def _result(store: Store, run_id: str, ending: Any, created: bool) -> RunResult:
+    from batchrun.progress import describe_stop
+    from batchrun.report import run_status
+
+    s = run_status(store, run_id)
+    return RunResult(
+        run_id=run_id,
+        exit_code=ending.exit_code,
+        counts=dict(ending.counts),
+        cost_usd=s["cost_usd"],
+        seconds=ending.seconds,
+        sent=ending.sent,
+        db=str(store.path),
+        created=created,
+        reused=ending.reused,
+        stop=ending.stop,
+        stop_message=describe_stop(ending.stop) if ending.stop is not None else None,
+        status=s,
+    )
+
+
+def load_job_arg(job: str | os.PathLike[str] | Job | None, settings: Mapping[str, Any]) -> Job:
+    """A job given as a TOML path, a Job, or nothing; keyword settings (model=..., max_tokens=...) override it."""
+    from batchrun.job import Job, load_job
+
+    base = job if isinstance(job, Job) else load_job(job)
+    return base.with_overrides(**settings)
+
+
+def _options(**given: Any) -> RunOptions:
+    from batchrun.settings import RunOptions
+
+    return RunOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+def _progress(log: str | None) -> Any:
+    from batchrun.progress import Progress
+
+    return Progress(enabled=log is not None, log_format=log or "text")
+
+
+@contextlib.contextmanager
+def _spooled(items: ItemsArg) -> Iterator[str]:
+    """A path as is; an iterable of dicts written to a temporary JSONL file (named items.jsonl)."""
+    if isinstance(items, str | os.PathLike):
+        yield os.fspath(items)
+        return
+    import tempfile
+
+    import orjson
+
+    with tempfile.TemporaryDirectory(prefix="batchrun-") as tmp:
+        path = Path(tmp) / "items.jsonl"
+        with path.open("wb") as f:
+            for n, item in enumerate(items, 1):
+                if not isinstance(item, Mapping):
+                    raise UsageError(f"items[{n - 1}]: {type(item).__name__}, not a dict (give one dict per item)")
+                f.write(orjson.dumps(dict(item)) + b"\n")
+        yield str(path)
+
+
+def _blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run `fn` here, or, under a running event loop (a notebook), in a thread so asyncio.run works."""
+    import asyncio
+    import concurrent.futures
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+# the public operations
+
+
+def submit(
+    items: ItemsArg,
+    job: str | os.PathLike[str] | Job | None = None,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    new_run: bool = False,
+    output: str | None = None,
+    emulate: bool = False,
+    backend: str = "aiohttp",
+    no_wait: bool = False,
+    timeout: float | None = None,
+    use_cache: bool = True,
+    on_finish: str | None = None,
+    log: str | None = "text",
+    **settings: Any,
+) -> RunResult:
+    """Create a run from `items` (a JSONL path, or an iterable of dicts) and process it; the same items and
+    settings again continue that run. `settings` are job keys (model, max_tokens, system, mode, concurrency...).
+    `log`: "text", "json" or None (silent) progress lines on stderr."""
+    return _blocking(
+        _submit,
+        items,
+        job,
+        db=db,
+        run_id=run_id,
+        new_run=new_run,
+        output=output,
+        emulate=emulate,
+        backend=backend,
+        options=_options(no_wait=no_wait, timeout=timeout, use_cache=use_cache),
+        on_finish=on_finish,
+        log=log,
+        settings=settings,
+    )
+
+
+def _submit(
+    items: ItemsArg,
+    job: Any,
+    *,
+    db: Any,
+    run_id: str | None,
+    new_run: bool,
+    output: str | None,
+    emulate: bool,
+    backend: str,
+    options: RunOptions,
+    on_finish: str | None,
+    log: str | None,
+    settings: dict[str, Any],
+) -> RunResult:
+    from batchrun.runs import prepare_run
+
+    the_job = load_job_arg(job, settings)
+    progress = _progress(log)
+    with contextlib.ExitStack() as stack:
+        target = client_factory(stack, emulate, backend, progress.write)
+        path = stack.enter_context(_spooled(items))  # bad items: refused before a database is made
+        store = stack.enter_context(_store(db, create=True))
+        try:
+            run_id, created = prepare_run(store, path, the_job, target.endpoint, run_id, new_run)
+        except BatchrunError:
+            store.discard()
+            raise
+        try:
+            return process(
+                store,
+                run_id,
+                replace(options, settings=the_job.runtime_settings()),
+                target,
+                progress.event,
+                output=output,
+                on_finish=on_finish,
+                say=progress.write,
+                created=created,
+                ended=progress.close,
+            )
+        finally:
+            progress.close()
+
+
+def resume(
+    run_id: str,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    output: str | None = None,
+    emulate: bool = False,
+    backend: str = "aiohttp",
+    no_wait: bool = False,
+    timeout: float | None = None,
+    use_cache: bool = True,
+    on_finish: str | None = None,
+    log: str | None = "text",
+) -> RunResult:
+    """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
+    options = _options(no_wait=no_wait, timeout=timeout, use_cache=use_cache)
+    return _blocking(_resume, run_id, db, output, emulate, backend, options, on_finish, log)
+
+
+def _resume(
+    run_id: str,
+    db: Any,
+    output: str | None,
+    emulate: bool,
+    backend: str,
+    options: RunOptions,
+    on_finish: str | None,
+    log: str | None,
+) -> RunResult:
+    progress = _progress(log)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(_store(db))
+        target = client_factory(stack, emulate, backend, progress.write)
+        try:
+            return process(
+                store,
+                run_id,
+                options,
+                target,
+                progress.event,
+                output=output,
+                on_finish=on_finish,
+                say=progress.write,
+                ended=progress.close,
+            )
+        finally:
+            progress.close()
+
+
+def status(run_id: str | None = None, *, db: str | os.PathLike[str] | None = None) -> Any:
+    """`status --json`: the run's dict, or, without a run id, a list of every run's."""
+    from batchrun.report import run_status
+
+    if run_id is None and not db_location(db).exists():
+        return []
+    with _store(db) as store:
+        if run_id is not None:
+            return run_status(store, run_id)
+        return [run_status(store, i) for i in store.run_ids()]
+
+
+def results(run_id: str, *, db: str | os.PathLike[str] | None = None, only: str | None = None) -> Results:
+    """The run's results in input order (iterate for dicts; `.to_pandas()` for a DataFrame)."""
+    return Results(db, run_id, only)
+
+
+async def asubmit(items: ItemsArg, job: Any = None, **kwargs: Any) -> RunResult:
+    """`submit` for async code: the run goes in a thread of its own, so the caller's loop keeps going."""
+    import asyncio
+
+    return await asyncio.to_thread(submit, items, job, **kwargs)
+
+
+async def aresume(run_id: str, **kwargs: Any) -> RunResult:
+    """`resume` for async code, in a thread of its own."""
+    import asyncio
+
+    return await asyncio.to_thread(resume, run_id, **kwargs)
+
+
+async def astatus(run_id: str | None = None, **kwargs: Any) -> Any:
+    """`status` for async code."""
+    import asyncio
+
+    return await asyncio.to_thread(status, run_id, **kwargs)

@@ -1,0 +1,160 @@
+"""`batchrun report`: one self-contained HTML file whose numbers are `status --json`'s, checked in a real browser;
+and `--on-finish`, told how the run ended."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import batchrun, cli_env, db_rows, prompts, write_jsonl
+
+MODEL = "claude-haiku-4-5"
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def bad_items(n: int, bad: tuple[int, ...]) -> list[dict]:
+    rows = prompts(n)
+    for i in bad:
+        rows[i] = {"custom_id": f"item-{i}", "params": {"messages": [{"role": "user", "content": "x"}], "bogus": 1}}
+    return rows
+
+
+@pytest.fixture
+def online_run(workdir: Path, emulator) -> tuple[str, dict]:
+    """An online run with 429s, 529s and three items that fail for good; returns (run id, status --json)."""
+    emulator.configure(p429=0.15, p529=0.1, retry_after_s=0.05, latency_ms=5)
+    items = write_jsonl(workdir / "items.jsonl", bad_items(40, (3, 11, 17)))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--run-id", "nightly", "--concurrency", "8"], cwd=workdir, env=env
+    )
+    assert proc.returncode == 1, proc.stderr
+    status = batchrun(["status", "--json", "nightly"], cwd=workdir, env=env)
+    return "nightly", orjson.loads(status.stdout)
+
+
+class Page(HTMLParser):
+    """The report's summary cells (data-key -> text) and its charts (name -> drawn shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self.charts: dict[str, int] = {}
+        self.key: str | None = None
+        self.chart: str | None = None
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if "data-key" in a:
+            self.key = a["data-key"]
+            self.cells[self.key] = a["data-value"]
+        if tag == "svg":
+            self.chart = a.get("data-chart")
+            self.charts[self.chart] = 0
+        elif self.chart and tag in ("polyline", "rect", "path") and a.get("width") not in ("0", "0.0"):
+            self.charts[self.chart] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self.chart = None
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    return page
+
+
+def test_report_numbers_equal_status_json(workdir: Path, emulator, online_run) -> None:
+    run_id, status = online_run
+    proc = batchrun(["report", run_id, "-o", "r.html"], cwd=workdir, env=cli_env(emulator.base_url))
+    assert proc.returncode == 0, proc.stderr
+    text = (workdir / "r.html").read_text()
+    page = parse(text)
+    assert page.cells["total"] == str(status["total"]) == "40"
+    for state, n in status["counts"].items():
+        assert page.cells[f"counts.{state}"] == str(n)
+    for kind, n in status["tokens"].items():
+        assert page.cells[f"tokens.{kind}"] == str(n)
+    assert float(page.cells["cost_usd"]) == status["cost_usd"] > 0
+    assert f"${status['cost_usd']:,.4f}" in text
+    # failures grouped by message, with their example items
+    assert "bogus" in text and "item-3, item-11, item-17" in text
+    # nothing to fetch when opened: no script, no remote address
+    assert page.scripts == 0 and not re.search(r"(src|href)=['\"]?https?:", text)
+    assert set(page.charts) >= {"throughput", "concurrency", "latency", "cost", "cache", "retries"}
+    assert all(n > 0 for n in page.charts.values()), page.charts
+    throttled = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM attempts WHERE status IN (429, 529)")[0][0]
+    assert text.count("class='mark-429'") + text.count("class='mark-529'") == throttled > 0
+
+
+def test_report_of_a_batch_run_draws_its_batches(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(30))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--model", MODEL, "--mode", "batch", "--batch-size", "10", "--poll-interval", "0.1"]
+    assert batchrun([*args, "--run-id", "b"], cwd=workdir, env=env).returncode == 0
+    assert batchrun(["report", "b", "-o", "b.html"], cwd=workdir, env=env).returncode == 0
+    text = (workdir / "b.html").read_text()
+    page = parse(text)
+    assert page.charts["batches"] == 3 and text.count("msgbatch_") >= 6
+    assert page.cells["counts.succeeded"] == "30"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install -y chromium)")
+def test_report_renders_in_a_real_browser(workdir: Path, emulator, online_run) -> None:
+    run_id, _ = online_run
+    assert batchrun(["report", run_id, "-o", "r.html"], cwd=workdir, env=cli_env(emulator.base_url)).returncode == 0
+    url = (workdir / "r.html").as_uri()
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
+    page = parse(dom.stdout)
+    assert len(page.charts) >= 6 and all(n > 0 for n in page.charts.values()), page.charts
+    shot = workdir / "r.png"
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=820,1600", url], capture_output=True, timeout=90)
+    assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
+
+
+def test_on_finish_runs_with_the_outcome_and_its_failure_keeps_the_exit_code(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", bad_items(6, (2,)))
+    hook = "env | grep ^BATCHRUN_ | sort > hook.env; echo hook says hi; exit 7"
+    env = cli_env(emulator.base_url)
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--run-id", "h", "-o", "out.jsonl", "--on-finish", hook],
+        cwd=workdir,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr  # the run's own code: one item failed; not the hook's 7
+    assert "--on-finish command exited 7" in proc.stderr and "hook says hi" in proc.stderr
+    assert proc.stdout == ""
+    seen = dict(line.split("=", 1) for line in (workdir / "hook.env").read_text().splitlines())
+    status = orjson.loads(batchrun(["status", "--json", "h"], cwd=workdir, env=env).stdout)
+    assert seen["BATCHRUN_RUN_ID"] == "h"
+    assert seen["BATCHRUN_EXIT_CODE"] == "1"
+    assert (seen["BATCHRUN_SUCCEEDED"], seen["BATCHRUN_FAILED"], seen["BATCHRUN_PENDING"]) == ("5", "1", "0")
+    assert float(seen["BATCHRUN_COST_USD"]) == pytest.approx(status["cost_usd"])
+    assert seen["BATCHRUN_RESULTS"] == str(workdir / "out.jsonl")
+    assert seen["BATCHRUN_DB"] == str(workdir / "batchrun.db")
+    assert not any("sk-ant" in value for value in seen.values())
+
+
+def test_on_finish_runs_when_the_run_stops_early(workdir: Path, emulator) -> None:
+    emulator.configure(p529=1.0, retry_after_s=0.01, max_faults_per_request=100)
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--max-attempts", "2", "--on-finish", "echo $BATCHRUN_EXIT_CODE>code"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert (workdir / "code").read_text().strip() == "3"
