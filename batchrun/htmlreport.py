@@ -97,6 +97,7 @@ def summary(data: ReportData) -> str:
         ("tokens.input", "Input tokens", t["input"]),
         ("tokens.output", "Output tokens", t["output"]),
         ("tokens.cache_creation", "Cache-write tokens", t["cache_creation"]),
+        ("tokens.cache_creation_1h", "of them with the 1-hour TTL", t.get("cache_creation_1h", 0)),
         ("tokens.cache_read", "Cache-read tokens", t["cache_read"]),
         ("cost_usd", "Cost (USD)", s["cost_usd"]),
     ]

@@ -230,7 +230,7 @@ class Progress:
                 self.stream.write(orjson.dumps({**s, "event": "progress"}).decode() + "\n")
                 self.stream.flush()
             return
-        self.write(format_line(s), event="progress")
+        self.write(format_line(s, self.cost()), event="progress")
 
     def close(self) -> None:
         """The last line (once): where the run stands as the command ends."""
@@ -250,16 +250,16 @@ class Progress:
 
 
 def _usd(value: float | None) -> str:
-    return "cost unknown" if value is None else f"${value:.4f}"
+    return "unknown" if value is None else f"${value:.4f}"
 
 
-def format_line(s: dict[str, Any]) -> str:
+def format_line(s: dict[str, Any], cost: str | None = None) -> str:
     """A progress line: where the run stands, how fast it goes now, when it ends, what it cost so far."""
     eta = "ETA --" if s["eta_s"] is None else f"ETA {_duration(s['eta_s'])}"
     line = (
         f"{s['run_id']}: {s['done']:,}/{s['total']:,} done, {s['ok']:,} ok, {s['failed']:,} failed, "
         f"{s['retrying']:,} retrying; {s['rate_per_s']:.1f} items/s (last min), {eta}; "
-        f"429s {s['http_429']:,}, 529s {s['http_529']:,}; {s['tokens']:,} tokens, {_usd(s['cost_usd'])}"
+        f"429s {s['http_429']:,}, 529s {s['http_529']:,}; {s['tokens']:,} tokens, cost {cost or _usd(s['cost_usd'])}"
     )
     return line + (f"; {s['waiting']}" if s["waiting"] else "")
 

@@ -378,7 +378,7 @@ def test_an_error_in_the_middle_of_a_streamed_reply_is_retried(workdir: Path, em
     emulator.configure(p_midstream_error=0.5)
     items = write_jsonl(workdir / "items.jsonl", prompts(12))
     proc = batchrun(
-        ["submit", str(items), "--model", "claude-sonnet-4-5", "--max-tokens", "30000", "-o", "out.jsonl"],
+        ["submit", str(items), "--model", "claude-sonnet-4-6", "--max-tokens", "30000", "-o", "out.jsonl"],
         cwd=workdir,
         env=cli_env(emulator.base_url),
     )

@@ -50,7 +50,7 @@ def test_a_line_every_interval_with_timestamp_counts_rate_eta_throttles_tokens_a
     assert len(lines) == 2  # at 10 s and 20 s
     assert lines[1] == (
         "2026-01-01T00:00:20Z batchrun: r1: 100/1,000 done, 100 ok, 0 failed, 0 retrying; "
-        "5.0 items/s (last min), ETA 3m00s; 429s 1, 529s 1; 10,000 tokens, $1.0000"
+        "5.0 items/s (last min), ETA 3m00s; 429s 1, 529s 1; 10,000 tokens, cost $1.0000"
     )
 
 
@@ -89,7 +89,7 @@ def test_a_batch_run_says_which_batch_it_waits_on() -> None:
         progress.event(Event("batches_waiting", "r1", {"batches": rows, "next_check": 5.0}))
         progress.event(Event("tick", "r1", {}))
     line = out.getvalue().splitlines()[-1]
-    assert line.endswith("ETA --; 429s 0, 529s 0; 0 tokens, $0.0000; batch msgbatch_01 in_progress 1,200/5,000")
+    assert line.endswith("ETA --; 429s 0, 529s 0; 0 tokens, cost $0.0000; batch msgbatch_01 in_progress 1,200/5,000")
 
 
 def test_json_log_has_the_same_fields_one_object_per_line() -> None:
