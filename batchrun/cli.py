@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 
-from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_USAGE, BatchrunError, UsageError
+from batchrun.errors import (
+    EXIT_FAILED_ITEMS,
+    EXIT_NOT_FINISHED,
+    EXIT_USAGE,
+    APIUnavailable,
+    BatchrunError,
+    UsageError,
+)
 
 DEFAULT_DB = "batchrun.db"
 MAX_CONCURRENCY = 1000
@@ -415,12 +422,24 @@ def cancel(
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
+    from batchrun.api import APIFailure
     from batchrun.dryrun import format_plan, plan
 
     with ExitStack() as stack:
         counting = emulate or bool(os.environ.get("ANTHROPIC_API_KEY"))
         make_client = _client_factory(stack, emulate, backend).make_client if counting else None
-        click.echo(format_plan(plan(items, job, make_client)))
+        try:
+            click.echo(format_plan(plan(items, job, make_client)))
+        except APIFailure as f:
+            what = f"{f.status or 'no response'} {f.error_type}: {f.message}"
+            if f.status is not None and 400 <= f.status < 500 and not f.retryable:
+                raise UsageError(
+                    f"dry run: counting tokens, the API answered {what} (fix the job's model or request; nothing was "
+                    "sent)"
+                ) from None
+            raise APIUnavailable(
+                f"dry run: could not count tokens: {what} (the API looks unreachable or overloaded; try again later)"
+            ) from None
 
 
 def _options(given: dict[str, Any], **more: Any) -> Any:

@@ -53,6 +53,12 @@ class StoreUnavailable(StoreError):
     exit_code = EXIT_NOT_FINISHED
 
 
+class APIUnavailable(BatchrunError):
+    """The API could not be reached (or kept failing) for a command that needs it: try again later."""
+
+    exit_code = EXIT_NOT_FINISHED
+
+
 class RunFailed(BatchrunError):
     """The run ended with items that failed for good (the CLI's exit code 1)."""
 

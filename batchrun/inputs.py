@@ -204,6 +204,8 @@ def parse_line(raw: bytes, line_no: int, job: Job) -> Item | None:
     if not isinstance(obj, dict):
         raise RenderError(f"expected a JSON object, got {type(obj).__name__} (wrap the line in {{...}})")
     custom_id = obj.get("custom_id", derived_custom_id(line_no))
+    if isinstance(custom_id, int) and not isinstance(custom_id, bool) and custom_id >= 0:
+        custom_id = str(custom_id)  # {"custom_id": 17} is the id "17"
     if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
         raise RenderError(f"custom_id {custom_id!r} is not allowed (use 1-64 characters from a-z, A-Z, 0-9, _ and -)")
     return Item(line_no, custom_id, render(obj, job))

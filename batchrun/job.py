@@ -301,11 +301,11 @@ def render(obj: dict[str, Any], job: Job) -> dict[str, Any]:
             raise RenderError('"params" must be an object (write {"params": {"model": ..., "messages": [...]}})')
         params = dict(params)
     elif "prompt" in obj:
-        params = {"messages": [{"role": "user", "content": _prompt(obj["prompt"])}]}
+        params = {"messages": [{"role": "user", "content": _prompt(obj["prompt"])}], **_line_settings(obj)}
     elif "messages" in obj:
-        params = {"messages": obj["messages"]}
+        params = {"messages": obj["messages"], **_line_settings(obj)}
     elif job.template is not None:
-        params = {"messages": [{"role": "user", "content": _fill(job.template, obj)}]}
+        params = {"messages": [{"role": "user", "content": _fill(job.template, obj)}], **_line_settings(obj)}
     else:
         raise RenderError(
             'no "params", "prompt" or "messages" field, and the job has no template '
@@ -314,6 +314,14 @@ def render(obj: dict[str, Any], job: Job) -> dict[str, Any]:
     _apply_defaults(params, obj, job)
     check_params(params)
     return params
+
+
+LINE_SETTINGS = ("model", "max_tokens", "system", "metadata")
+
+
+def _line_settings(obj: dict[str, Any]) -> dict[str, Any]:
+    """In the short forms, a line's own model, max_tokens, system and metadata win over the job's."""
+    return {k: obj[k] for k in LINE_SETTINGS if obj.get(k) is not None}
 
 
 def _prompt(value: Any) -> str:

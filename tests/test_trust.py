@@ -251,3 +251,78 @@ def test_retry_on_a_locked_run_changes_nothing(workdir: Path) -> None:
         assert proc.returncode == 75, proc.stderr
         assert db_dump(workdir / "batchrun.db") == before
         assert batchrun(["retry", "r"], cwd=workdir, env=env).returncode == 0
+
+
+def test_a_lines_own_settings_win_over_the_jobs_in_the_short_forms(workdir: Path) -> None:
+    from batchrun.job import Job
+    from batchrun.runs import prepare_run
+    from batchrun.store import Store
+
+    rows = [
+        {"custom_id": 17, "prompt": "hi", "model": "claude-sonnet-4-6", "max_tokens": 99, "system": "Be brief."},
+        {"custom_id": "b", "text": "x", "metadata": {"user_id": "u-1"}},
+        {"custom_id": "c", "messages": [{"role": "user", "content": "yo"}], "max_tokens": 5},
+    ]
+    items = write_jsonl(workdir / "items.jsonl", rows)
+    job = Job(model="claude-haiku-4-5", max_tokens=10, system="Job system.", template="Say {text}")
+    store = Store(workdir / "b.db")
+    prepare_run(store, str(items), job, "https://api.anthropic.com", "r")
+    params = {cid: orjson.loads(p) for cid, p in db_rows(workdir / "b.db", "SELECT custom_id, params FROM items")}
+    store.close()
+    assert set(params) == {"17", "b", "c"}  # a numeric custom_id is read as its decimal string
+    assert (params["17"]["model"], params["17"]["max_tokens"], params["17"]["system"]) == (
+        "claude-sonnet-4-6",
+        99,
+        "Be brief.",
+    )
+    assert params["b"]["metadata"] == {"user_id": "u-1"} and params["b"]["model"] == "claude-haiku-4-5"
+    assert params["b"]["system"] == "Job system." and params["b"]["max_tokens"] == 10
+    assert params["c"]["max_tokens"] == 5 and params["c"]["system"] == "Job system."
+
+
+def test_the_dry_run_says_in_one_line_that_a_model_is_unknown_or_the_api_unreachable(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    unknown = batchrun(
+        ["submit", str(items), "--model", "claude-made-up", "--dry-run"], cwd=workdir, env=cli_env(emulator.base_url)
+    )
+    assert unknown.returncode == 2, unknown.stderr
+    assert unknown.stderr.count("\n") == 1 and "404 not_found_error: model: claude-made-up" in unknown.stderr
+    dead = batchrun(
+        ["submit", str(items), "--model", MODEL, "--dry-run"], cwd=workdir, env=cli_env("http://127.0.0.1:9")
+    )
+    assert dead.returncode == 3, dead.stderr
+    assert dead.stderr.count("\n") == 1 and "could not count tokens" in dead.stderr
+    assert not (workdir / "batchrun.db").exists()
+
+
+def test_batch_mode_keeps_to_the_budget_and_the_limit(workdir: Path, emulator) -> None:
+    emulator.configure(batch_seconds=0.1)
+    items = write_jsonl(workdir / "items.jsonl", prompts(40))
+    env = cli_env(emulator.base_url)
+    batch = ["--mode", "batch", "--poll-interval", "0.05"]
+    args = ["submit", str(items), "--model", MODEL, "--max-tokens", "100", "--run-id", "r", *batch]
+    limited = batchrun([*args, "--limit", "10"], cwd=workdir, env=env)
+    assert limited.returncode == 3 and "--limit 10 reached: 30 item(s) left" in limited.stderr
+    # each item's worst case at batch price is about $0.0003 and its real cost about $0.0001: every new batch
+    # takes what the budget left after the last one was billed, until not one more item's worst case fits
+    capped = batchrun(["resume", "r", *batch, "--max-cost", "0.002"], cwd=workdir, env=env)
+    assert capped.returncode == 3 and "budget reached" in capped.stderr, capped.stderr
+    mid = status_json(workdir, env, "r")
+    assert 10 < mid["answered_by"]["batch"] < 40 and mid["cost_usd"] <= 0.002
+    done = batchrun(["resume", "r", *batch, "--max-cost", "1", "-o", "out.jsonl"], cwd=workdir, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["custom_id"] for r in read_jsonl(workdir / "out.jsonl")) == sorted(f"item-{i}" for i in range(40))
+
+
+def test_a_batch_of_an_unknown_model_leaves_its_items_pending(workdir: Path, emulator) -> None:
+    emulator.configure(batch_seconds=0.1)
+    items = write_jsonl(workdir / "items.jsonl", prompts(20))
+    proc = batchrun(
+        ["submit", str(items), "--model", "claude-made-up", "--mode", "batch", "--poll-interval", "0.05"],
+        cwd=workdir,
+        env=cli_env(emulator.base_url),
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "does not know the model claude-made-up" in proc.stderr
+    assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 20)]
+    assert emulator.stats()["batches_created"] == 1
