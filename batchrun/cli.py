@@ -130,6 +130,17 @@ def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def stacked(*options: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply click options so that --help lists them in the order given."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Where requests go and how: options of every command that talks to the API."""
     fn = click.option(
@@ -161,91 +172,80 @@ def see_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that processes a run."""
     fn = see_options(fn)
-    for option in reversed(
-        [
-            click.option(
-                "--request-timeout",
-                type=click.FloatRange(1),
-                default=600.0,
-                show_default=True,
-                help="Online: the most seconds one request may take, first byte to last, before it is retried.",
-            ),
-            click.option(
-                "--grace",
-                type=float,
-                default=5.0,
-                show_default=True,
-                help="Seconds requests in flight get to finish after SIGINT/SIGTERM.",
-            ),
-            click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
-            click.option(
-                "--no-cache",
-                is_flag=True,
-                help="Send every item, even those an identical earlier request in this database answered.",
-            ),
-            click.option(
-                "-o",
-                "--output",
-                type=click.Path(dir_okay=False),
-                help="Write results here when the run ends.",
-            ),
-        ]
-    ):
-        fn = option(fn)
+    fn = stacked(
+        click.option(
+            "--request-timeout",
+            type=click.FloatRange(1),
+            default=600.0,
+            show_default=True,
+            help="Online: the most seconds one request may take, first byte to last, before it is retried.",
+        ),
+        click.option(
+            "--grace",
+            type=float,
+            default=5.0,
+            show_default=True,
+            help="Seconds requests in flight get to finish after SIGINT/SIGTERM.",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
+        click.option(
+            "--no-cache",
+            is_flag=True,
+            help="Send every item, even those an identical earlier request in this database answered.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(dir_okay=False),
+            help="Write results here when the run ends.",
+        ),
+    )(fn)
     return client_options(fn)
 
 
 def setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Settings that do not change what is sent: given to resume, retry or a repeated submit, they apply to the rest
     of the run (and are kept for later resumes)."""
-    for option in reversed(
-        [
-            click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches."),
-            click.option(
-                "--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Ceiling on requests in flight."
-            ),
-            click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per item before it fails."),
-            click.option("--rpm", type=click.IntRange(1), help="Stay under this many requests per minute."),
-            click.option("--itpm", type=click.IntRange(1), help="Stay under this many input tokens per minute."),
-            click.option("--otpm", type=click.IntRange(1), help="Stay under this many output tokens per minute."),
-            click.option(
-                "--max-cost",
-                type=click.FloatRange(0, min_open=True),
-                help="Spend at most this many USD on the run, across all its resumes.",
-            ),
-            click.option(
-                "--limit",
-                type=click.IntRange(1),
-                help="Process at most this many more items, then stop (exit 3 if items remain): a cheap canary.",
-            ),
-        ]
-    ):
-        fn = option(fn)
+    fn = stacked(
+        click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches."),
+        click.option("--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Ceiling on requests in flight."),
+        click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per item before it fails."),
+        click.option("--rpm", type=click.IntRange(1), help="Stay under this many requests per minute."),
+        click.option("--itpm", type=click.IntRange(1), help="Stay under this many input tokens per minute."),
+        click.option("--otpm", type=click.IntRange(1), help="Stay under this many output tokens per minute."),
+        click.option(
+            "--max-cost",
+            type=click.FloatRange(0, min_open=True),
+            help="Spend at most this many USD on the run, across all its resumes.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(1),
+            help="Process at most this many more items, then stop (exit 3 if items remain): a cheap canary.",
+        ),
+    )(fn)
     return fn
 
 
 def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of the Message Batches path, for the commands that process a run."""
-    for option in reversed(
-        [
-            click.option(
-                "--batch-size",
-                type=click.IntRange(1, 100_000),
-                help="Batch mode: at most this many requests per batch (default 100,000, the API's limit).",
-            ),
-            click.option(
-                "--poll-interval",
-                type=click.FloatRange(0, min_open=True),
-                help="Batch mode: seconds between the first checks of a batch (default 5; the wait grows to 60).",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(0),
-                help="Batch mode: stop waiting for batches after this many seconds and exit 3 (they keep running).",
-            ),
-        ]
-    ):
-        fn = option(fn)
+    fn = stacked(
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 100_000),
+            help="Batch mode: at most this many requests per batch (default 100,000, the API's limit).",
+        ),
+        click.option(
+            "--poll-interval",
+            type=click.FloatRange(0, min_open=True),
+            help="Batch mode: seconds between the first checks of a batch (default 5; the wait grows to 60).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0),
+            help="Batch mode: stop waiting for batches after this many seconds and exit 3 (they keep running).",
+        ),
+    )(fn)
     return fn
 
 
