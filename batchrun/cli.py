@@ -278,6 +278,12 @@ def cli(debug: bool) -> None:
 @click.option("--model", help="Model for lines that do not name one.")
 @click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
 @click.option("--system", help="System prompt, or @FILE to read it from a file.")
+@click.option(
+    "--schema",
+    type=click.Path(dir_okay=False),
+    help="JSON Schema file every reply must meet (like the job's schema_file); replies are validated.",
+)
+@click.option("--id-field", help="The input field holding each row's id (like the job's id_field).")
 @setting_options
 @click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
 @click.option("--dry-run", is_flag=True, help="Validate, count tokens, print expected cost and time; send nothing.")
@@ -308,10 +314,11 @@ def submit(
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
-    from batchrun.job import load_job, load_system
+    from batchrun.job import load_job, load_schema, load_system
     from batchrun.runs import prepare_run
 
     flags["system"] = load_system(flags["system"])
+    flags["schema"] = load_schema(flags["schema"]) if flags["schema"] else None
     limit = flags.pop("limit")
     job = load_job(job_path).with_overrides(**flags)
     load_env()
@@ -367,15 +374,31 @@ def resume(
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--error-type", help="Only items that failed with this error type (e.g. overloaded_error).")
+@click.option(
+    "--max-tokens",
+    "retry_max_tokens",
+    type=click.IntRange(1),
+    help="Send those items again with this max_tokens (e.g. after --error-type max_tokens).",
+)
+@click.option("--model", "retry_model", help="Send those items again to this model.")
 @setting_options
 @run_options
 @db_option
 @handle_errors
-def retry(run_id: str, error_type: str | None, db_path: str | None, **options: Any) -> None:
+def retry(
+    run_id: str,
+    error_type: str | None,
+    retry_max_tokens: int | None,
+    retry_model: str | None,
+    db_path: str | None,
+    **options: Any,
+) -> None:
     """Put permanently failed items back to pending and process them again (under the run's lock: a retry that
-    cannot proceed changes nothing)."""
+    cannot proceed changes nothing). With --max-tokens or --model those items become new requests; the other
+    items of the run, and the old attempts, are left as they were."""
     load_env()
-    _run_command(db_path, run_id, options, retry=error_type or True)
+    changes = {k: v for k, v in (("max_tokens", retry_max_tokens), ("model", retry_model)) if v is not None}
+    _run_command(db_path, run_id, options, retry=error_type or True, retry_changes=changes or None)
 
 
 @cli.command()
