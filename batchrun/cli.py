@@ -584,22 +584,30 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
 @click.argument("run_id", metavar="RUN")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
 @click.option("--only", type=click.Choice(["succeeded", "failed"]), help="Only items that ended this way.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    help="jsonl: Message Batches result lines; csv, parquet: one row per item (default: from the -o extension).",
+)
 @db_option
 @handle_errors
-def results(run_id: str, output: str | None, only: str | None, db_path: str | None) -> None:
-    """Export RUN's results in input order, in the Message Batches result format."""
-    from batchrun.results import export_results, write_results
+def results(run_id: str, output: str | None, only: str | None, fmt: str | None, db_path: str | None) -> None:
+    """Export RUN's results in input order: Message Batches result lines, or a CSV or Parquet table."""
+    from batchrun.results import export_results, format_of, write_export
     from batchrun.runs import load_run
 
     load_env()
     store = open_store(db_path)
     load_run(store, run_id)
     check_run_output(store, run_id, output)
+    fmt = format_of(output, fmt)
     if output:
-        count = export_results(store, run_id, output, only)
-        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
+        count = export_results(store, run_id, output, only, fmt)
+        what = "result line(s)" if fmt == "jsonl" else f"{fmt} row(s)"
+        click.echo(f"batchrun: wrote {count} {what} to {output}", err=True)
     else:
-        write_results(store, run_id, sys.stdout.buffer, only)
+        write_export(store, run_id, sys.stdout.buffer, only, fmt)
         sys.stdout.buffer.flush()
 
 
