@@ -159,22 +159,25 @@ def table_columns(job: Job) -> list[Column]:
 
 def table_rows(store: Store, run_id: str, columns: list[Column], only: str | None = None) -> Iterator[list[Any]]:
     """Each item's row of values, in input order; nested values (objects, lists) as JSON text."""
-    getters = [_getter(c) for c in columns]
-    for row in answer_rows(store, run_id, only):
-        kept = orjson.loads(row["kept"]) if row["kept"] else {}
-        data = orjson.loads(row["data"]) if row["data"] else None
-        yield [get(row, kept, data) for get in getters]
-
-
-def _getter(column: Column) -> Any:
-    key = column.key
-    if column.source == "row":
-        return lambda row, kept, data: row[key]
-    if column.source == "kept":
-        return lambda row, kept, data: _flat(kept.get(key))
-    if not key:
-        return lambda row, kept, data: _flat(data)
-    return lambda row, kept, data: _flat(data.get(key)) if isinstance(data, dict) else None
+    view_columns = [c.key for c in columns if c.source == "row"]
+    position = {name: n for n, name in enumerate(view_columns)}
+    kept_at, data_at = len(view_columns), len(view_columns) + 1
+    plan = [(c.source, position[c.key] if c.source == "row" else c.key) for c in columns]
+    loads = orjson.loads
+    for row in answer_rows(store, run_id, [*view_columns, "kept", "data"], only):
+        kept = loads(row[kept_at]) if row[kept_at] else {}
+        data = loads(row[data_at]) if row[data_at] else None
+        values = []
+        for source, key in plan:
+            if source == "row":
+                values.append(row[key])
+            elif source == "kept":
+                values.append(_flat(kept.get(key)))
+            elif key == "":
+                values.append(_flat(data))
+            else:
+                values.append(_flat(data.get(key)) if isinstance(data, dict) else None)
+        yield values
 
 
 def _flat(value: Any) -> Any:

@@ -206,11 +206,32 @@ SELECT
     i.output_tokens AS output_tokens,
     i.cache_creation_tokens AS cache_creation_tokens,
     i.cache_read_tokens AS cache_read_tokens,
-    i.cost_usd AS cost_usd,
+    round(i.cost_usd, 9) AS cost_usd,
     CASE WHEN i.state IN ('succeeded', 'failed') AND i.updated_at IS NOT NULL
          THEN strftime('%Y-%m-%dT%H:%M:%fZ', i.updated_at, 'unixepoch') END AS answered_at
 FROM items i
 """
+ANSWER_COLUMNS = (
+    "run_id",
+    "line_no",
+    "custom_id",
+    "id",
+    "kept",
+    "state",
+    "stop_reason",
+    "text",
+    "data",
+    "model",
+    "answered_by",
+    "error_type",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_usd",
+    "answered_at",
+)
 
 
 @migrations()
@@ -1121,11 +1142,16 @@ def report_failure_messages(store: Store, run_id: str, examples: int = 3) -> lis
 # The rows of the table exports (`batchrun results --format csv|parquet`): the documented `answers` view.
 
 
-def answer_rows(store: Store, run_id: str, only: str | None = None) -> Iterator[sqlite3.Row]:
-    """The run's rows of the `answers` view in input order (all items, or only those in state `only`)."""
-    sql = "SELECT * FROM answers WHERE run_id = ?" + (" AND state = ?" if only else "") + " ORDER BY line_no"
-    cur = store.db.conn.cursor()
-    cur.row_factory = sqlite3.Row
-    cur.execute(sql, [run_id, only] if only else [run_id])
+def answer_rows(
+    store: Store, run_id: str, columns: list[str] | None = None, only: str | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """The run's rows of the `answers` view (these columns, all by default) in input order; all items, or only
+    those in state `only`."""
+    known = set(ANSWER_COLUMNS)
+    if columns is not None and not set(columns) <= known:
+        raise ValueError(f"not columns of the answers view: {sorted(set(columns) - known)}")
+    names = ", ".join(columns or ANSWER_COLUMNS)
+    sql = f"SELECT {names} FROM answers WHERE run_id = ?" + (" AND state = ?" if only else "") + " ORDER BY line_no"
+    cur = store.db.execute(sql, [run_id, only] if only else [run_id])
     while rows := cur.fetchmany(2000):
         yield from rows
