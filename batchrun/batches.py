@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from batchrun.answers import Judge, failed_result, item_cost
 from batchrun.api import APIFailure, api_errors, redact
 from batchrun.budget import Budget, worst_cost
 from batchrun.errors import RunLocked
@@ -181,6 +182,7 @@ class BatchEngine:
         self.api_key = getattr(client, "api_key", None)
         self.stopping = asyncio.Event()
         self.canceled_items = 0
+        self.judge = Judge(job)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
     # the run
@@ -567,17 +569,7 @@ class BatchEngine:
         kind = result.get("type")
         last_try = attempts + 1 >= self.job.max_attempts
         if kind == "succeeded":
-            message = result.get("message") or {}
-            return Outcome(
-                self.run_id,
-                line_no,
-                State.SUCCEEDED,
-                via="batch",
-                result=orjson.dumps({"type": "succeeded", "message": message}).decode(),
-                usage=message.get("usage") or {},
-                attempts=[Attempt(started, seconds, "succeeded")],
-                model=message.get("model"),
-            )
+            return self._answer(line_no, model, result.get("message") or {}, last_try, started, seconds)
         if kind == "errored":
             envelope = result.get("error") or {}
             error = envelope.get("error") or {}
@@ -618,6 +610,36 @@ class BatchEngine:
             )
         # canceled (or a type this version does not know): not processed, so no attempt is counted
         return Outcome(self.run_id, line_no, State.PENDING)
+
+    def _answer(
+        self, line_no: int, model: str, message: dict[str, Any], last_try: bool, started: float, seconds: float
+    ) -> Outcome:
+        """A succeeded result judged: an answer, a failure (refusal, cut reply), or invalid output that goes back
+        to pending for a follow-up batch while attempts remain. Its cost is counted whatever it is."""
+        verdict = self.judge(message)
+        usage = message.get("usage") or {}
+        outcome = Outcome(
+            self.run_id,
+            line_no,
+            State.SUCCEEDED,
+            via="batch",
+            usage=usage,
+            attempts=[Attempt(started, seconds, verdict.error_type or "succeeded")],
+            model=message.get("model"),
+            stop_reason=message.get("stop_reason"),
+            cost_usd=item_cost(model, "batch", usage, self.job),
+        )
+        if verdict.ok:
+            outcome.result = orjson.dumps({"type": "succeeded", "message": message}).decode()
+            outcome.data = verdict.data_json()
+        elif verdict.worth_retrying and not last_try:
+            outcome.state = State.PENDING
+        else:
+            outcome.state = State.FAILED
+            outcome.result = failed_result(verdict, message, None)
+            outcome.error_type = verdict.error_type
+            outcome.error_message = verdict.message
+        return outcome
 
     # cancel
 

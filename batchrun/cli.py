@@ -285,6 +285,12 @@ def cli(debug: bool) -> None:
 @click.option("--model", help="Model for lines that do not name one.")
 @click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
 @click.option("--system", help="System prompt, or @FILE to read it from a file.")
+@click.option(
+    "--schema",
+    type=click.Path(dir_okay=False),
+    help="JSON Schema file every reply must meet (like the job's schema_file); replies are validated.",
+)
+@click.option("--id-field", help="The input field holding each row's id (like the job's id_field).")
 @setting_options
 @click.option("--run-id", help="Name the run (default: derived from the file name and its content).")
 @click.option("--dry-run", is_flag=True, help="Validate, count tokens, print expected cost and time; send nothing.")
@@ -315,10 +321,11 @@ def submit(
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
-    from batchrun.job import load_job, load_system
+    from batchrun.job import load_job, load_schema, load_system
     from batchrun.runs import prepare_run
 
     flags["system"] = load_system(flags["system"])
+    flags["schema"] = load_schema(flags["schema"]) if flags["schema"] else None
     limit = flags.pop("limit")
     job = load_job(job_path).with_overrides(**flags)
     load_env()
@@ -374,15 +381,31 @@ def resume(
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("--error-type", help="Only items that failed with this error type (e.g. overloaded_error).")
+@click.option(
+    "--max-tokens",
+    "retry_max_tokens",
+    type=click.IntRange(1),
+    help="Send those items again with this max_tokens (e.g. after --error-type max_tokens).",
+)
+@click.option("--model", "retry_model", help="Send those items again to this model.")
 @setting_options
 @run_options
 @db_option
 @handle_errors
-def retry(run_id: str, error_type: str | None, db_path: str | None, **options: Any) -> None:
+def retry(
+    run_id: str,
+    error_type: str | None,
+    retry_max_tokens: int | None,
+    retry_model: str | None,
+    db_path: str | None,
+    **options: Any,
+) -> None:
     """Put permanently failed items back to pending and process them again (under the run's lock: a retry that
-    cannot proceed changes nothing)."""
+    cannot proceed changes nothing). With --max-tokens or --model those items become new requests; the other
+    items of the run, and the old attempts, are left as they were."""
     load_env()
-    _run_command(db_path, run_id, options, retry=error_type or True)
+    changes = {k: v for k, v in (("max_tokens", retry_max_tokens), ("model", retry_model)) if v is not None}
+    _run_command(db_path, run_id, options, retry=error_type or True, retry_changes=changes or None)
 
 
 @cli.command()
@@ -580,22 +603,30 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
 @click.argument("run_id", metavar="RUN")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
 @click.option("--only", type=click.Choice(["succeeded", "failed"]), help="Only items that ended this way.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    help="jsonl: Message Batches result lines; csv, parquet: one row per item (default: from the -o extension).",
+)
 @db_option
 @handle_errors
-def results(run_id: str, output: str | None, only: str | None, db_path: str | None) -> None:
-    """Export RUN's results in input order, in the Message Batches result format."""
-    from batchrun.results import export_results, write_results
+def results(run_id: str, output: str | None, only: str | None, fmt: str | None, db_path: str | None) -> None:
+    """Export RUN's results in input order: Message Batches result lines, or a CSV or Parquet table."""
+    from batchrun.results import export_results, format_of, write_export
     from batchrun.runs import load_run
 
     load_env()
     store = open_store(db_path)
     load_run(store, run_id)
     check_run_output(store, run_id, output)
+    fmt = format_of(output, fmt)
     if output:
-        count = export_results(store, run_id, output, only)
-        click.echo(f"batchrun: wrote {count} result line(s) to {output}", err=True)
+        count = export_results(store, run_id, output, only, fmt)
+        what = "result line(s)" if fmt == "jsonl" else f"{fmt} row(s)"
+        click.echo(f"batchrun: wrote {count} {what} to {output}", err=True)
     else:
-        write_results(store, run_id, sys.stdout.buffer, only)
+        write_export(store, run_id, sys.stdout.buffer, only, fmt)
         sys.stdout.buffer.flush()
 
 

@@ -25,6 +25,15 @@ MAX_CONCURRENCY = 1000  # requests in flight; more buys nothing under any accoun
 MAX_ATTEMPTS = 100
 MAX_BATCH_SIZE = 100_000  # the Message Batches API's limits
 MAX_BATCH_BYTES = 256_000_000
+SCHEMA_VIAS = ("json_schema", "tool")
+ANSWER_TOOL = "answer"  # the name of the forced tool a `schema_via = "tool"` job sends
+LATER_KEYS: dict[str, Any] = {
+    "schema": None,
+    "schema_via": "json_schema",
+    "accept_truncated": False,
+    "id_field": None,
+    "keep": [],
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,11 @@ class Job:
     cache_ttl: str = "5m"
     max_cost: float | None = None
     on_finish: str | None = None  # a shell command run when a run stops (not part of the run's identity)
+    schema: dict[str, Any] | None = None  # JSON Schema every reply must meet (job key schema_file, or [schema])
+    schema_via: str = "json_schema"  # sent as output_config.format, or "tool": one forced tool
+    accept_truncated: bool = False  # a text reply cut at max_tokens counts as succeeded
+    id_field: str | None = None  # the input field holding each row's id
+    keep: list[str] = field(default_factory=list)  # input fields carried to every export
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -81,6 +95,8 @@ class Job:
             "cache_ttl",
         )
         data = {k: getattr(self, k) for k in keys}
+        # keys added later count only when set, so the runs made before them keep their identity
+        data.update({k: getattr(self, k) for k, default in LATER_KEYS.items() if getattr(self, k) != default})
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def runtime_settings(self) -> dict[str, Any]:
@@ -123,6 +139,10 @@ def load_job(path: str | Path | None) -> Job:
             raise UsageError(
                 f"{path}: system_file {system_file!r}: {e.strerror} (path is relative to the job file)"
             ) from None
+    if "schema_file" in data:
+        if "schema" in data:
+            raise UsageError(f"{path}: set either schema_file or [schema], not both")
+        data["schema"] = load_schema(path.parent / str(data.pop("schema_file")), f"{path}: schema_file")
     problems = [f"{path}: {p}" for p in unknown_key_problems(data)]
     problems += [f"{path}: {p}" for p in job_problems({k: v for k, v in data.items() if k in KNOWN_KEYS})]
     if problems:
@@ -133,7 +153,7 @@ def load_job(path: str | Path | None) -> Job:
 def unknown_key_problems(data: dict[str, Any]) -> list[str]:
     problems = []
     for key in sorted(set(data) - KNOWN_KEYS):
-        close = difflib.get_close_matches(key, KNOWN_KEYS | {"system_file"}, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, KNOWN_KEYS | {"system_file", "schema_file"}, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(KNOWN_KEYS))}"
         problems.append(f"unknown key {key} ({hint})")
     return problems
@@ -252,6 +272,27 @@ def _template(value: Any) -> str | None:
     return None
 
 
+def _schema(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return 'must be a JSON Schema object (a [schema] table, or schema_file = "x.schema.json")'
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as e:
+        return f"is not a valid JSON Schema (Draft 2020-12): {e.message}"
+    return None
+
+
+def _keep(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return 'must be a list of input field names (keep = ["ticket_id", "customer"])'
+    return None
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _text(empty=False),
     "max_tokens": _int(1),
@@ -275,6 +316,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "cache_ttl": _choice("5m", "1h"),
     "on_finish": _text(empty=False),
     "max_cost": lambda v: None if v is None else _positive_usd(v),
+    "schema": _schema,
+    "schema_via": _choice(*SCHEMA_VIAS),
+    "accept_truncated": _bool,
+    "id_field": _text(empty=False),
+    "keep": _keep,
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(Job))
 
@@ -287,6 +333,20 @@ def load_system(value: str | None) -> str | None:
         return Path(value[1:]).read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"--system {value}: {e.strerror} (give the path of a readable text file after @)") from None
+
+
+def load_schema(path: str | Path, label: str = "--schema") -> dict[str, Any]:
+    """A JSON Schema file (JSON), checked against Draft 2020-12."""
+    try:
+        schema = orjson.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise UsageError(f"{label} {str(path)!r}: {e.strerror} (give a readable JSON Schema file)") from None
+    except orjson.JSONDecodeError as e:
+        raise UsageError(f"{label} {str(path)!r}: not valid JSON: {e} (a schema file is one JSON object)") from None
+    problem = _schema(schema)
+    if problem:
+        raise UsageError(f"{label} {str(path)!r}: {problem}")
+    return schema
 
 
 class RenderError(ValueError):
@@ -350,8 +410,23 @@ def _apply_defaults(params: dict[str, Any], obj: dict[str, Any], job: Job) -> No
     if "model" not in params:
         params["model"] = route(obj, job)
     params.setdefault("max_tokens", job.max_tokens)
+    if job.schema is not None:
+        _apply_schema(params, job)
     if job.system is not None and "system" not in params:
         params["system"] = cached_system(job.system, params["model"], job.cache_ttl) if job.cache else job.system
+
+
+def _apply_schema(params: dict[str, Any], job: Job) -> None:
+    """The job's schema as structured output, or as one forced tool; a line that brings its own keeps it."""
+    if job.schema_via == "tool":
+        if "tool_choice" not in params:
+            tool = {"name": ANSWER_TOOL, "description": "Record the answer.", "input_schema": job.schema}
+            params["tools"] = [*(params.get("tools") or []), tool]
+            params["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
+        return
+    config = dict(params.get("output_config") or {})
+    config.setdefault("format", {"type": "json_schema", "schema": job.schema})
+    params["output_config"] = config
 
 
 def route(obj: dict[str, Any], job: Job) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchrun.answers import Judge, Verdict, add_usage, failed_result, item_cost
 from batchrun.api import APIFailure, Reply, send
 from batchrun.budget import Budget
 from batchrun.caching import CacheWatch, prefix_key
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
 MAX_GROUP = 1000
 INVALID_STREAK = 5  # the first outcomes of a run all failing with one invalid-request message stop it here
 TICK_S = 1.0  # how often the engine reports what it waits on (progress lines while nothing moves)
+
+
+class InvalidOutput(APIFailure):
+    """A reply that is not a valid answer to a schema job: sent again while attempts remain."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(None, verdict.error_type or "invalid_output", verdict.message or "", "InvalidOutput")
+        self._retryable = True
 
 
 class StopRequested(Exception):
@@ -85,6 +94,7 @@ class Engine:
         self.invalid_streak = 0
         self.invalid_message: str | None = None
         self.workers: list[asyncio.Task[None]] = []
+        self.judge = Judge(job)
         self.sleeping: list[float] = []  # when each retry backoff in progress ends (monotonic)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
@@ -215,17 +225,24 @@ class Engine:
         return done
 
     async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
+        replies: list[Reply] = []
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):
                 with attempt:
                     reply = await self._attempt(item, attempts)
+                    replies.append(reply)
+                    verdict = self._judged(reply, attempts)
         except StopRequested:
-            return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
+            return self._billed(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts), item, replies)
+        except InvalidOutput as failure:
+            outcome = failed_outcome(self.run_id, item.line_no, failure, attempts)
+            outcome.result = failed_result(self.judge(replies[-1].message), replies[-1].message, failure.request_id)
+            return self._billed(outcome, item, replies)
         except APIFailure as failure:
             if failure.status == 404 and failure.error_type == "not_found_error":
                 self._unknown_model(item.params["model"], failure)
             elif self._invalid_streak(failure):
-                return failed_outcome(self.run_id, item.line_no, failure, attempts)
+                return self._billed(failed_outcome(self.run_id, item.line_no, failure, attempts), item, replies)
             elif failure.fatal:
                 self.stop(Stop(StopReason.FATAL_API, self.run_id, _failure_detail(failure)))
             elif self._looks_like_outage(failure, attempts):
@@ -233,9 +250,34 @@ class Engine:
             elif failure.api_wide:
                 self.left_pending += 1
             else:
-                return failed_outcome(self.run_id, item.line_no, failure, attempts)
-            return Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
-        return succeeded_outcome(self.run_id, item.line_no, reply, attempts)
+                return self._billed(failed_outcome(self.run_id, item.line_no, failure, attempts), item, replies)
+            return self._billed(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts), item, replies)
+        if verdict.ok:
+            outcome = succeeded_outcome(self.run_id, item.line_no, reply, attempts)
+            outcome.data = verdict.data_json()
+        else:
+            outcome = answer_failed_outcome(self.run_id, item.line_no, verdict, reply, attempts)
+        return self._billed(outcome, item, replies)
+
+    def _judged(self, reply: Reply, attempts: list[Attempt]) -> Verdict:
+        """What the reply means; one that a new request may well fix (invalid output) is sent again."""
+        verdict = self.judge(reply.message)
+        if verdict.worth_retrying:
+            attempts[-1].outcome = verdict.error_type or "invalid_output"
+            failure = InvalidOutput(verdict)
+            failure.request_id = reply.request_id
+            raise failure
+        return verdict
+
+    def _billed(self, outcome: Outcome, item: ClaimedItem, replies: list[Reply]) -> Outcome:
+        """Every reply the item got is billed, the invalid ones too: the outcome carries their usage and cost."""
+        usage: dict[str, Any] = {}
+        for reply in replies:
+            usage = add_usage(usage, reply.message.get("usage") or {})
+        outcome.usage = usage
+        outcome.stop_reason = replies[-1].message.get("stop_reason") if replies else None
+        outcome.cost_usd = item_cost(item.params["model"], "online", usage, self.job) if replies else 0.0
+        return outcome
 
     def _unknown_model(self, model: str, failure: APIFailure) -> None:
         """A model the API does not know: none of its items is sent (they stay pending), the others go on; a run
@@ -431,6 +473,23 @@ def succeeded_outcome(run_id: str, line_no: int, reply: Reply, attempts: list[At
         State.SUCCEEDED,
         result=result,
         usage=reply.message.get("usage") or {},
+        request_id=reply.request_id,
+        attempts=attempts,
+        model=reply.message.get("model"),
+    )
+
+
+def answer_failed_outcome(
+    run_id: str, line_no: int, verdict: Verdict, reply: Reply, attempts: list[Attempt]
+) -> Outcome:
+    """A reply that is not an answer (a refusal, a cut reply): the item fails with the verdict's error type."""
+    return Outcome(
+        run_id,
+        line_no,
+        State.FAILED,
+        result=failed_result(verdict, reply.message, reply.request_id),
+        error_type=verdict.error_type,
+        error_message=verdict.message,
         request_id=reply.request_id,
         attempts=attempts,
         model=reply.message.get("model"),

@@ -26,6 +26,7 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "total": run["total"],
         "counts": store.counts(run_id),
         "answered_by": store.answered_by(run_id),
+        "stop_reasons": store.stop_reasons(run_id),
         "tokens": tokens,
         "cost_usd": None if unpriced else round(usd, 6),
         "unpriced_models": unpriced,
@@ -94,6 +95,9 @@ def format_status(s: dict[str, Any]) -> str:
         + (f" ({t['cache_creation_1h']:,} of them 1-hour)" if t["cache_creation_1h"] else "")
         + f", {t['cache_read']:,} cache read; cost {cost_text(s)}",
     ]
+    if s.get("stop_reasons"):
+        reasons = ", ".join(f"{n} {reason}" for reason, n in s["stop_reasons"].items())
+        lines.append(f"  succeeded by stop reason: {reasons}")
     for f in s["failures"]:
         status = f" {f['error_status']}" if f["error_status"] else ""
         lines.append(f"  {f['items']} failed with{status} {f['error_type']}: {f['example']}")

@@ -1,15 +1,22 @@
-"""Results export: one line per finished item, in input order, in the Message Batches result format."""
+"""Results export: one line per finished item in the Message Batches result format (jsonl), or one row per item
+in a table (csv, parquet) with the original id, the kept input columns and the schema's fields as columns."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
-from batchrun.store import Store
+from batchrun.errors import UsageError
+from batchrun.job import Job
+from batchrun.store import Store, answer_rows
 
 TEMPORARY = re.compile(r"\..+\.tmp-([0-9]+)")
 
@@ -24,12 +31,16 @@ def write_results(store: Store, run_id: str, out: IO[bytes], only: str | None = 
     return count
 
 
-def export_results(store: Store, run_id: str, path: str | Path, only: str | None = None) -> int:
-    """Write the results file atomically (a reader never sees half a file), readable by its owner only.
+def export_results(store: Store, run_id: str, path: str | Path, only: str | None = None, fmt: str | None = None) -> int:
+    """Write the results file atomically (a reader never sees half a file), readable by its owner only; the
+    format is `fmt`, else the one the file's extension names (.csv, .parquet), else jsonl.
 
     The file is written as `.NAME.tmp-PID` and renamed; temporaries that a killed export left in the directory
     (their process is gone) are removed first.
     """
+    fmt = format_of(path, fmt)
+    if fmt == "parquet":
+        _pyarrow()  # a missing extra is said before anything is written
     path = Path(path)
     remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -37,7 +48,7 @@ def export_results(store: Store, run_id: str, path: str | Path, only: str | None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            count = write_results(store, run_id, out, only)
+            count = write_export(store, run_id, out, only, fmt)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -76,3 +87,170 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+# tables
+
+
+FORMATS = ("jsonl", "csv", "parquet")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+FIXED_BEFORE = ("custom_id", "id")
+FIXED_AFTER = (
+    "stop_reason",
+    "state",
+    "error_type",
+    "error_message",
+    "model",
+    "answered_by",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_usd",
+)
+INTEGER_COLUMNS = frozenset({"input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens"})
+PARQUET_ROWS = 10_000
+JSON_TYPES = {"integer": "int64", "number": "float64", "boolean": "bool", "string": "string"}
+
+
+def format_of(path: str | Path | None, given: str | None = None) -> str:
+    """The export format: the one given, else the one the file's extension names, else jsonl."""
+    if given:
+        return given
+    return SUFFIXES.get(Path(path).suffix.lower(), "jsonl") if path else "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # as exported
+    source: str  # "row" (a column of the answers view), "kept" or "data"
+    key: str  # the view column, kept field or schema property it comes from
+    arrow: str = "string"  # its Parquet type
+
+
+def table_columns(job: Job) -> list[Column]:
+    """The columns of a table export, in order: custom_id, the original id, the kept columns, one per top-level
+    property of the schema (or `text` for a job without one), then the item's outcome, tokens and cost. A kept
+    column or a property whose name a column before it took gets a prefix (`input_`, `answer_`)."""
+    columns = [Column(name, "row", name) for name in FIXED_BEFORE]
+    taken = {*FIXED_BEFORE, *FIXED_AFTER, "text"}
+    for key in job.keep:
+        name = key if key not in taken else f"input_{key}"
+        taken.add(name)
+        columns.append(Column(name, "kept", key))
+    if job.schema is None:
+        columns.append(Column("text", "row", "text"))
+    else:
+        properties = job.schema.get("properties") if isinstance(job.schema.get("properties"), dict) else None
+        if properties is None:
+            columns.append(Column("answer" if "answer" not in taken else "answer_data", "data", ""))
+        for key, spec in (properties or {}).items():
+            name = key if key not in taken else f"answer_{key}"
+            taken.add(name)
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            columns.append(
+                Column(name, "data", key, JSON_TYPES.get(kind, "string") if isinstance(kind, str) else "string")
+            )
+    for name in FIXED_AFTER:
+        arrow = "int64" if name in INTEGER_COLUMNS else "float64" if name == "cost_usd" else "string"
+        columns.append(Column(name, "row", name, arrow))
+    return columns
+
+
+def table_rows(store: Store, run_id: str, columns: list[Column], only: str | None = None) -> Iterator[list[Any]]:
+    """Each item's row of values, in input order; nested values (objects, lists) as JSON text."""
+    view_columns = [c.key for c in columns if c.source == "row"]
+    position = {name: n for n, name in enumerate(view_columns)}
+    kept_at, data_at = len(view_columns), len(view_columns) + 1
+    plan = [(c.source, position[c.key] if c.source == "row" else c.key) for c in columns]
+    loads = orjson.loads
+    for row in answer_rows(store, run_id, [*view_columns, "kept", "data"], only):
+        kept = loads(row[kept_at]) if row[kept_at] else {}
+        data = loads(row[data_at]) if row[data_at] else None
+        values = []
+        for source, key in plan:
+            if source == "row":
+                values.append(row[key])
+            elif source == "kept":
+                values.append(_flat(kept.get(key)))
+            elif key == "":
+                values.append(_flat(data))
+            else:
+                values.append(_flat(data.get(key)) if isinstance(data, dict) else None)
+        yield values
+
+
+def _flat(value: Any) -> Any:
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+
+
+def write_csv(store: Store, run_id: str, job: Job, out: IO[bytes], only: str | None = None) -> int:
+    """A CSV table (header row, RFC 4180 quoting, UTF-8); null is an empty field, booleans are true/false."""
+    columns = table_columns(job)
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    try:
+        writer = csv.writer(text)
+        writer.writerow([c.name for c in columns])
+        count = 0
+        for values in table_rows(store, run_id, columns, only):
+            writer.writerow(["true" if v is True else "false" if v is False else v for v in values])
+            count += 1
+        text.flush()
+    finally:
+        text.detach()
+    return count
+
+
+def write_parquet(store: Store, run_id: str, job: Job, out: IO[bytes], only: str | None = None) -> int:
+    """A Parquet table, written in row groups of PARQUET_ROWS; schema properties keep their JSON types."""
+    pa, pq = _pyarrow()
+    columns = table_columns(job)
+    schema = pa.schema([(c.name, getattr(pa, c.arrow)()) for c in columns])
+    count = 0
+    with pq.ParquetWriter(out, schema) as writer:
+        chunk: list[list[Any]] = []
+        for values in table_rows(store, run_id, columns, only):
+            chunk.append(values)
+            if len(chunk) >= PARQUET_ROWS:
+                writer.write_table(_arrow_table(pa, schema, columns, chunk))
+                count += len(chunk)
+                chunk = []
+        if chunk or not count:
+            writer.write_table(_arrow_table(pa, schema, columns, chunk))
+            count += len(chunk)
+    return count
+
+
+def _arrow_table(pa: Any, schema: Any, columns: list[Column], rows: list[list[Any]]) -> Any:
+    arrays = []
+    for n, column in enumerate(columns):
+        values = [row[n] for row in rows]
+        if column.arrow == "string":
+            values = [v if v is None or isinstance(v, str) else _as_text(v) for v in values]
+        arrays.append(pa.array(values, type=schema.field(n).type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _as_text(value: Any) -> str:
+    return orjson.dumps(value).decode() if isinstance(value, bool) else str(value)
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(
+            "Parquet needs pyarrow, which is not installed (pip install 'batchrun[parquet]'; or use --format csv)"
+        ) from None
+    return pa, pq
+
+
+def write_export(store: Store, run_id: str, out: IO[bytes], only: str | None = None, fmt: str = "jsonl") -> int:
+    """Write the run's results to `out` in `fmt`: jsonl (the Message Batches result format), csv or parquet."""
+    if fmt == "jsonl":
+        return write_results(store, run_id, out, only)
+    run = store.get_run(run_id)
+    job = Job.from_dict(run["job"]) if run else Job()
+    writer = write_csv if fmt == "csv" else write_parquet
+    return writer(store, run_id, job, out, only)

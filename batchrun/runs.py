@@ -159,7 +159,8 @@ def process_run(
         attempts_before = store.attempt_count(run_id)
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
-            events(Event("retrying_failed", run_id, {"items": store.retry_failed(run_id, error_type)}))
+            retried = store.retry_failed(run_id, error_type, options.retry_changes)
+            events(Event("retrying_failed", run_id, {"items": retried}))
         reused = store.reuse_results(run_id) if options.use_cache else 0
         counts = store.counts(run_id)
         stop = None

@@ -18,3 +18,4 @@ class RunOptions:
     limit: int | None = None  # process at most this many more items in this invocation
     settings: dict[str, Any] = field(default_factory=dict)  # job settings that do not change requests, kept
     retry: str | bool = False  # put failed items (True: all; a string: of that error type) back to pending first
+    retry_changes: dict[str, Any] | None = None  # params set in the retried items (max_tokens, model)

@@ -185,6 +185,68 @@ def m007_cache_ttl_tokens(db: Database) -> None:
     )
 
 
+ANSWERS_VIEW = """
+CREATE VIEW answers AS
+SELECT
+    i.run_id AS run_id,
+    i.line_no AS line_no,
+    i.custom_id AS custom_id,
+    coalesce(i.source_id, i.custom_id) AS id,
+    i.kept AS kept,
+    i.state AS state,
+    i.stop_reason AS stop_reason,
+    (SELECT group_concat(json_extract(b.value, '$.text'), '') FROM json_each(i.result, '$.message.content') b
+     WHERE json_extract(b.value, '$.type') = 'text') AS text,
+    i.data AS data,
+    i.model AS model,
+    CASE i.via WHEN 'online' THEN 'api' ELSE i.via END AS answered_by,
+    i.error_type AS error_type,
+    i.error_message AS error_message,
+    i.input_tokens AS input_tokens,
+    i.output_tokens AS output_tokens,
+    i.cache_creation_tokens AS cache_creation_tokens,
+    i.cache_read_tokens AS cache_read_tokens,
+    round(i.cost_usd, 9) AS cost_usd,
+    CASE WHEN i.state IN ('succeeded', 'failed') AND i.updated_at IS NOT NULL
+         THEN strftime('%Y-%m-%dT%H:%M:%fZ', i.updated_at, 'unixepoch') END AS answered_at
+FROM items i
+"""
+ANSWER_COLUMNS = (
+    "run_id",
+    "line_no",
+    "custom_id",
+    "id",
+    "kept",
+    "state",
+    "stop_reason",
+    "text",
+    "data",
+    "model",
+    "answered_by",
+    "error_type",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_usd",
+    "answered_at",
+)
+
+
+@migrations()
+def m008_answers(db: Database) -> None:
+    """Answers as data: each result's stop_reason, a schema job's validated object, the row's own id and kept
+    columns (table inputs), each item's cost, and the documented `answers` view over them."""
+    for column in ("stop_reason TEXT", "data TEXT", "source_id TEXT", "kept TEXT", "cost_usd REAL"):
+        db.execute(f"ALTER TABLE items ADD COLUMN {column}")
+    db.execute(
+        "UPDATE items SET stop_reason = json_extract(result, '$.message.stop_reason') "
+        "WHERE result IS NOT NULL AND json_extract(result, '$.type') = 'succeeded'"
+    )
+    db.execute(ANSWERS_VIEW)
+
+
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -226,6 +288,9 @@ class Outcome:
     request_id: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     model: str | None = None
+    stop_reason: str | None = None
+    data: str | None = None  # a schema job's validated object, as JSON
+    cost_usd: float | None = 0.0  # what this outcome's replies cost (None: the model has no price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +571,7 @@ class Store:
                     for i in chunk
                 ],
             )
+            self._insert_sources(run_id, chunk)
             total += len(chunk)
             chunk.clear()
 
@@ -519,6 +585,16 @@ class Store:
             error = e
         flush()
         return total, error
+
+    def _insert_sources(self, run_id: str, chunk: list[Any]) -> None:
+        """A table row's own id (when it is not a usable custom_id) and its kept columns."""
+        rows = [
+            (i.source_id, None if i.kept is None else orjson.dumps(i.kept, default=str).decode(), run_id, i.line_no)
+            for i in chunk
+            if getattr(i, "source_id", None) is not None or getattr(i, "kept", None) is not None
+        ]
+        if rows:
+            self.db.conn.executemany("UPDATE items SET source_id = ?, kept = ? WHERE run_id = ? AND line_no = ?", rows)
 
     def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
         """Lines whose custom_id an earlier line already used, first ones first (found by the index, so memory
@@ -573,11 +649,16 @@ class Store:
             self.db.conn.executemany(
                 "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
                 "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
-                "request_id = :request_id, input_tokens = :input_tokens, output_tokens = :output_tokens, "
-                "cache_creation_tokens = :cache_creation_tokens, cache_read_tokens = :cache_read_tokens, "
+                "request_id = :request_id, "
+                # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
+                "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
+                "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
+                "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
                 # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
-                "cache_creation_1h_tokens = coalesce(:cache_creation_1h_tokens, "
+                "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
                 'CASE WHEN instr(params, \'"ttl":"1h"\') THEN :cache_creation_tokens ELSE 0 END), '
+                "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
+                "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
                 "attempts = attempts + :n_attempts, updated_at = :now "
                 "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'",
                 [_outcome_row(o, now) for o in outcomes],
@@ -615,23 +696,40 @@ class Store:
         )
         cur = self.db.execute(
             f"UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result {source} LIMIT 1), "
-            f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ? "
+            f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ?, "
+            f"stop_reason = (SELECT c.stop_reason {source} LIMIT 1), data = (SELECT c.data {source} LIMIT 1), "
+            "cost_usd = coalesce(cost_usd, 0) "
             f"WHERE run_id = ? AND state = ? AND EXISTS (SELECT 1 {source})",
-            [SUCCEEDED, run_id, run_id, time.time(), run_id, PENDING, run_id],
+            [SUCCEEDED, run_id, run_id, time.time(), run_id, run_id, run_id, PENDING, run_id],
         )
         return cur.rowcount
 
-    def retry_failed(self, run_id: str, error_type: str | None = None) -> int:
-        """Failed items back to pending; their earlier errors stay in the attempts table."""
-        sql = (
-            "UPDATE items SET state = ?, result = NULL, error_type = NULL, error_status = NULL, error_class = NULL, "
-            "error_message = NULL WHERE run_id = ? AND state = ?"
+    def retry_failed(self, run_id: str, error_type: str | None = None, changes: dict[str, Any] | None = None) -> int:
+        """Failed items back to pending; their earlier errors stay in the attempts table.
+
+        `changes` (e.g. `{"max_tokens": 64}`) are set in those items' params: they become new requests (a new
+        request hash), and the other items of the run keep theirs."""
+        where = "WHERE run_id = ? AND state = ?" + (" AND error_type = ?" if error_type is not None else "")
+        params: list[Any] = [run_id, FAILED] + ([error_type] if error_type is not None else [])
+        with self._write():
+            if changes:
+                self._change_params(where, params, changes)
+            return self.db.execute(
+                "UPDATE items SET state = ?, result = NULL, error_type = NULL, error_status = NULL, "
+                f"error_class = NULL, error_message = NULL, stop_reason = NULL, data = NULL {where}",
+                [PENDING, *params],
+            ).rowcount
+
+    def _change_params(self, where: str, params: list[Any], changes: dict[str, Any]) -> None:
+        rows = self.db.execute(f"SELECT line_no, params FROM items {where}", params).fetchall()
+        updates = []
+        for line_no, stored in rows:
+            new = orjson.dumps({**orjson.loads(stored), **changes}, option=orjson.OPT_SORT_KEYS)
+            model = orjson.loads(new)["model"]
+            updates.append((new, hashlib.sha256(new).hexdigest(), model, params[0], line_no))
+        self.db.conn.executemany(
+            "UPDATE items SET params = ?, request_hash = ?, model = ? WHERE run_id = ? AND line_no = ?", updates
         )
-        params: list[Any] = [PENDING, run_id, FAILED]
-        if error_type is not None:
-            sql += " AND error_type = ?"
-            params.append(error_type)
-        return self.db.execute(sql, params).rowcount
 
     def check(self) -> list[str]:
         """Inconsistencies a crash or a hand edit could leave; an empty list means the store is sound."""
@@ -695,6 +793,15 @@ class Store:
         ):
             counts[names.get(via, via)] = n
         return counts
+
+    def stop_reasons(self, run_id: str) -> dict[str, int]:
+        """Succeeded items by the reply's stop_reason (end_turn, tool_use, max_tokens accepted, ...)."""
+        rows = self.db.execute(
+            "SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND state = ? "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            [run_id, SUCCEEDED],
+        )
+        return dict(rows.fetchall())
 
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         """Failed items grouped by error type and status, with one example message each."""
@@ -952,6 +1059,9 @@ def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
         "cache_creation_1h_tokens": _writes_1h(o.usage),
         "n_attempts": len(o.attempts),
         "now": now,
+        "stop_reason": o.stop_reason,
+        "data": o.data,
+        "cost_usd": o.cost_usd,
     }
 
 
@@ -1026,3 +1136,22 @@ def report_failure_messages(store: Store, run_id: str, examples: int = 3) -> lis
         [run_id, FAILED],
     )
     return [{**row, "ids": (row["ids"] or "").split("\x1f")[:examples]} for row in rows]
+
+
+# answers
+# The rows of the table exports (`batchrun results --format csv|parquet`): the documented `answers` view.
+
+
+def answer_rows(
+    store: Store, run_id: str, columns: list[str] | None = None, only: str | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """The run's rows of the `answers` view (these columns, all by default) in input order; all items, or only
+    those in state `only`."""
+    known = set(ANSWER_COLUMNS)
+    if columns is not None and not set(columns) <= known:
+        raise ValueError(f"not columns of the answers view: {sorted(set(columns) - known)}")
+    names = ", ".join(columns or ANSWER_COLUMNS)
+    sql = f"SELECT {names} FROM answers WHERE run_id = ?" + (" AND state = ?" if only else "") + " ORDER BY line_no"
+    cur = store.db.execute(sql, [run_id, only] if only else [run_id])
+    while rows := cur.fetchmany(2000):
+        yield from rows

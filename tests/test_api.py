@@ -25,7 +25,7 @@ def api_env(emulator, monkeypatch: pytest.MonkeyPatch, workdir: Path) -> Path:
 def test_submit_dicts_then_status_and_results_like_the_cli(api_env: Path, emulator) -> None:
     rows = prompts(12)
     rows[5] = {"custom_id": "item-5", "params": {"messages": [{"role": "user", "content": "x"}], "bogus": 1}}
-    run = batchrun.submit(iter(rows), db=api_env, model=MODEL, max_tokens=40, concurrency=4, log=None)
+    run = batchrun.submit(iter(rows), db=api_env, model=MODEL, max_tokens=64, concurrency=4, log=None)
     assert (run.exit_code, run.succeeded, run.failed, run.pending) == (1, 11, 1, 0)
     assert run.created and run.run_id.startswith("items-")
     with pytest.raises(batchrun.RunFailed) as raised:
@@ -37,7 +37,7 @@ def test_submit_dicts_then_status_and_results_like_the_cli(api_env: Path, emulat
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(12)]
     assert results[5]["result"]["type"] == "errored"
     assert results[0]["result"]["message"]["content"][0]["text"]
-    again = batchrun.submit(rows, db=api_env, model=MODEL, max_tokens=40, concurrency=4, log=None)
+    again = batchrun.submit(rows, db=api_env, model=MODEL, max_tokens=64, concurrency=4, log=None)
     assert again.run_id == run.run_id and not again.created and again.sent == 0
     assert emulator.stats()["by_status"]["200"] == 11
 
@@ -45,7 +45,7 @@ def test_submit_dicts_then_status_and_results_like_the_cli(api_env: Path, emulat
 def test_a_path_and_a_job_file_and_async_resume(api_env: Path, workdir: Path) -> None:
     items = write_jsonl(workdir / "items.jsonl", prompts(5))
     job = workdir / "job.toml"
-    job.write_text(f'model = "{MODEL}"\nmax_tokens = 30\n')
+    job.write_text(f'model = "{MODEL}"\nmax_tokens = 64\n')
     run = batchrun.submit(items, job, db=api_env, output=str(workdir / "out.jsonl"), log=None)
     assert run.check() is run and run.results_written == 5 and run.ok
 
@@ -69,7 +69,7 @@ def test_async_submit_shares_the_callers_loop(api_env: Path) -> None:
                 ticks += 1
 
         counter = asyncio.create_task(count())
-        run = await batchrun.asubmit(prompts(4), db=api_env, model=MODEL, max_tokens=20, log=None)
+        run = await batchrun.asubmit(prompts(4), db=api_env, model=MODEL, max_tokens=64, log=None)
         counter.cancel()
         return run, ticks
 
@@ -93,6 +93,6 @@ def test_errors_carry_the_cli_exit_codes(api_env: Path, workdir: Path, monkeypat
 
 @pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="pandas is not installed")
 def test_results_to_pandas(api_env: Path) -> None:
-    run = batchrun.submit(prompts(3), db=api_env, model=MODEL, max_tokens=20, log=None)
+    run = batchrun.submit(prompts(3), db=api_env, model=MODEL, max_tokens=64, log=None)
     frame = batchrun.results(run.run_id, db=api_env).to_pandas()
     assert list(frame["custom_id"]) == ["item-0", "item-1", "item-2"] and set(frame["type"]) == {"succeeded"}

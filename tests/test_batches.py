@@ -40,7 +40,7 @@ def distinct_prompts(n: int, prefix: str) -> list[dict]:
 
 
 def submit_batch(items: Path, *extra: str) -> list[str]:
-    return ["submit", str(items), "--mode", "batch", "--model", MODEL, "--max-tokens", "40", *FAST, *extra]
+    return ["submit", str(items), "--mode", "batch", "--model", MODEL, "--max-tokens", "64", *FAST, *extra]
 
 
 def stored_params(db: Path) -> dict[str, dict]:
@@ -415,7 +415,7 @@ def test_batch_results_are_byte_for_byte_the_shape_of_online_results(workdir: Pa
     items = write_jsonl(workdir / "items.jsonl", rows)
     env = cli_env(emulator.base_url)
     online = batchrun(
-        ["submit", str(items), "--model", MODEL, "--max-tokens", "40", "--run-id", "on", "-o", "online.jsonl"],
+        ["submit", str(items), "--model", MODEL, "--max-tokens", "64", "--run-id", "on", "-o", "online.jsonl"],
         cwd=workdir,
         env=env,
     )

@@ -148,7 +148,11 @@ def test_routing_sends_each_item_to_the_model_its_field_names(workdir: Path, emu
 def test_dry_run_counts_tokens_prices_both_paths_and_sends_nothing(workdir: Path, emulator, ticket_job) -> None:
     items = write_jsonl(workdir / "items.jsonl", tickets(200))
     env = cli_env(emulator.base_url)
-    dry = batchrun(["submit", str(items), "--job", str(ticket_job), "--dry-run", "--rpm", "50"], cwd=workdir, env=env)
+    # a max_tokens near the emulator's short replies, so the worst case it prices is close to what is paid
+    tight = ["--max-tokens", "64"]
+    dry = batchrun(
+        ["submit", str(items), "--job", str(ticket_job), *tight, "--dry-run", "--rpm", "50"], cwd=workdir, env=env
+    )
     assert dry.returncode == 0, dry.stderr
     stats = emulator.stats()
     assert stats["requests"] == 0 and 0 < stats["count_tokens_requests"] <= 20
@@ -160,7 +164,9 @@ def test_dry_run_counts_tokens_prices_both_paths_and_sends_nothing(workdir: Path
     assert "about 4.0 minutes" in dry.stdout  # 200 items at 50 requests per minute
     # the estimate is an upper bound that is close: compare with what the run really costs
     assert (
-        batchrun(["submit", str(items), "--job", str(ticket_job), "--run-id", "r"], cwd=workdir, env=env).returncode
+        batchrun(
+            ["submit", str(items), "--job", str(ticket_job), *tight, "--run-id", "r"], cwd=workdir, env=env
+        ).returncode
         == 0
     )
     real = status(workdir, env, "r")["cost_usd"]

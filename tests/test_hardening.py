@@ -44,7 +44,7 @@ def test_a_batch_of_another_run_is_never_adopted(workdir: Path, emulator) -> Non
     creates its own. Every answer A exports is the reply to A's own request, and B is untouched."""
     a_items = write_jsonl(workdir / "a.jsonl", [{"custom_id": f"a-{i}", "prompt": f"alpha {i}"} for i in range(30)])
     b_items = write_jsonl(workdir / "b.jsonl", [{"custom_id": f"b-{i}", "prompt": f"beta {i}"} for i in range(30)])
-    batch = ["--mode", "batch", "--model", MODEL, "--max-tokens", "20", *FAST]
+    batch = ["--mode", "batch", "--model", MODEL, "--max-tokens", "64", *FAST]
     refusing = True
 
     async def overloaded_creates(request: web.Request, n: int, params: dict) -> web.Response | None:

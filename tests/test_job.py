@@ -63,7 +63,7 @@ BAD = {
     "params stream": ("params = { stream = true }", '"stream" is chosen by batchrun'),
     "system_file number": ("system_file = 3", "system_file must be a path in quotes"),
     "typo": ("concurency = 5", "unknown key concurency (did you mean concurrency?)"),
-    "unknown": ("colour = 5", "unknown key colour (known keys: batch_max_bytes"),
+    "unknown": ("colour = 5", "unknown key colour (known keys: accept_truncated, batch_max_bytes"),
 }
 
 

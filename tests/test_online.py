@@ -49,7 +49,7 @@ def test_chaos_1000_items_all_succeed_and_retry_after_is_honoured(workdir: Path,
             "--model",
             MODEL,
             "--max-tokens",
-            "50",
+            "64",
             "-o",
             "out.jsonl",
             "--concurrency",
@@ -121,7 +121,9 @@ def test_different_settings_make_a_different_run(workdir: Path, emulator) -> Non
     items = write_jsonl(workdir / "items.jsonl", prompts(3))
     env = cli_env(emulator.base_url)
     assert batchrun(["submit", str(items), "--model", MODEL], cwd=workdir, env=env).returncode == 0
-    assert batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "7"], cwd=workdir, env=env).returncode == 0
+    assert (
+        batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "70"], cwd=workdir, env=env).returncode == 0
+    )
     assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM runs") == [(2,)]
 
 

@@ -154,7 +154,7 @@ def test_opus_4_6_with_a_1_hour_cache_is_priced_right_in_status(workdir: Path, e
     job = workdir / "job.toml"
     (workdir / "policy.md").write_text(policy(13_000))
     job.write_text(
-        'model = "claude-opus-4-6"\nmax_tokens = 16\nsystem_file = "policy.md"\ncache_ttl = "1h"\nconcurrency = 4\n'
+        'model = "claude-opus-4-6"\nmax_tokens = 64\nsystem_file = "policy.md"\ncache_ttl = "1h"\nconcurrency = 4\n'
     )
     items = write_jsonl(workdir / "items.jsonl", prompts(6))
     env = cli_env(emulator.base_url)
@@ -302,7 +302,7 @@ def test_a_first_reply_without_cache_tokens_is_reported_once_and_ends_serialisin
     for model, chars in (("claude-3-5-haiku-latest", 9000), ("claude-sonnet-4-5", 9000), ("claude-opus-4-8", 4000)):
         params = {
             "model": model,
-            "max_tokens": 8,
+            "max_tokens": 64,
             "system": cached_system(policy(chars), model),
             "messages": [{"role": "user", "content": "Ticket 1: the export is empty."}],
         }
@@ -372,7 +372,7 @@ def test_no_line_of_a_run_shows_an_unpriced_model_as_costing_nothing(workdir: Pa
 def test_a_run_whose_prompt_the_api_does_not_cache_says_so_once(workdir: Path, emulator) -> None:
     (workdir / "policy.md").write_text(policy(9000))
     job = workdir / "job.toml"
-    job.write_text('model = "claude-3-5-haiku-latest"\nmax_tokens = 8\nsystem_file = "policy.md"\nconcurrency = 4\n')
+    job.write_text('model = "claude-3-5-haiku-latest"\nmax_tokens = 64\nsystem_file = "policy.md"\nconcurrency = 4\n')
     items = write_jsonl(workdir / "items.jsonl", prompts(8))
     proc = batchrun(["submit", str(items), "--job", str(job)], cwd=workdir, env=cli_env(emulator.base_url))
     assert proc.returncode == 0, proc.stderr
