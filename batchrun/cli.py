@@ -193,7 +193,27 @@ def setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     of the run (and are kept for later resumes)."""
     for option in reversed(
         [
-            click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches."),
+            click.option(
+                "--mode",
+                type=click.Choice(["online", "batch", "auto"]),
+                help="Online workers, Message Batches, or auto: batches until the --deadline needs the rest online.",
+            ),
+            click.option(
+                "--deadline",
+                help="Mode auto: finish by this ISO time (06:00, 2025-06-01T06:00) or duration from the run's start "
+                "(6h, 90m).",
+            ),
+            click.option(
+                "--deadline-margin",
+                type=click.FloatRange(0),
+                help="Mode auto: seconds of safety added to 20% of the online time (default 60).",
+            ),
+            click.option(
+                "--force",
+                is_flag=True,
+                default=None,
+                help="Mode auto: go on (all online at once) even when the deadline cannot be met.",
+            ),
             click.option(
                 "--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Ceiling on requests in flight."
             ),
