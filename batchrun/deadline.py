@@ -163,6 +163,7 @@ class Plan:
             "seconds_to_switch": round(self.switch_at - self.now, 1),
             "seconds_to_deadline": round(self.deadline_at - self.now, 1),
             "feasible": self.feasible,
+            "online_done_at": _iso(self.now + self.online_s),
             "expected_batch_share": self.expected_batch_share,
             "limits": {k: v for k, v in asdict(self.capacity).items() if k != "assumed"},
             "limits_assumed": list(self.capacity.assumed),
@@ -185,10 +186,18 @@ def refusal(plan: Plan, run_id: str | None = None) -> str:
     fix = f"`batchrun resume {run_id} --force`" if run_id else "--force"
     return (
         f"deadline {_iso(plan.deadline_at)} cannot be met: {plan.items:,} item(s) need about "
-        f"{_duration(plan.online_s)} online at RPM {c.rpm:,}, ITPM {c.itpm:,}, OTPM {c.otpm:,}, "
-        f"concurrency {c.concurrency}{assumed}, plus a safety margin of {_duration(plan.margin_s)}, and only "
-        f"{_duration(max(0.0, plan.deadline_at - plan.now))} are left (give a later --deadline or higher limits; "
+        f"{duration(plan.online_s)} online at RPM {c.rpm:,}, ITPM {c.itpm:,}, OTPM {c.otpm:,}, "
+        f"concurrency {c.concurrency}{assumed}, plus a safety margin of {duration(plan.margin_s)}, and only "
+        f"{duration(max(0.0, plan.deadline_at - plan.now))} are left (give a later --deadline or higher limits; "
         f"or {fix} to send everything online now and finish as early as the limits allow)"
+    )
+
+
+def describe_going_online(p: dict[str, Any]) -> str:
+    """The words when the rest goes online: when it should be done, against the deadline."""
+    return (
+        f"about {duration(p['online_seconds'])} at the limits, done by about {p['online_done_at']} "
+        f"(deadline {p['deadline']})"
     )
 
 
@@ -197,12 +206,12 @@ def describe_plan(p: dict[str, Any]) -> str:
     if not p["feasible"]:
         return (
             f"deadline {p['deadline']}: cannot be met online ({p['items_left']:,} item(s) left need about "
-            f"{_duration(p['online_seconds'])} plus a {_duration(p['margin_seconds'])} margin); sending online at once"
+            f"{duration(p['online_seconds'])} plus a {duration(p['margin_seconds'])} margin); sending online at once"
         )
     return (
-        f"deadline {p['deadline']}: batches until {p['switch_at']} (in {_duration(p['seconds_to_switch'])}), "
-        f"then the rest online ({p['items_left']:,} item(s) left would take about {_duration(p['online_seconds'])} "
-        f"+ {_duration(p['margin_seconds'])} margin); expected at batch price: {p['expected_batch_share']:.0%}"
+        f"deadline {p['deadline']}: batches until {p['switch_at']} (in {duration(p['seconds_to_switch'])}), "
+        f"then the rest online ({p['items_left']:,} item(s) left would take about {duration(p['online_seconds'])} "
+        f"+ {duration(p['margin_seconds'])} margin); expected at batch price: {p['expected_batch_share']:.0%}"
     )
 
 
@@ -210,7 +219,7 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 90:
         return f"{seconds:.1f}s"

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import orjson
 from tqdm import tqdm
 
-from batchrun.deadline import describe_plan
+from batchrun.deadline import describe_going_online, describe_plan
 from batchrun.events import Event, Stop, StopReason
 
 RATE_WINDOW_S = 60.0
@@ -351,7 +351,7 @@ def describe(ev: Event) -> str | None:
                 "batch(es); what they finished is kept at batch price, the rest goes online"
             )
         case "going_online":
-            return f"{run}: sending the {d['items']} item(s) left online ({describe_plan(d['plan'])})"
+            return f"{run}: sending the {d['items']} item(s) left online: {describe_going_online(d['plan'])}"
         case "batches_waiting":
             rows = d["batches"]
             summary = ", ".join(f"{bid} {status}" for bid, status, _ in rows[:3])

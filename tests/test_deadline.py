@@ -185,7 +185,7 @@ def test_the_dry_run_shows_the_plan(workdir: Path, emulator) -> None:
     args = ["submit", str(path), "--dry-run", "--mode", "auto", "--model", MODEL, "--max-tokens", "50"]
     proc = batchrun([*args, "--deadline", "6h", "--rpm", "100"], cwd=workdir, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "deadline in 6.0 h: batches until" in proc.stdout and "online: 100 item(s) in about 1.0 min" in proc.stdout
+    assert "deadline in 6.0 h: batches until" in proc.stdout and "online: 100 item(s) in about 60.0s" in proc.stdout
     assert "expected at batch price: 100%" in proc.stdout and "worst case" in proc.stdout
     tight = batchrun([*args, "--deadline", "90s", "--rpm", "100"], cwd=workdir, env=env)
     assert "cannot be met" in tight.stdout
