@@ -19,10 +19,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from batchrun.job import Job
+from typing import Any
 
 SAFETY_SHARE = 0.2  # of the online time, added to it
 DEFAULT_MARGIN_S = 60.0  # seconds added on top (cancelling batches, collecting their results, a slow start)
@@ -104,7 +101,8 @@ class Capacity:
     assumed: tuple[str, ...] = ()  # limits the job did not give: the Start tier's were taken
 
 
-def capacity_of(job: Job) -> Capacity:
+def capacity_of(job: Any) -> Capacity:
+    """The online capacity a batchrun.job.Job gives (job imports this module, so it is not named here)."""
     given = {k: getattr(job, k) for k in DEFAULT_LIMITS}
     assumed = tuple(k for k, v in given.items() if not v)
     limits = {k: v or DEFAULT_LIMITS[k] for k, v in given.items()}
