@@ -518,6 +518,18 @@ def _say(progress: Any, text: str) -> None:
     progress.write(text, event="ending")
 
 
+def deadline_ending(d: dict[str, Any]) -> str:
+    """Mode auto's closing line: items at batch price and online, and the time left before the deadline."""
+    from batchrun.deadline import duration
+    from batchrun.report import format_deadline
+
+    text = format_deadline(d).strip()
+    if d["phase"] == "done":
+        left = d["seconds_to_deadline"]
+        text += f" ({duration(left)} before the deadline)" if left >= 0 else f" ({duration(-left)} AFTER the deadline)"
+    return text
+
+
 def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
     from batchrun.report import cost_text
 
@@ -532,6 +544,8 @@ def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
         f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
         f"{result.reused} item(s) from the response cache"
     )
+    if result.status.get("deadline"):
+        say(deadline_ending(result.status["deadline"]))
     if result.stop is not None:
         say(result.stop_message)
         if result.stop.error is not None and debugging():

@@ -145,6 +145,32 @@ def test_a_batch_tail_that_would_miss_the_deadline_switches_online_in_time(
     assert s["answered_by"]["batch"] == paid["batch"] and s["answered_by"]["api"] == paid["online"]
     (batch,) = s["batches"]
     assert batch["cancel_initiated_at"] and batch["request_counts"]["canceled"] == paid["online"]
+    assert f"done; {paid['batch']} at batch price, {paid['online']} online (" in proc.stderr
+    assert "before the deadline)" in proc.stderr
+
+
+def test_a_resume_past_the_switch_cancels_the_open_batches_and_goes_online(
+    workdir: Path, emulator, job_file: Path
+) -> None:
+    # half the requests take hours: the batch is still open when the resume comes after the switch time
+    emulator.configure(batch_fast_s=60, batch_p_tail=0.5, batch_tail_s=36000, batch_time_scale=SCALE)
+    path = write_jsonl(workdir / "items.jsonl", items(12, "late"))
+    env = cli_env(emulator.base_url)
+    args = auto_submit(path, "4s", "--rpm", "1200", "--deadline-margin", "0.5")
+    proc = batchrun([*args, "--no-wait"], cwd=workdir, env=env)
+    assert proc.returncode == 3, proc.stderr
+    s = status(workdir, env)
+    assert s["status"] == "batches processing" and s["deadline"]["phase"] == "batches"
+    assert 0 < s["deadline"]["seconds_to_switch"] < s["deadline"]["seconds_to_deadline"] <= 4
+    text = batchrun(["status", "r"], cwd=workdir, env=env).stdout
+    assert "batches until" in text and "now: batches; so far 0 at batch price, 0 online" in text
+    time.sleep(max(0.0, s["deadline"]["seconds_to_switch"]) + 0.1)
+    assert status(workdir, env)["deadline"]["phase"] == "switching"
+    resumed = batchrun(["resume", "r", "-o", "out.jsonl"], cwd=workdir, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "switch time reached" in resumed.stderr
+    paid = assert_each_item_answered_once(workdir, emulator, 12)
+    assert paid["online"] >= 1 and emulator.stats()["batches_created"] == 1
 
 
 def test_a_deadline_that_cannot_be_met_is_refused_at_submit(workdir: Path, emulator, job_file: Path) -> None:
