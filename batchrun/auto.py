@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batchrun.deadline import Plan, capacity_of, make_plan, parse_deadline, work_of
+from batchrun.deadline import Plan, capacity_of, less, make_plan, parse_deadline, work_of
 from batchrun.events import Event, Listener, Stop, StopReason
 from batchrun.job import Job
 from batchrun.settings import RunOptions
@@ -34,7 +34,11 @@ def run_plan(store: Store, run_id: str, job: Job, now: float) -> Plan:
     if not job.deadline:
         raise ValueError("mode auto needs a deadline")
     deadline_at = parse_deadline(job.deadline, run.get("created_at") or now)
-    return make_plan(deadline_at, now, work_of(store.unfinished_work(run_id)), capacity_of(job), job.deadline_margin)
+    work = work_of(store.unfinished_work(run_id))
+    # Where the API shows progress (the real one keeps "processing" until a batch ends), a request an open batch
+    # has answered needs no online time: a cancelled batch still returns it.
+    answered = sum((row["request_counts"] or {}).get("succeeded", 0) for row in store.batches(run_id, open_only=True))
+    return make_plan(deadline_at, now, less(work, answered), capacity_of(job), job.deadline_margin)
 
 
 async def run_auto(
@@ -51,6 +55,7 @@ async def run_auto(
     from batchrun.batches import cancel_and_drain, run_batches
     from batchrun.online import run_online
 
+    done_before = _done(store, run_id)
     plan = run_plan(store, run_id, job, clock())
     events(Event("deadline_plan", run_id, plan.to_dict()))
     if plan.feasible and plan.now < plan.switch_at:
@@ -82,6 +87,11 @@ async def run_auto(
     left = _left(store, run_id)
     if not left:
         return None
+    limit = options.limit  # --limit counts the items this invocation gave an outcome, on both paths
+    if limit is not None:
+        limit -= _done(store, run_id) - done_before
+        if limit <= 0:
+            return Stop(StopReason.LIMIT, run_id, {"limit": options.limit})
     plan = run_plan(store, run_id, job, clock())
     events(Event("going_online", run_id, {"items": left, "plan": plan.to_dict()}))
     return await run_online(
@@ -93,12 +103,17 @@ async def run_auto(
         grace=options.grace,
         request_timeout=options.request_timeout,
         budget=make_budget(),
-        limit=options.limit,
+        limit=limit,
     )
 
 
 def open_ids(store: Store, run_id: str) -> list[str]:
     return [row["id"] for row in store.batches(run_id, open_only=True) if row["id"]]
+
+
+def _done(store: Store, run_id: str) -> int:
+    counts = store.counts(run_id)
+    return counts[State.SUCCEEDED] + counts[State.FAILED]
 
 
 def _left(store: Store, run_id: str) -> int:

@@ -92,6 +92,14 @@ def work_of(unfinished: tuple[int, int, int]) -> Work:
     return Work(items, chars // 4 + 8 * items, max_tokens)
 
 
+def less(work: Work, items: int) -> Work:
+    """`work` without `items` of its items (of average size)."""
+    if items <= 0 or not work.items:
+        return work
+    keep = max(0, work.items - items) / work.items
+    return Work(work.items - min(items, work.items), round(work.input_tokens * keep), round(work.output_tokens * keep))
+
+
 @dataclass(frozen=True, slots=True)
 class Capacity:
     rpm: int

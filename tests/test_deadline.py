@@ -239,3 +239,19 @@ def test_the_switch_leaves_the_online_time_and_the_margin() -> None:
     # the output tokens bind when max_tokens is large
     big = Work(items=100, input_tokens=1000, output_tokens=100 * 4000)
     assert online_seconds(big, capacity) == pytest.approx(60.0 * 400_000 / 100_000)
+
+
+def test_progress_counts_when_the_api_shows_them_shrink_the_work_left(workdir: Path, emulator, job_file: Path) -> None:
+    emulator.configure(
+        batch_fast_s=60, batch_p_tail=0.5, batch_tail_s=36000, batch_time_scale=SCALE, batch_progress_counts=True
+    )
+    path = write_jsonl(workdir / "items.jsonl", items(12, "progress"))
+    env = cli_env(emulator.base_url)
+    assert batchrun([*auto_submit(path, "1h"), "--no-wait"], cwd=workdir, env=env).returncode == 3
+    time.sleep(0.5)  # the fast half is done (mean 60 ms), the tail is not (3.6 s and more)
+    assert batchrun(["resume", "r", "--no-wait"], cwd=workdir, env=env).returncode == 3
+    s = status(workdir, env)
+    (batch,) = s["batches"]
+    answered = batch["request_counts"]["succeeded"]
+    assert 0 < answered < 12 and s["counts"]["in_flight"] == 12
+    assert s["deadline"]["items_left"] == 12 - answered
