@@ -162,6 +162,7 @@ class BatchEngine:
         honour_cancel: bool = True,
         budget: Budget | None = None,
         limit: int | None = None,
+        switch: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -183,6 +184,8 @@ class BatchEngine:
         self.stopping = asyncio.Event()
         self.canceled_items = 0
         self.judge = Judge(job)
+        self.switch = switch  # deadline mode: seconds left until the rest must go online
+        self.switch_at: float | None = None  # the same as a time.monotonic() moment
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
 
     # the run
@@ -215,6 +218,8 @@ class BatchEngine:
             self._check_stop()
             if self.dead_models and not self.store.batches(self.run_id, open_only=True):
                 return Stop(StopReason.UNKNOWN_MODEL, self.run_id, {"models": self.dead_models})
+            if self._switch_due():
+                return self._still_open(StopReason.SWITCH_ONLINE)
             for row in self.store.batches(self.run_id, open_only=True):
                 if row["id"] is None:  # an adopted batch turned out to be another run's: look again, or create
                     await self._create(row, reconcile=True)
@@ -244,6 +249,14 @@ class BatchEngine:
         if self.stopping.is_set():
             raise self.stop_with(StopReason.INTERRUPTED, batches=True)
 
+    def _switch_due(self) -> bool:
+        """Deadline mode: the plan, made again from what is left now, says the rest must go online."""
+        if self.switch is None:
+            return False
+        left = self.switch()
+        self.switch_at = time.monotonic() + left
+        return left <= 0
+
     def _check_stop(self) -> None:
         self._check_signal()
         if self.honour_cancel and self.store.cancel_requested(self.run_id):
@@ -254,6 +267,8 @@ class BatchEngine:
         end = time.monotonic() + seconds
         if self.deadline is not None:
             end = min(end, self.deadline)
+        if self.switch_at is not None:
+            end = min(end, self.switch_at)
         while True:
             self._check_stop()
             self.emit("tick")
@@ -732,13 +747,25 @@ async def run_batches(
     timeout: float | None = None,
     budget: Budget | None = None,
     limit: int | None = None,
+    switch: Callable[[], float] | None = None,
 ) -> Stop | None:
     """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did.
+    `switch` (deadline mode) gives the seconds left until the rest must go online: at 0 it stops with
+    SWITCH_ONLINE, its batches still open, for the caller to cancel (`cancel_and_drain`).
 
     A signal never cancels a batch: the first stops at the next safe point, a second at once."""
     store.clear_cancel(run_id)
     engine = BatchEngine(
-        store, run_id, job, client, events=events, no_wait=no_wait, timeout=timeout, budget=budget, limit=limit
+        store,
+        run_id,
+        job,
+        client,
+        events=events,
+        no_wait=no_wait,
+        timeout=timeout,
+        budget=budget,
+        limit=limit,
+        switch=switch,
     )
     task = asyncio.current_task()
     interrupted = Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
@@ -793,6 +820,44 @@ async def cancel_batches(
             lock.__exit__(None, None, None)
     except Stopped as stopped:
         return stopped.stop
+    finally:
+        engine.close()
+        await client.close()
+
+
+async def cancel_and_drain(
+    store: Store,
+    run_id: str,
+    job: Job,
+    client: AsyncAnthropic,
+    events: Listener = ignore,
+    *,
+    timeout: float | None = None,
+) -> Stop | None:
+    """Deadline mode's switch (the caller holds the run's lock): cancel every open batch, wait until each has
+    ended, and store what it finished; its other items are pending again. Returns None once no batch of the run
+    is open, so none can answer an item sent online afterwards; otherwise why it stopped (a signal, --timeout,
+    an API call that kept failing), with batches still open: their items must not be sent online yet."""
+    engine = BatchEngine(store, run_id, job, client, events=events, timeout=timeout, honour_cancel=False)
+    task = asyncio.current_task()
+
+    def first(name: str) -> None:
+        engine.emit("signal", name=name, batches=True)
+        engine.interrupt()
+
+    def again(name: str) -> None:
+        engine.emit("signal_again", name=name)
+        if task is not None:
+            task.cancel()
+
+    try:
+        with on_signals(first, again):
+            await engine.cancel_open(reconcile=True)
+            return await engine.drain()
+    except Stopped as stopped:
+        return stopped.stop
+    except asyncio.CancelledError:
+        return Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
     finally:
         engine.close()
         await client.close()

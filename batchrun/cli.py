@@ -207,7 +207,27 @@ def setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Settings that do not change what is sent: given to resume, retry or a repeated submit, they apply to the rest
     of the run (and are kept for later resumes)."""
     fn = stacked(
-        click.option("--mode", type=click.Choice(["online", "batch"]), help="Online workers, or Message Batches."),
+        click.option(
+            "--mode",
+            type=click.Choice(["online", "batch", "auto"]),
+            help="Online workers, Message Batches, or auto: batches until the --deadline needs the rest online.",
+        ),
+        click.option(
+            "--deadline",
+            help="Mode auto: finish by this ISO time (06:00, 2025-06-01T06:00) or duration from the run's start "
+            "(6h, 90m).",
+        ),
+        click.option(
+            "--deadline-margin",
+            type=click.FloatRange(0),
+            help="Mode auto: seconds of safety added to 20% of the online time (default 60).",
+        ),
+        click.option(
+            "--force",
+            is_flag=True,
+            default=None,
+            help="Mode auto: go on (all online at once) even when the deadline cannot be met.",
+        ),
         click.option("--concurrency", type=click.IntRange(1, MAX_CONCURRENCY), help="Ceiling on requests in flight."),
         click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts per item before it fails."),
         click.option("--rpm", type=click.IntRange(1), help="Stay under this many requests per minute."),
@@ -540,6 +560,18 @@ def _say(progress: Any, text: str) -> None:
     progress.write(text, event="ending")
 
 
+def deadline_ending(d: dict[str, Any]) -> str:
+    """Mode auto's closing line: items at batch price and online, and the time left before the deadline."""
+    from batchrun.deadline import duration
+    from batchrun.report import format_deadline
+
+    text = format_deadline(d).strip()
+    if d["phase"] == "done":
+        left = d["seconds_to_deadline"]
+        text += f" ({duration(left)} before the deadline)" if left >= 0 else f" ({duration(-left)} AFTER the deadline)"
+    return text
+
+
 def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
     from batchrun.report import cost_text
 
@@ -554,6 +586,8 @@ def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
         f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
         f"{result.reused} item(s) from the response cache"
     )
+    if result.status.get("deadline"):
+        say(deadline_ending(result.status["deadline"]))
     if result.stop is not None:
         say(result.stop_message)
         if result.stop.error is not None and debugging():

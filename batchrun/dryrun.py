@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.caching import min_cacheable_tokens, prefix_key
+from batchrun.deadline import DEFAULT_LIMITS, DeadlineError, Work, capacity_of, make_plan, parse_deadline
 from batchrun.inputs import read_items
 from batchrun.job import Job
 from batchrun.limiter import estimate_input_tokens
@@ -21,7 +23,7 @@ from batchrun.pricing import PRICES_TAKEN, add_cost, cost
 
 SAMPLE = 20
 # Used for the duration estimate when neither the job nor the flags give limits: the published Start tier.
-ASSUMED_LIMITS = {"rpm": 1000, "itpm": 2_000_000, "otpm": 400_000}
+ASSUMED_LIMITS = DEFAULT_LIMITS
 
 
 @dataclass
@@ -76,11 +78,13 @@ def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> di
     counted = asyncio.run(_count_all(models, make_client)) if make_client else {}
     rows = [_model_plan(model, t, counted.get(model), job) for model, t in sorted(models.items())]
     limits = {k: getattr(job, k) or ASSUMED_LIMITS[k] for k in ASSUMED_LIMITS}
+    costs = {mode: _total(r[f"cost_{mode}_usd"] for r in rows) for mode in ("online", "batch")}
     return {
+        "deadline": _deadline_plan(rows, job, costs),
         "items": sum(t.items for t in models.values()),
         "models": rows,
         "counted_with_api": bool(counted),
-        "cost_usd": {mode: _total(r[f"cost_{mode}_usd"] for r in rows) for mode in ("online", "batch")},
+        "cost_usd": costs,
         "unpriced_models": [r["model"] for r in rows if r["cost_online_usd"] is None],
         "limits": limits,
         "limits_assumed": [k for k in ASSUMED_LIMITS if not getattr(job, k)],
@@ -149,6 +153,52 @@ def _minutes(rows: list[dict[str, Any]], limits: dict[str, int]) -> float:
     return round(max(items / limits["rpm"], counted_in / limits["itpm"], out / limits["otpm"]), 2)
 
 
+def _deadline_plan(rows: list[dict[str, Any]], job: Job, costs: dict[str, float | None]) -> dict[str, Any] | None:
+    """Mode auto: the plan if the run started now -- latest switch time, expected share at batch price, and the
+    cost: all online at worst, all batch at best."""
+    if job.mode != "auto" or not job.deadline:
+        return None
+    now = time.time()
+    try:
+        deadline_at = parse_deadline(job.deadline, now)
+    except DeadlineError:
+        return None
+    work = Work(
+        sum(r["items"] for r in rows),
+        sum(r["input_tokens"] - r["cache_read_tokens"] for r in rows),
+        sum(r["max_output_tokens"] for r in rows),
+    )
+    p = make_plan(deadline_at, now, work, capacity_of(job), job.deadline_margin)
+    share = p.expected_batch_share if p.feasible else 0.0
+    online, batch = costs["online"], costs["batch"]
+    expected = None if online is None or batch is None else round(share * batch + (1 - share) * online, 6)
+    return {
+        **p.to_dict(),
+        "expected_batch_share": share,
+        "cost_usd": {"expected": expected, "worst_case": online, "best_case": batch},
+    }
+
+
+def format_deadline(d: dict[str, Any]) -> str:
+    from batchrun.deadline import duration
+
+    ahead = duration(d["seconds_to_deadline"])
+    online = f"{d['items_left']:,} item(s) in about {duration(d['online_seconds'])}"
+    if not d["feasible"]:
+        return (
+            f"  deadline in {ahead}: cannot be met even online from the start (online: {online}, plus a "
+            f"{duration(d['margin_seconds'])} margin); submit refuses it unless --force"
+        )
+    c = d["cost_usd"]
+    usd = lambda v: "unknown" if v is None else f"${v:,.4f}"  # noqa: E731
+    return (
+        f"  deadline in {ahead}: batches until {d['switch_at']} at the latest (in {duration(d['seconds_to_switch'])})"
+        f", then the rest online: {online} + {duration(d['margin_seconds'])} margin; expected at batch price: "
+        f"{d['expected_batch_share']:.0%}; cost: expected {usd(c['expected'])}, worst case {usd(c['worst_case'])} "
+        f"(all online), at best {usd(c['best_case'])} (all batch)"
+    )
+
+
 def format_plan(p: dict[str, Any]) -> str:
     how = "counted with count_tokens on a sample" if p["counted_with_api"] else "estimated (no API access)"
     lines = [f"dry run: {p['items']:,} items, nothing sent; input tokens {how}; prices of {p['prices_taken']}"]
@@ -175,4 +225,6 @@ def format_plan(p: dict[str, Any]) -> str:
         f" (assumed for {', '.join(p['limits_assumed'])}: pass --rpm/--itpm/--otpm)" if p["limits_assumed"] else ""
     )
     lines.append(f"  online path at {limits}{assumed}: about {p['online_minutes']:,} minutes")
+    if p.get("deadline"):
+        lines.append(format_deadline(p["deadline"]))
     return "\n".join(lines)

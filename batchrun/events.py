@@ -30,6 +30,7 @@ class StopReason(StrEnum):
     LIMIT = "limit"  # --limit items were processed
     UNKNOWN_MODEL = "unknown_model"  # the API does not know a model: its items stay pending
     INVALID_REQUESTS = "invalid_requests"  # the run's first requests all failed with one invalid-request message
+    SWITCH_ONLINE = "switch_online"  # deadline mode: the rest must go online now (the auto driver goes on)
 
 
 @dataclass(slots=True)

@@ -15,12 +15,26 @@ from typing import Any
 import orjson
 
 from batchrun.caching import cached_system
+from batchrun.deadline import DEFAULT_MARGIN_S, deadline_problem
 from batchrun.errors import UsageError
 from batchrun.pricing import check_prices
 
-MODES = ("online", "batch")
+MODES = ("online", "batch", "auto")
 # Settings that do not change what is sent: they may change under a run (resume, a repeated submit).
-RUNTIME_KEYS = ("mode", "concurrency", "max_attempts", "rpm", "itpm", "otpm", "max_cost", "poll_interval", "batch_size")
+RUNTIME_KEYS = (
+    "mode",
+    "concurrency",
+    "max_attempts",
+    "rpm",
+    "itpm",
+    "otpm",
+    "max_cost",
+    "poll_interval",
+    "batch_size",
+    "deadline",
+    "deadline_margin",
+    "force",
+)
 MAX_CONCURRENCY = 1000  # requests in flight; more buys nothing under any account's rate limits
 MAX_ATTEMPTS = 100
 MAX_BATCH_SIZE = 100_000  # the Message Batches API's limits
@@ -65,6 +79,9 @@ class Job:
     accept_truncated: bool = False  # a text reply cut at max_tokens counts as succeeded
     id_field: str | None = None  # the input field holding each row's id
     keep: list[str] = field(default_factory=list)  # input fields carried to every export
+    deadline: str | None = None  # mode auto: an ISO time, or a duration from the run's start ("6h")
+    deadline_margin: float = DEFAULT_MARGIN_S  # mode auto: seconds of safety on top of 20% of the online time
+    force: bool = False  # mode auto: go on (online at once) when the deadline cannot be met
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -321,6 +338,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "accept_truncated": _bool,
     "id_field": _text(empty=False),
     "keep": _keep,
+    "deadline": deadline_problem,
+    "deadline_margin": lambda v: None if v == 0 and not isinstance(v, bool) else _positive_number(v),
+    "force": _bool,
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(Job))
 

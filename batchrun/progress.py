@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import orjson
 from tqdm import tqdm
 
+from batchrun.deadline import describe_going_online, describe_plan
 from batchrun.events import Event, Stop, StopReason
 
 RATE_WINDOW_S = 60.0
@@ -342,6 +343,15 @@ def describe(ev: Event) -> str | None:
             return f"{run}: cancel {d['id']}: {d['error']}"
         case "batch_status":
             return f"{run}: batch {d['seq']} {d['id']}: {d['status']}"
+        case "deadline_plan":
+            return f"{run}: {describe_plan(d)}"
+        case "switching_online":
+            return (
+                f"{run}: switch time reached with {d['items']} item(s) left: cancelling {len(d['open'])} open "
+                "batch(es); what they finished is kept at batch price, the rest goes online"
+            )
+        case "going_online":
+            return f"{run}: sending the {d['items']} item(s) left online: {describe_going_online(d['plan'])}"
         case "batches_waiting":
             rows = d["batches"]
             summary = ", ".join(f"{bid} {status}" for bid, status, _ in rows[:3])
@@ -445,6 +455,8 @@ def describe_stop(stop: Stop) -> str:
                 f"stopped: the run's first {d['attempts']} requests all failed with {_api(d)} -- every item would; "
                 "the rest were not sent (fix the job or the input, then submit with --new-run)"
             )
+        case StopReason.SWITCH_ONLINE:
+            return f"stopped at the deadline's switch time with batches open ({resume} cancels them and goes online)"
         case StopReason.API_CALL_FAILED:
             return f"stopped: could not {d['what']}: {_api(d)} (batches keep processing; {resume} tries again)"
     return f"stopped: {stop.reason}"

@@ -35,7 +35,33 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "by_model": [{**row, "cost_usd": _rounded(cost(row, job.prices, job.cache_ttl))} for row in usage],
         "failures": store.failures(run_id),
         "batches": batch_status(store, run_id),
+        "deadline": deadline_status(store, run_id, job) if job.mode == "auto" else None,
     }
+
+
+def deadline_status(store: Store, run_id: str, job: Any) -> dict[str, Any] | None:
+    """Mode auto: the plan made from what is left now, and where the run is in it."""
+    import time
+
+    from batchrun.auto import run_plan
+    from batchrun.deadline import DeadlineError
+
+    if not job.deadline:
+        return None
+    try:
+        plan = run_plan(store, run_id, job, time.time())
+    except DeadlineError:
+        return None
+    answered = store.answered_by(run_id)
+    if not plan.items:
+        phase = "done"
+    elif store.batches(run_id, open_only=True):
+        phase = "batches" if plan.feasible else "switching"
+    elif answered["api"] or not plan.feasible:
+        phase = "online"
+    else:
+        phase = "not started" if not store.batches(run_id) else "batches"
+    return {**plan.to_dict(), "phase": phase, "batch_price": answered["batch"], "online": answered["api"]}
 
 
 def _rounded(usd: float | None) -> float | None:
@@ -101,8 +127,19 @@ def format_status(s: dict[str, Any]) -> str:
     for f in s["failures"]:
         status = f" {f['error_status']}" if f["error_status"] else ""
         lines.append(f"  {f['items']} failed with{status} {f['error_type']}: {f['example']}")
+    if s.get("deadline"):
+        lines.append("  " + format_deadline(s["deadline"]))
     lines.extend(format_batch(b) for b in s.get("batches") or [])
     return "\n".join(lines)
+
+
+def format_deadline(d: dict[str, Any]) -> str:
+    from batchrun.deadline import describe_plan
+
+    answered = f"{d['batch_price']} at batch price, {d['online']} online"
+    if d["phase"] == "done":
+        return f"deadline {d['deadline']}: done; {answered}"
+    return f"{describe_plan(d)}; now: {d['phase']}; so far {answered}"
 
 
 def format_batch(b: dict[str, Any]) -> str:

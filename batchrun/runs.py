@@ -156,6 +156,8 @@ def process_run(
             store.set_run_endpoint(run_id, endpoint)
         job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
         check_budget(store, run_id, job)
+        if job.mode == "auto":
+            check_deadline(store, run_id, job)
         attempts_before = store.attempt_count(run_id)
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
@@ -168,7 +170,7 @@ def process_run(
             store.set_run_status(run_id, "running")
             done = counts[State.SUCCEEDED] + counts[State.FAILED]
             events(Event("run_started", run_id, {"total": sum(counts.values()), "done": done, "mode": job.mode}))
-            stop = asyncio.run(_engine(store, run_id, job, options, make_client(), events))
+            stop = asyncio.run(_engine(store, run_id, job, options, make_client, events))
         return finish(store, run_id, job, started, attempts_before, stop, reused)
 
 
@@ -207,15 +209,41 @@ def check_budget(store: Store, run_id: str, job: Job) -> None:
         )
 
 
+def check_deadline(store: Store, run_id: str, job: Job) -> None:
+    """Mode auto needs a deadline; one the run cannot meet even online from the start is refused before anything
+    is sent, unless --force (then everything goes online at once)."""
+    if not job.deadline:
+        raise UsageError(
+            f"run {run_id} is in mode auto and has no deadline (pass --deadline, e.g. --deadline 6h or "
+            '--deadline 06:00, or set deadline = "6h" in the job file)'
+        )
+    if job.force or store.attempt_count(run_id) or store.batches(run_id):
+        return  # forced, or not the start: the driver goes online at once when it is past the switch
+    from batchrun.auto import run_plan
+    from batchrun.deadline import refusal
+
+    plan = run_plan(store, run_id, job, time.time())
+    if not plan.feasible:
+        raise UsageError(refusal(plan, run_id))
+
+
 async def _engine(
-    store: Store, run_id: str, job: Job, options: RunOptions, client: Any, events: Listener
+    store: Store, run_id: str, job: Job, options: RunOptions, make_client: Callable[[], Any], events: Listener
 ) -> Stop | None:
     # The engines are imported here, not at the top: status and results start faster without them.
     from batchrun.budget import Budget
     from batchrun.pricing import total_cost
 
-    spent, _ = total_cost(store.usage(run_id), job.prices, job.cache_ttl)
-    budget = Budget(job.max_cost, spent, job.prices)
+    def make_budget() -> Budget:
+        spent, _ = total_cost(store.usage(run_id), job.prices, job.cache_ttl)
+        return Budget(job.max_cost, spent, job.prices)
+
+    if job.mode == "auto":
+        from batchrun.auto import run_auto
+
+        return await run_auto(store, run_id, job, make_client, events, options, make_budget)
+    budget = make_budget()
+    client = make_client()
     if job.mode == "batch":
         from batchrun.batches import run_batches
 
@@ -251,7 +279,7 @@ def cancel_run(store: Store, run_id: str, options: RunOptions, target: Any, even
     run, job = load_run(store, run_id)
     check_endpoint(run, target.endpoint)
     make_client = target.make_client
-    if job.mode != "batch":
+    if job.mode == "online":
         raise UsageError(
             f"run {run_id} is an online run: it has no batches to cancel (stop the process running it with "
             f"Ctrl-C or SIGTERM; `batchrun resume {run_id}` continues it)"
@@ -300,7 +328,7 @@ def finish(
                 stop.detail["spent"] = total_cost(store.usage(run_id), job.prices, job.cache_ttl)[0]
     if stop is not None and stop.reason == StopReason.BUG:
         exit_code = EXIT_FAILED_ITEMS
-    open_batches = job.mode == "batch" and bool(store.batches(run_id, open_only=True))
+    open_batches = job.mode != "online" and bool(store.batches(run_id, open_only=True))
     if exit_code == EXIT_OK:
         status = "succeeded"
     elif exit_code == EXIT_FAILED_ITEMS and stop is None:

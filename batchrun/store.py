@@ -1028,6 +1028,16 @@ class Store:
             [PENDING, run_id, IN_FLIGHT, run_id],
         ).rowcount
 
+    def unfinished_work(self, run_id: str) -> tuple[int, int, int]:
+        """(items, characters of their params, sum of max_tokens) of the items without an outcome yet: what
+        deadline mode's plan needs to size the rest of the run online."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(length(params)), 0), "
+            "coalesce(sum(json_extract(params, '$.max_tokens')), 0) FROM items WHERE run_id = ? AND state IN (?, ?)",
+            [run_id, PENDING, IN_FLIGHT],
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
     def request_cancel(self, run_id: str) -> None:
         """`batchrun cancel`: a process polling this run stops at its next check, and creates no batch."""
         self.db.execute("UPDATE runs SET cancel_requested_at = ? WHERE id = ?", [time.time(), run_id])
