@@ -647,7 +647,7 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
 @handle_errors
 def results(run_id: str, output: str | None, only: str | None, fmt: str | None, db_path: str | None) -> None:
     """Export RUN's results in input order: Message Batches result lines, or a CSV or Parquet table."""
-    from batchrun.results import export_results, format_of, write_export
+    from batchrun.export import export_results, format_of, write_export
     from batchrun.runs import load_run
 
     load_env()

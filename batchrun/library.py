@@ -210,7 +210,7 @@ def process(
             "is done so far)"
         )
     elif output:
-        from batchrun.results import export_results
+        from batchrun.export import export_results
 
         result.results_path = output
         result.results_written = export_results(store, run_id, output)
