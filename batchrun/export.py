@@ -1,4 +1,4 @@
-"""Results export: one line (or row) per finished item, in input order: JSONL in the Message Batches result format, CSV or Parquet."""
+"""Results export: one line per finished item in the Message Batches result format (jsonl), or one row per item
 in a table (csv, parquet) with the original id, the kept input columns and the schema's fields as columns."""
 
 from __future__ import annotations

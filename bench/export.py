@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 import orjson  # noqa: E402
 
-from batchrun.job import Job, load_job  # noqa: E402
 from batchrun.export import export_results  # noqa: E402
+from batchrun.job import Job, load_job  # noqa: E402
 from batchrun.store import Attempt, Outcome, State, Store  # noqa: E402
 
 MODEL = "claude-sonnet-4-6"

@@ -186,8 +186,8 @@ def test_a_run_id_ending_in_a_newline_is_refused(submit, workdir: Path) -> None:
 
 def test_results_lines_are_json_whatever_the_stored_custom_id(tmp_path: Path) -> None:
     """A custom_id stored before ids were checked with fullmatch still exports as valid JSON lines."""
-    from batchrun.inputs import Item
     from batchrun.export import write_results
+    from batchrun.inputs import Item
     from batchrun.store import Outcome, Store
 
     store = Store(tmp_path / "x.db")
