@@ -44,7 +44,7 @@ def auto_submit(path: Path, deadline: str, *extra: str) -> list[str]:
         "--model",
         MODEL,
         "--max-tokens",
-        "40",
+        "64",
         "--poll-interval",
         "0.02",
         "--job",
