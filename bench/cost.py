@@ -29,6 +29,7 @@ from batchrun.emulate import emulator  # noqa: E402
 from batchrun.pricing import usage_cost  # noqa: E402
 
 MODEL = "claude-sonnet-4-6"
+MAX_TOKENS = 256  # the shipped job's
 
 
 def control(url: str, path: str, body: dict | None = None) -> dict:
@@ -75,7 +76,7 @@ def tutorial(url: str, rows: list[dict], system: str, template: str) -> None:
             async with sem:
                 await client.messages.create(
                     model=MODEL,
-                    max_tokens=8,
+                    max_tokens=MAX_TOKENS,
                     system=system,
                     messages=[{"role": "user", "content": template.format(**row)}],
                 )
@@ -123,7 +124,7 @@ def main() -> None:
         cached_job = work / "cached.toml"
         shutil.copy(job_file, cached_job)
         uncached_job = work / "uncached.toml"
-        uncached_job.write_text(job_file.read_text() + "\ncache = false\n")
+        uncached_job.write_text("cache = false\n" + job_file.read_text())  # before any [table] of the job
         rows = tickets(args.items)
         items = work / "items.jsonl"
         items.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -144,7 +145,7 @@ def main() -> None:
                 run(url)
                 results[name] = stats_cost(control(url, "/_emulator/stats"))
     base = results["tutorial (gather + Semaphore(20), no caching)"]
-    print(f"{args.items}-ticket triage job, {MODEL}, ~3,100-token shared policy, max_tokens 8")
+    print(f"{args.items}-ticket triage job, {MODEL}, ~3,100-token shared policy, max_tokens {MAX_TOKENS}")
     for name, usd in results.items():
         print(f"  {name:48s} ${usd:8.4f}   {usd / base:6.3f} x tutorial")
 
