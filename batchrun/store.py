@@ -185,6 +185,140 @@ def m007_cache_ttl_tokens(db: Database) -> None:
     )
 
 
+@migrations()
+def m009_request_parts(db: Database) -> None:
+    """Shared request parts stored once, and per-run tallies kept up to date instead of counting rows.
+
+    An item's request is `head + own + tail`: `own` is the serialised value of its "messages" (what is its own),
+    head and tail are the rest of the request's bytes, stored once in `request_parts` by content (the same
+    system prompt across items and runs is one row). The bytes, so the request sent and its hash, are unchanged.
+    `run_tallies` holds items, tokens and bytes per (run, model, via, state), kept exact by a trigger on every
+    change of an item, so status and the runs list read a few rows instead of a million.
+    """
+    for statement in PARTS_SCHEMA.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("ALTER TABLE items RENAME COLUMN params TO own")
+    db.execute("ALTER TABLE items ADD COLUMN parts INTEGER")
+    parts = _PartIds(db.conn)
+    last = 0
+    while rows := db.execute(
+        "SELECT rowid, own FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?", [last, INSERT_CHUNK]
+    ).fetchall():
+        updates = []
+        for rowid, params in rows:
+            raw = params.encode() if isinstance(params, str) else bytes(params)
+            head, own, tail = split_request(raw, orjson.loads(raw))
+            updates.append((own, parts.get(head, tail), rowid))
+        db.conn.executemany("UPDATE items SET own = ?, parts = ? WHERE rowid = ?", updates)
+        last = rows[-1][0]
+    db.execute(
+        "INSERT INTO run_tallies SELECT run_id, model, coalesce(via, ''), state, count(*), sum(input_tokens), "
+        "sum(output_tokens), sum(cache_creation_tokens), sum(cache_creation_1h_tokens), sum(cache_read_tokens), "
+        "sum(length(own) + coalesce(length(result), 0)) FROM items GROUP BY 1, 2, 3, 4"
+    )
+    db.execute(TALLY_TRIGGER)
+    db.execute(REQUESTS_VIEW)
+
+
+PARTS_SCHEMA = """
+CREATE TABLE request_parts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,
+    head BLOB NOT NULL,
+    tail BLOB NOT NULL,
+    max_tokens INTEGER,
+    ttl_1h INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE run_tallies (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    via TEXT NOT NULL,
+    state TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    input INTEGER NOT NULL,
+    output INTEGER NOT NULL,
+    cache_creation INTEGER NOT NULL,
+    cache_creation_1h INTEGER NOT NULL,
+    cache_read INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, via, state)
+) WITHOUT ROWID;
+"""
+TALLY_TRIGGER = """
+CREATE TRIGGER items_tally AFTER UPDATE OF state, via, model, own, result, input_tokens, output_tokens,
+    cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens ON items
+BEGIN
+    UPDATE run_tallies SET items = items - 1, input = input - OLD.input_tokens, output = output - OLD.output_tokens,
+        cache_creation = cache_creation - OLD.cache_creation_tokens,
+        cache_creation_1h = cache_creation_1h - OLD.cache_creation_1h_tokens,
+        cache_read = cache_read - OLD.cache_read_tokens,
+        bytes = bytes - length(OLD.own) - coalesce(length(OLD.result), 0)
+    WHERE run_id = OLD.run_id AND model = OLD.model AND via = coalesce(OLD.via, '') AND state = OLD.state;
+    INSERT INTO run_tallies VALUES (NEW.run_id, NEW.model, coalesce(NEW.via, ''), NEW.state, 1, NEW.input_tokens,
+        NEW.output_tokens, NEW.cache_creation_tokens, NEW.cache_creation_1h_tokens, NEW.cache_read_tokens,
+        length(NEW.own) + coalesce(length(NEW.result), 0))
+    ON CONFLICT DO UPDATE SET items = items + 1, input = input + excluded.input, output = output + excluded.output,
+        cache_creation = cache_creation + excluded.cache_creation,
+        cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h,
+        cache_read = cache_read + excluded.cache_read, bytes = bytes + excluded.bytes;
+END
+"""
+# Every item's request as it is sent (the bytes its request_hash is the SHA-256 of), for reading by hand and tests.
+REQUESTS_VIEW = """
+CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, i.request_hash,
+    CAST(p.head || i.own || p.tail AS BLOB) AS params
+FROM items i JOIN request_parts p ON p.id = i.parts
+"""
+HOLE = b'"messages":'
+TTL_1H = b'"ttl":"1h"'
+
+
+def split_request(full: bytes, params: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """(head, own, tail) of a request's bytes `full` (orjson, sorted keys): `own` is the value of "messages",
+    the rest is what items share. A request that does not split that way is all `own` (empty head and tail)."""
+    messages = params.get("messages")
+    if messages is None:
+        return b"", full, b""
+    own = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    before = {k: v for k, v in params.items() if k < "messages"}
+    head = orjson.dumps(before, option=orjson.OPT_SORT_KEYS)[:-1] + (b"," if before else b"") + HOLE
+    end = len(head) + len(own)
+    if not full.startswith(head) or full[len(head) : end] != own:
+        return b"", full, b""
+    return head, own, full[end:]
+
+
+class _PartIds:
+    """Part ids by content, inserting a part the first time it is seen (in the caller's transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.ids: dict[str, int] = {}
+        self.last: tuple[bytes, bytes, int] | None = None
+
+    def get(self, head: bytes, tail: bytes) -> int:
+        last = self.last
+        if last is not None and last[1] == tail and last[0] == head:
+            return last[2]
+        key = hashlib.sha256(head + b"\0" + tail).hexdigest()
+        part = self.ids.get(key)
+        if part is None:
+            row = self.conn.execute("SELECT id FROM request_parts WHERE hash = ?", [key]).fetchone()
+            if row is None:
+                max_tokens = orjson.loads(head + b"[]" + tail).get("max_tokens") if head else None
+                row = self.conn.execute(
+                    "INSERT INTO request_parts (hash, head, tail, max_tokens, ttl_1h) VALUES (?, ?, ?, ?, ?) "
+                    "RETURNING id",
+                    [key, head, tail, max_tokens if isinstance(max_tokens, int) else None, TTL_1H in head + tail],
+                ).fetchone()
+            part = self.ids[key] = row[0]
+        self.last = (head, tail, part)
+        return part
+
+
+UNFINISHED = "EXISTS (SELECT 1 FROM run_tallies WHERE run_id = r.id AND state IN (?, ?) AND items > 0)"
+MAX_TOKENS = "coalesce(p.max_tokens, json_extract(own, '$.max_tokens'))"
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -302,6 +436,7 @@ class Store:
         """Open (and create or upgrade) the database; any problem is a StoreError with the fix in its message."""
         self.path = Path(path)
         self.db: Database | None = None
+        self._parts: dict[int, tuple[bytes, bytes]] = {}
         try:
             self._open()
         except (sqlite3.Error, OSError) as e:
@@ -402,7 +537,7 @@ class Store:
         rows = list(
             self.db.query(
                 "SELECT id, endpoint FROM runs r WHERE input_sha256 = ? AND fingerprint = ? AND endpoint != ? "
-                "AND EXISTS (SELECT 1 FROM items WHERE run_id = r.id AND state IN (?, ?)) "
+                f"AND {UNFINISHED} "
                 "ORDER BY created_at DESC LIMIT 1",
                 [input_sha256, fingerprint, endpoint, PENDING, IN_FLIGHT],
             )
@@ -424,8 +559,8 @@ class Store:
     def unfinished_run_from(self, input_path: str, fingerprint: str) -> str | None:
         """A run made from this path with these settings that still has items to send."""
         row = self._one(
-            "SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND EXISTS (SELECT 1 FROM items "
-            "WHERE run_id = r.id AND state IN (?, ?)) ORDER BY created_at DESC LIMIT 1",
+            f"SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND {UNFINISHED} "
+            "ORDER BY created_at DESC LIMIT 1",
             [input_path, fingerprint, PENDING, IN_FLIGHT],
         )
         return row[0] if row else None
@@ -470,6 +605,11 @@ class Store:
             total, error = self._insert_items(run["id"], items)
             _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
+            self.db.execute(
+                "INSERT INTO run_tallies SELECT run_id, model, '', state, count(*), 0, 0, 0, 0, 0, sum(length(own)) "
+                "FROM items WHERE run_id = ? GROUP BY model, state",
+                [run["id"]],
+            )
         return total
 
     def _same_run(self, run: dict[str, Any]) -> int:
@@ -488,23 +628,23 @@ class Store:
         total = 0
         chunk: list[Any] = []
 
+        parts = _PartIds(self.db.conn)
+
         def flush() -> None:
             nonlocal total
+            rows = []
+            for i in chunk:
+                full = orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)
+                head, own, tail = split_request(full, i.params)
+                rows.append(
+                    (run_id, i.line_no, i.custom_id, i.params["model"], own, parts.get(head, tail), full, PENDING)
+                )
+            for n, digest in enumerate(_digests([row[6] for row in rows])):
+                rows[n] = (*rows[n][:6], digest, PENDING)
             self.db.conn.executemany(
-                "INSERT INTO items (run_id, line_no, custom_id, model, params, request_hash, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        i.line_no,
-                        i.custom_id,
-                        i.params["model"],
-                        (params := orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)),
-                        hashlib.sha256(params).hexdigest(),
-                        PENDING,
-                    )
-                    for i in chunk
-                ],
+                "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
             total += len(chunk)
             chunk.clear()
@@ -560,11 +700,19 @@ class Store:
         rows = self.db.execute(
             "UPDATE items SET state = ? WHERE run_id = ? AND line_no IN (SELECT line_no FROM items "
             "WHERE run_id = ? AND state = ? AND line_no > ? ORDER BY line_no LIMIT ?) "
-            "RETURNING line_no, custom_id, params",
+            "RETURNING line_no, custom_id, own, parts",
             [IN_FLIGHT, run_id, run_id, PENDING, after_line, limit],
         ).fetchall()
         rows.sort()
-        return [ClaimedItem(line, cid, orjson.loads(params)) for line, cid, params in rows]
+        return [ClaimedItem(line, cid, orjson.loads(self.request(own, parts))) for line, cid, own, parts in rows]
+
+    def request(self, own: bytes, part: int) -> bytes:
+        """An item's request bytes (as sent and hashed) from its own part and its shared part's id."""
+        shared = self._parts.get(part)
+        if shared is None:
+            row = self._one("SELECT head, tail FROM request_parts WHERE id = ?", [part])
+            shared = self._parts[part] = (bytes(row[0]), bytes(row[1]))
+        return shared[0] + own + shared[1]
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Write a group of outcomes, each result with the state change that marks it, in one transaction."""
@@ -577,7 +725,8 @@ class Store:
                 "cache_creation_tokens = :cache_creation_tokens, cache_read_tokens = :cache_read_tokens, "
                 # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
                 "cache_creation_1h_tokens = coalesce(:cache_creation_1h_tokens, "
-                'CASE WHEN instr(params, \'"ttl":"1h"\') THEN :cache_creation_tokens ELSE 0 END), '
+                'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
+                "THEN :cache_creation_tokens ELSE 0 END), "
                 "attempts = attempts + :n_attempts, updated_at = :now "
                 "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'",
                 [_outcome_row(o, now) for o in outcomes],
@@ -655,6 +804,10 @@ class Store:
             "AND result IS NOT NULL",
             "runs whose item count is wrong": "SELECT count(*) FROM runs r WHERE total != "
             "(SELECT count(*) FROM items WHERE run_id = r.id)",
+            "run tallies that differ from the items": "SELECT count(*) FROM (SELECT run_id, model, via, state, "
+            "sum(n) FROM (SELECT run_id, model, via, state, items AS n FROM run_tallies UNION ALL "
+            "SELECT run_id, model, coalesce(via, ''), state, -count(*) FROM items GROUP BY 1, 2, 3, 4) "
+            "GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0)",
             "custom_ids used twice in a run": "SELECT count(*) FROM (SELECT 1 FROM items GROUP BY run_id, custom_id "
             "HAVING count(*) > 1)",
         }
@@ -669,6 +822,16 @@ class Store:
         return self._one("SELECT count(*) FROM items WHERE state = ?", [IN_FLIGHT])[0]
 
     def counts(self, run_id: str) -> dict[str, int]:
+        """Items by state, from the run's tallies (kept exact by a trigger, so no row is counted)."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute(
+            "SELECT state, sum(items) FROM run_tallies WHERE run_id = ? GROUP BY state", [run_id]
+        ):
+            counts[state] = n
+        return counts
+
+    def counted_counts(self, run_id: str) -> dict[str, int]:
+        """Items by state counted row by row: what the tallies must always equal (for `doctor` and tests)."""
         counts = dict.fromkeys(STATES, 0)
         for state, n in self.db.execute("SELECT state, count(*) FROM items WHERE run_id = ? GROUP BY state", [run_id]):
             counts[state] = n
@@ -678,10 +841,10 @@ class Store:
         """Tokens by model and path (online or batch), for what the run has been billed so far."""
         return list(
             self.db.query(
-                "SELECT model, via, count(*) AS items, sum(input_tokens) AS input, sum(output_tokens) AS output, "
-                "sum(cache_creation_tokens) AS cache_creation, sum(cache_creation_1h_tokens) AS cache_creation_1h, "
-                "sum(cache_read_tokens) AS cache_read "
-                "FROM items WHERE run_id = ? AND via IS NOT NULL GROUP BY model, via ORDER BY model, via",
+                "SELECT model, via, sum(items) AS items, sum(input) AS input, sum(output) AS output, "
+                "sum(cache_creation) AS cache_creation, sum(cache_creation_1h) AS cache_creation_1h, "
+                "sum(cache_read) AS cache_read FROM run_tallies WHERE run_id = ? AND via != '' "
+                "GROUP BY model, via HAVING sum(items) > 0 ORDER BY model, via",
                 [run_id],
             )
         )
@@ -691,7 +854,8 @@ class Store:
         names = {"online": "api", "batch": "batch", "cache": "cache"}
         counts = dict.fromkeys(names.values(), 0)
         for via, n in self.db.execute(
-            "SELECT via, count(*) FROM items WHERE run_id = ? AND state = ? GROUP BY via", [run_id, SUCCEEDED]
+            "SELECT via, sum(items) FROM run_tallies WHERE run_id = ? AND state = ? GROUP BY via HAVING sum(items)",
+            [run_id, SUCCEEDED],
         ):
             counts[names.get(via, via)] = n
         return counts
@@ -725,8 +889,8 @@ class Store:
     def pending_sizes(self, run_id: str) -> Iterator[tuple[int, int]]:
         """(line_no, bytes of custom_id + params) of the pending items, in input order, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)) FROM items "
-            "WHERE run_id = ? AND state = ? ORDER BY line_no",
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail) "
+            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -736,8 +900,9 @@ class Store:
         """(line_no, bytes as sent, model, max_tokens) of the pending items in input order: what a batch plan and
         the budget need, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)), model, "
-            "json_extract(params, '$.max_tokens') FROM items WHERE run_id = ? AND state = ? ORDER BY line_no",
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail), "
+            f"model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? "
+            "ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -746,9 +911,9 @@ class Store:
     def open_batch_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
         """The same for the items waiting in the run's open batches."""
         cur = self.db.execute(
-            "SELECT line_no, length(CAST(params AS BLOB)), model, json_extract(params, '$.max_tokens') FROM items "
-            "WHERE run_id = ? AND state = ? AND batch_seq IN (SELECT seq FROM batches WHERE run_id = ? "
-            "AND collected_at IS NULL)",
+            f"SELECT line_no, length(own) + length(p.head) + length(p.tail), model, {MAX_TOKENS} FROM items "
+            "JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? AND batch_seq IN "
+            "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL)",
             [run_id, IN_FLIGHT, run_id],
         )
         while rows := cur.fetchmany(5000):
@@ -787,14 +952,14 @@ class Store:
         (never re-serialised: what was validated at input is what is sent)."""
         token = self._batch_token(run_id, seq)
         cur = self.db.execute(
-            "SELECT custom_id, line_no, params FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
             "ORDER BY line_no",
             [run_id, seq, IN_FLIGHT],
         )
         while rows := cur.fetchmany(5000):
-            for custom_id, line_no, params in rows:
+            for custom_id, line_no, own, part in rows:
                 sent = sent_custom_id(token, line_no) if token else custom_id
-                yield orjson.dumps({"custom_id": sent, "params": orjson.Fragment(params)})
+                yield orjson.dumps({"custom_id": sent, "params": orjson.Fragment(self.request(own, part))})
 
     def _batch_token(self, run_id: str, seq: int) -> str | None:
         """The plan's token; None for plans made before tokens existed (they send the user's custom_ids)."""
@@ -807,8 +972,8 @@ class Store:
             "? + length(CAST(line_no AS TEXT))" if self._batch_token(run_id, seq) else "0 * ? + length(custom_id)"
         )
         row = self._one(
-            f"SELECT count(*), coalesce(sum({id_bytes} + length(CAST(params AS BLOB))), 0) FROM items "
-            "WHERE run_id = ? AND batch_seq = ? AND state = ?",
+            f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)), 0) "
+            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND state = ?",
             [SENT_ID_OVERHEAD, run_id, seq, IN_FLIGHT],
         )
         return row[0], row[1]
@@ -961,6 +1126,11 @@ def _writes_1h(usage: dict[str, Any]) -> int | None:
     if not isinstance(breakdown, dict) or "ephemeral_1h_input_tokens" not in breakdown:
         return None
     return breakdown["ephemeral_1h_input_tokens"] or 0
+
+
+def _digests(requests: list[bytes]) -> list[str]:
+    """The request hashes (SHA-256 hex of the bytes sent) of a chunk of requests."""
+    return [hashlib.sha256(r).hexdigest() for r in requests]
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
