@@ -200,6 +200,7 @@ def m009_request_parts(db: Database) -> None:
             db.execute(statement)
     db.execute("ALTER TABLE items RENAME COLUMN params TO own")
     db.execute("ALTER TABLE items ADD COLUMN parts INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN pruned_at REAL")
     parts = _PartIds(db.conn)
     last = 0
     while rows := db.execute(
@@ -470,6 +471,7 @@ class Store:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
                 migrations.apply(Database(conn))
             finally:
                 conn.close()
@@ -1155,6 +1157,89 @@ def _raise_input_problems(*errors: InputError | None) -> None:
     more = sum(e.more for e in found) + max(0, len(pairs) - MAX_PROBLEMS)
     kept = pairs[:MAX_PROBLEMS]
     raise InputError([text for _, _, text in kept], more, [line for line, _, _ in kept])
+
+
+# housekeeping
+# The queries of `batchrun runs`, `prune` and `delete` (batchrun/housekeeping.py).
+
+ITEM_OVERHEAD_BYTES = 230  # per item beyond its request and result bytes: the row's other columns and 4 indexes
+
+
+def run_summaries(store: Store) -> list[dict[str, Any]]:
+    """Every run, oldest first, with its counts by state and the bytes its items hold (from the tallies)."""
+    rows = list(
+        store.db.query(
+            "SELECT r.id, r.created_at, r.updated_at, r.input_path, r.mode, r.endpoint, r.status, r.total, r.job, "
+            "r.pruned_at, coalesce(t.bytes, 0) AS bytes, "
+            "(SELECT count(*) FROM batches b WHERE b.run_id = r.id AND b.collected_at IS NULL) AS open_batches "
+            "FROM runs r LEFT JOIN (SELECT run_id, sum(bytes) AS bytes FROM run_tallies GROUP BY run_id) t "
+            "ON t.run_id = r.id ORDER BY r.created_at"
+        )
+    )
+    for row in rows:
+        row["job"] = orjson.loads(row["job"])
+        row["counts"] = store.counts(row["id"])
+        row["bytes"] += row["total"] * ITEM_OVERHEAD_BYTES
+    return rows
+
+
+def open_batch_count(store: Store, run_id: str) -> int:
+    """Batches of the run whose results are not stored yet (planned ones too: a crash may have created them)."""
+    return store._one("SELECT count(*) FROM batches WHERE run_id = ? AND collected_at IS NULL", [run_id])[0]
+
+
+def delete_run(store: Store, run_id: str) -> None:
+    """Remove a run and everything of it, and the shared request parts no item uses any more."""
+    with store._write():
+        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies"):
+            store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        store.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+        _drop_unused_parts(store)
+
+
+def strip_run(store: Store, run_id: str) -> int:
+    """Keep a run's results but drop what only sending needed: the requests of its succeeded items (their
+    request hash stays, so the response cache still finds their answers) and its attempts. Pending and failed
+    items keep their requests, so the run can still be resumed or retried."""
+    with store._write():
+        stripped = store.db.execute(
+            "UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND state = ? AND parts IS NOT NULL",
+            [run_id, SUCCEEDED],
+        ).rowcount
+        store.db.execute("DELETE FROM attempts WHERE run_id = ?", [run_id])
+        store.db.execute("UPDATE runs SET pruned_at = ? WHERE id = ?", [time.time(), run_id])
+        _drop_unused_parts(store)
+    return stripped
+
+
+def _drop_unused_parts(store: Store) -> None:
+    store.db.execute(
+        "DELETE FROM request_parts WHERE id NOT IN (SELECT DISTINCT parts FROM items WHERE parts IS NOT NULL)"
+    )
+
+
+def reclaim_space(store: Store) -> str:
+    """Give the freed pages back to the file system; returns how: "incremental vacuum" on a database made with
+    auto_vacuum=INCREMENTAL (every database made since m009), else "VACUUM", which rewrites the file once and
+    switches it to incremental, so later prunes are cheap."""
+    if store._one("PRAGMA auto_vacuum")[0] == 2:
+        store.db.execute("PRAGMA incremental_vacuum").fetchall()
+        how = "incremental vacuum"
+    else:
+        store.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        store.db.execute("VACUUM")
+        how = "VACUUM"
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return how
+
+
+def database_bytes(store: Store) -> int:
+    """The database's size on disk: the file and its write-ahead log."""
+    return sum(
+        Path(f"{store.path}{suffix}").stat().st_size
+        for suffix in ("", "-wal")
+        if Path(f"{store.path}{suffix}").exists()
+    )
 
 
 # report

@@ -238,3 +238,115 @@ def test_tallies_stay_exact_through_online_batch_crash_resume_and_retry(tmp_path
     assert batchrun(["retry", "on", "--db", str(db)], cwd=tmp_path, env=env).returncode == 1
     assert_tallies_exact(db)
     assert db_rows(db, "SELECT sum(items) FROM run_tallies WHERE run_id = 'on' AND state = 'failed'")[0][0] == 1
+
+
+def runs_json(workdir: Path, env: dict, db: Path) -> dict:
+    proc = batchrun(["runs", "--json", "--db", str(db)], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)
+
+
+def age_run(db: Path, run_id: str, days: float) -> None:
+    then = time.time() - days * 86400
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE runs SET created_at = ?, updated_at = ? WHERE id = ?", [then, then, run_id])
+    conn.commit()
+    conn.close()
+
+
+def test_runs_lists_and_prune_removes_old_runs_while_the_cache_keeps_what_is_kept(tmp_path: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    db = tmp_path / "n.db"
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    items = write_jsonl(tmp_path / "i.jsonl", prompts(40))
+    assert batchrun(["submit", str(items), *base, "--run-id", "night1"], cwd=tmp_path, env=env).returncode == 0
+    sent = emulator.stats()["by_status"]["200"]
+    assert batchrun(["submit", str(items), *base, "--run-id", "night2"], cwd=tmp_path, env=env).returncode == 0
+    assert emulator.stats()["by_status"]["200"] == sent  # night2 answered from night1's results
+    night2 = read_results(tmp_path, env, db, "night2")
+    assert not (Path(f"{db}.locks") / "night1.lock").exists()  # finished runs leave no lock file
+    listed = runs_json(tmp_path, env, db)["runs"]
+    assert [r["run_id"] for r in listed] == ["night1", "night2"]
+    assert listed[0]["counts"]["succeeded"] == 40 and listed[0]["cost_usd"] > 0 and listed[0]["bytes"] > 0
+    assert listed[1]["cost_usd"] == 0  # cached answers cost nothing
+    age_run(db, "night1", 31)
+    before = db.stat().st_size
+    proc = batchrun(["prune", "--older-than", "30d", "--db", str(db)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed run night1" in proc.stderr and "incremental vacuum" in proc.stderr
+    assert [r["run_id"] for r in runs_json(tmp_path, env, db)["runs"]] == ["night2"]
+    assert db_rows(db, "SELECT count(*) FROM items WHERE run_id = 'night1'")[0][0] == 0
+    assert db.stat().st_size < before
+    assert read_results(tmp_path, env, db, "night2") == night2
+    # a third night of the same input is answered from night2, which was kept
+    proc = batchrun(["submit", str(items), *base, "--run-id", "night3"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert emulator.stats()["by_status"]["200"] == sent
+    assert read_results(tmp_path, env, db, "night3") == night2
+    assert_tallies_exact(db)
+
+
+def read_results(workdir: Path, env: dict, db: Path, run_id: str) -> list[dict]:
+    proc = batchrun(["results", run_id, "--db", str(db)], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return [orjson.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_prune_keep_results_keeps_results_and_the_cache_but_drops_requests(tmp_path: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    db = tmp_path / "k.db"
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    items = write_jsonl(tmp_path / "i.jsonl", prompts(30))
+    assert batchrun(["submit", str(items), *base, "--run-id", "old"], cwd=tmp_path, env=env).returncode == 0
+    results = read_results(tmp_path, env, db, "old")
+    age_run(db, "old", 40)
+    proc = batchrun(["prune", "--older-than", "30d", "--keep-results", "--db", str(db)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "pruned run old" in proc.stderr
+    assert read_results(tmp_path, env, db, "old") == results
+    assert db_rows(db, "SELECT count(*), sum(length(own)) FROM items WHERE run_id = 'old'")[0] == (30, 0)
+    assert db_rows(db, "SELECT count(*) FROM attempts")[0][0] == 0
+    assert db_rows(db, "SELECT count(*) FROM request_parts")[0][0] == 0
+    assert runs_json(tmp_path, env, db)["runs"][0]["pruned"]
+    sent = emulator.stats()["by_status"]["200"]
+    assert batchrun(["submit", str(items), *base, "--run-id", "new"], cwd=tmp_path, env=env).returncode == 0
+    assert emulator.stats()["by_status"]["200"] == sent
+    assert read_results(tmp_path, env, db, "new") == results
+    assert_tallies_exact(db)
+
+
+def test_delete_refuses_a_locked_run_and_open_batches_unless_forced(tmp_path: Path, emulator) -> None:
+    from batchrun.lock import RunLock
+
+    env = cli_env(emulator.base_url)
+    db = tmp_path / "d.db"
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    online = write_jsonl(tmp_path / "o.jsonl", prompts(5, "o"))
+    assert batchrun(["submit", str(online), *base, "--run-id", "on"], cwd=tmp_path, env=env).returncode == 0
+    with RunLock(db, "on"):
+        proc = batchrun(["delete", "on", "--db", str(db)], cwd=tmp_path, env=env)
+        assert proc.returncode == 2 and "another process is running it" in proc.stderr
+        proc = batchrun(["delete", "on", "--force", "--db", str(db)], cwd=tmp_path, env=env)
+        assert proc.returncode == 2
+    batch = write_jsonl(tmp_path / "b.jsonl", [{"custom_id": f"b-{i}", "prompt": f"batch {i}"} for i in range(5)])
+    emulator.configure(batch_seconds=20.0)
+    proc = batchrun(
+        ["submit", str(batch), *base, "--mode", "batch", "--no-wait", "--run-id", "ba"], cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 3, proc.stderr
+    proc = batchrun(["delete", "ba", "--db", str(db)], cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "open batch" in proc.stderr and "--force" in proc.stderr
+    assert db_rows(db, "SELECT count(*) FROM items WHERE run_id = 'ba'")[0][0] == 5
+    proc = batchrun(["delete", "ba", "--force", "--db", str(db)], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert db_rows(db, "SELECT count(*) FROM batches")[0][0] == 0
+    assert batchrun(["delete", "on", "--db", str(db)], cwd=tmp_path, env=env).returncode == 0
+    assert runs_json(tmp_path, env, db)["runs"] == []
+    assert db_rows(db, "SELECT count(*) FROM items")[0][0] == 0
+    assert db_rows(db, "SELECT count(*) FROM request_parts")[0][0] == 0
+    proc = batchrun(["delete", "nope", "--db", str(db)], cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "no run 'nope'" in proc.stderr
+
+
+def test_prune_says_what_a_bad_age_is(tmp_path: Path) -> None:
+    proc = batchrun(["prune", "--older-than", "30 days", "--db", str(tmp_path / "x.db")], cwd=tmp_path, env={})
+    assert proc.returncode == 2 and "e.g. 30d" in proc.stderr
