@@ -9,6 +9,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -637,40 +638,55 @@ class Store:
         return total
 
     def _insert_items(self, run_id: str, items: Iterable[Any]) -> tuple[int, InputError | None]:
-        """Insert every item `items` yields; an InputError it raises at the end is returned, not raised."""
-        total = 0
-        chunk: list[Any] = []
+        """Insert every item `items` yields; an InputError it raises at the end is returned, not raised.
 
+        Two stages overlap: this thread reads and renders the next chunk while a writer thread hashes the
+        previous one and inserts it (SHA-256 and SQLite both run without the GIL). Only the writer touches the
+        connection until it is done; at most two chunks are held."""
         parts = _PartIds(self.db.conn)
+        total = 0
+        error = None
+        chunk: list[tuple[Any, ...]] = []
+        writing: Future[None] | None = None
 
-        def flush() -> None:
-            nonlocal total
-            rows = []
-            for i in chunk:
-                full = orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)
-                head, own, tail = split_request(full, i.params)
-                rows.append(
-                    (run_id, i.line_no, i.custom_id, i.params["model"], own, parts.get(head, tail), full, PENDING)
-                )
-            for n, digest in enumerate(_digests([row[6] for row in rows])):
-                rows[n] = (*rows[n][:6], digest, PENDING)
+        def write(rows: list[tuple[Any, ...]]) -> None:
             self.db.conn.executemany(
                 "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [
+                    (run_id, line, cid, model, own, parts.get(head, tail), hashlib.sha256(full).hexdigest(), PENDING)
+                    for line, cid, model, head, own, tail, full in rows
+                ],
             )
-            total += len(chunk)
-            chunk.clear()
 
-        error = None
-        try:
-            for item in items:
-                chunk.append(item)
-                if len(chunk) >= INSERT_CHUNK:
-                    flush()
-        except InputError as e:
-            error = e
-        flush()
+        def flush() -> None:
+            nonlocal writing, chunk, total
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(write, chunk) if chunk else None
+            total += len(chunk)
+            chunk = []
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-insert") as pool:
+            try:
+                try:
+                    for item in items:
+                        params = item.params
+                        full = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+                        chunk.append(
+                            (item.line_no, item.custom_id, params["model"], *split_request(full, params), full)
+                        )
+                        if len(chunk) >= INSERT_CHUNK:
+                            flush()
+                except InputError as e:
+                    error = e
+                flush()
+            finally:
+                if writing is not None:
+                    with suppress(BaseException):
+                        writing.result()
+            if writing is not None:
+                writing.result()
         return total, error
 
     def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
@@ -1139,11 +1155,6 @@ def _writes_1h(usage: dict[str, Any]) -> int | None:
     if not isinstance(breakdown, dict) or "ephemeral_1h_input_tokens" not in breakdown:
         return None
     return breakdown["ephemeral_1h_input_tokens"] or 0
-
-
-def _digests(requests: list[bytes]) -> list[str]:
-    """The request hashes (SHA-256 hex of the bytes sent) of a chunk of requests."""
-    return [hashlib.sha256(r).hexdigest() for r in requests]
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
