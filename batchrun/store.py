@@ -221,6 +221,9 @@ def m009_request_parts(db: Database) -> None:
     )
     db.execute(TALLY_TRIGGER)
     db.execute(REQUESTS_VIEW)
+    # without the state: a result stored no longer rewrites an entry at a random place of this index
+    db.execute("DROP INDEX items_by_request")
+    db.execute("CREATE INDEX items_by_request ON items (request_hash)")
 
 
 PARTS_SCHEMA = """
@@ -565,7 +568,12 @@ class Store:
         )
 
     def models(self, run_id: str) -> list[str]:
-        return [m for (m,) in self.db.execute("SELECT DISTINCT model FROM items WHERE run_id = ?", [run_id])]
+        return [
+            m
+            for (m,) in self.db.execute(
+                "SELECT DISTINCT model FROM run_tallies WHERE run_id = ? AND items > 0 ORDER BY model", [run_id]
+            )
+        ]
 
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
@@ -1075,17 +1083,18 @@ class Store:
         token = self._batch_token(run_id, seq)
         if token is None:
             rows = self.db.execute(
-                "SELECT custom_id, line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? "
-                "AND state = ? AND custom_id IN (SELECT value FROM json_each(?))",
-                [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
+                "SELECT i.custom_id, i.line_no, i.attempts, i.model FROM json_each(?) AS j CROSS JOIN items AS i "
+                "ON i.run_id = ? AND i.custom_id = j.value WHERE i.batch_seq = ? AND i.state = ?",
+                [orjson.dumps(custom_ids).decode(), run_id, seq, IN_FLIGHT],
             ).fetchall()
             return {custom_id: (line_no, attempts, model) for custom_id, line_no, attempts, model in rows}
         prefix = f"{token}-"
         lines = [int(c[len(prefix) :]) for c in custom_ids if c.startswith(prefix) and c[len(prefix) :].isdigit()]
         rows = self.db.execute(
-            "SELECT line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
-            "AND line_no IN (SELECT value FROM json_each(?))",
-            [run_id, seq, IN_FLIGHT, orjson.dumps(lines).decode()],
+            # the chunk's lines drive the join (one index lookup each), not a scan of the whole batch per chunk
+            "SELECT i.line_no, i.attempts, i.model FROM json_each(?) AS j CROSS JOIN items AS i "
+            "ON i.run_id = ? AND i.line_no = j.value WHERE i.batch_seq = ? AND i.state = ?",
+            [orjson.dumps(lines).decode(), run_id, seq, IN_FLIGHT],
         ).fetchall()
         return {sent_custom_id(token, line_no): (line_no, attempts, model) for line_no, attempts, model in rows}
 
