@@ -170,6 +170,7 @@ def phase_copies(db: str, copies: str) -> None:
             [copy, RUN],
         )
     conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # not left for the first status to do
     conn.close()
 
 
