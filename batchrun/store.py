@@ -37,6 +37,7 @@ class State(StrEnum):
 PENDING, IN_FLIGHT, SUCCEEDED, FAILED = State.PENDING, State.IN_FLIGHT, State.SUCCEEDED, State.FAILED
 STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
+CREATE_CHUNK = 500  # items per insert when a run is created: two chunks of whole requests are held at once
 BUSY_TIMEOUT_S = 30
 MAX_PROBLEMS = 20
 T = TypeVar("T")
@@ -282,16 +283,22 @@ TTL_1H = b'"ttl":"1h"'
 def split_request(full: bytes, params: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
     """(head, own, tail) of a request's bytes `full` (orjson, sorted keys): `own` is the value of "messages",
     the rest is what items share. A request that does not split that way is all `own` (empty head and tail)."""
+    start, length = split_bounds(full, params)
+    return full[:start], full[start : start + length], full[start + length :]
+
+
+def split_bounds(full: bytes, params: dict[str, Any]) -> tuple[int, int]:
+    """Where the item's own part (the value of "messages") starts in `full`, and its length; (0, len(full))
+    when the request does not split that way. Checked against the bytes, so head + own + tail is always `full`."""
     messages = params.get("messages")
     if messages is None:
-        return b"", full, b""
+        return 0, len(full)
     own = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
     before = {k: v for k, v in params.items() if k < "messages"}
     head = orjson.dumps(before, option=orjson.OPT_SORT_KEYS)[:-1] + (b"," if before else b"") + HOLE
-    end = len(head) + len(own)
-    if not full.startswith(head) or full[len(head) : end] != own:
-        return b"", full, b""
-    return head, own, full[end:]
+    if not full.startswith(head) or full[len(head) : len(head) + len(own)] != own:
+        return 0, len(full)
+    return len(head), len(own)
 
 
 class _PartIds:
@@ -301,6 +308,20 @@ class _PartIds:
         self.conn = conn
         self.ids: dict[str, int] = {}
         self.last: tuple[bytes, bytes, int] | None = None
+
+    def of(self, full: bytes, start: int, length: int) -> int:
+        """The part of a request split at (start, length), without copying its shared bytes when they are the
+        previous request's."""
+        last = self.last
+        if (
+            last is not None
+            and len(last[0]) == start
+            and len(full) - start - length == len(last[1])
+            and full.startswith(last[0])
+            and full.endswith(last[1])
+        ):
+            return last[2]
+        return self.get(full[:start], full[start + length :])
 
     def get(self, head: bytes, tail: bytes) -> int:
         last = self.last
@@ -662,8 +683,17 @@ class Store:
                 "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (run_id, line, cid, model, own, parts.get(head, tail), hashlib.sha256(full).hexdigest(), PENDING)
-                    for line, cid, model, head, own, tail, full in rows
+                    (
+                        run_id,
+                        line,
+                        cid,
+                        model,
+                        full[start : start + length],
+                        parts.of(full, start, length),
+                        hashlib.sha256(full).hexdigest(),
+                        PENDING,
+                    )
+                    for line, cid, model, full, start, length in rows
                 ],
             )
 
@@ -681,10 +711,8 @@ class Store:
                     for item in items:
                         params = item.params
                         full = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
-                        chunk.append(
-                            (item.line_no, item.custom_id, params["model"], *split_request(full, params), full)
-                        )
-                        if len(chunk) >= INSERT_CHUNK:
+                        chunk.append((item.line_no, item.custom_id, params["model"], full, *split_bounds(full, params)))
+                        if len(chunk) >= CREATE_CHUNK:
                             flush()
                 except InputError as e:
                     error = e
@@ -1193,7 +1221,9 @@ def _raise_input_problems(*errors: InputError | None) -> None:
 # housekeeping
 # The queries of `batchrun runs`, `prune` and `delete` (batchrun/housekeeping.py).
 
-ITEM_OVERHEAD_BYTES = 230  # per item beyond its request and result bytes: the row's other columns and 4 indexes
+ITEM_OVERHEAD_BYTES = (
+    450  # per item beyond its own request and result bytes (bench/scale.py): hash, ids, indexes, attempt
+)
 
 
 def run_summaries(store: Store) -> list[dict[str, Any]]:
