@@ -24,6 +24,7 @@ from batchrun.store import (
     reclaim_space,
     run_summaries,
     strip_run,
+    vacuums_incrementally,
 )
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -143,7 +144,9 @@ def _remove(store: Store, run_id: str, keep_results: bool, cancel: Any = None) -
 
 
 def _reclaim(store: Store, done: Removal) -> Removal:
-    if done.removed:
+    """After removals; and once on a database made before incremental vacuum (an upgraded one holds the space its
+    requests took before they were stored once), which that first VACUUM switches to incremental."""
+    if done.removed or not vacuums_incrementally(store):
         done.reclaim = reclaim_space(store)
     done.bytes_after = database_bytes(store)
     return done

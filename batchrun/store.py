@@ -1283,7 +1283,7 @@ def reclaim_space(store: Store) -> str:
     """Give the freed pages back to the file system; returns how: "incremental vacuum" on a database made with
     auto_vacuum=INCREMENTAL (every database made since m009), else "VACUUM", which rewrites the file once and
     switches it to incremental, so later prunes are cheap."""
-    if store._one("PRAGMA auto_vacuum")[0] == 2:
+    if vacuums_incrementally(store):
         store.db.execute("PRAGMA incremental_vacuum").fetchall()
         how = "incremental vacuum"
     else:
@@ -1292,6 +1292,10 @@ def reclaim_space(store: Store) -> str:
         how = "VACUUM"
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     return how
+
+
+def vacuums_incrementally(store: Store) -> bool:
+    return store._one("PRAGMA auto_vacuum")[0] == 2
 
 
 def database_bytes(store: Store) -> int:

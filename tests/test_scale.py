@@ -350,3 +350,24 @@ def test_delete_refuses_a_locked_run_and_open_batches_unless_forced(tmp_path: Pa
 def test_prune_says_what_a_bad_age_is(tmp_path: Path) -> None:
     proc = batchrun(["prune", "--older-than", "30 days", "--db", str(tmp_path / "x.db")], cwd=tmp_path, env={})
     assert proc.returncode == 2 and "e.g. 30d" in proc.stderr
+
+
+def test_the_first_prune_of_an_upgraded_database_gives_back_the_space_of_the_copied_prompts(tmp_path: Path) -> None:
+    job = load_job(JOBS / "classify_tickets.toml").with_overrides(model=MODEL)
+    lines = write_jsonl(tmp_path / "t.jsonl", ticket_lines(60))
+    db = tmp_path / "old.db"
+    old_database(db, job, lines, done=60)
+    before = db.stat().st_size
+    assert before > 60 * 12_500  # the 12.5 KB system prompt in every item
+    proc = batchrun(["prune", "--older-than", "30d", "--db", str(db)], cwd=tmp_path, env={})
+    assert proc.returncode == 0, proc.stderr
+    assert "reclaimed space with VACUUM" in proc.stderr
+    assert db.stat().st_size < before / 4
+    proc = batchrun(["prune", "--older-than", "30d", "--db", str(db)], cwd=tmp_path, env={})
+    assert proc.returncode == 0 and "nothing to prune" in proc.stderr  # incremental from now on
+    assert db_rows(db, "PRAGMA auto_vacuum")[0][0] == 2
+    assert len(read_results_direct(db)) == 60
+
+
+def read_results_direct(db: Path) -> list[tuple]:
+    return db_rows(db, "SELECT custom_id, result FROM items WHERE run_id = 'old' AND state = 'succeeded'")
