@@ -633,6 +633,70 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
         click.echo("\n".join(format_status(s) for s in statuses))
 
 
+@cli.command("runs")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+@handle_errors
+def runs_command(as_json: bool, db_path: str | None) -> None:
+    """List every run: id, created, input, mode, endpoint, counts, cost and size in the database."""
+    import orjson
+
+    from batchrun.housekeeping import format_runs, list_runs
+    from batchrun.store import database_bytes
+
+    if not db_location(db_path).exists():
+        click.echo('{"runs": []}' if as_json else "no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
+        return
+    store = open_store(db_path)
+    listed = list_runs(store)
+    if as_json:
+        data = {"runs": listed, "database_bytes": database_bytes(store)}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_runs(listed, database_bytes(store)))
+
+
+@cli.command()
+@click.option("--older-than", "older_than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w (last activity).")
+@click.option("--keep-results", is_flag=True, help="Keep the runs' results; drop their requests and attempts.")
+@db_option
+@handle_errors
+def prune(older_than: str, keep_results: bool, db_path: str | None) -> None:
+    """Remove runs not touched for AGE (never a running one or one with open batches), then reclaim space."""
+    from batchrun import housekeeping
+
+    age = housekeeping.parse_age(older_than)
+    store = open_store(db_path)
+    done = housekeeping.prune(store, age, keep_results)
+    for line in housekeeping.format_removal(done, "pruned" if keep_results else "removed"):
+        click.echo(f"batchrun: {line}", err=True)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--force", is_flag=True, help="Cancel the run's open batches first, then delete it.")
+@client_options
+@db_option
+@handle_errors
+def delete(run_id: str, force: bool, emulate: bool, backend: str, db_path: str | None) -> None:
+    """Delete RUN and everything stored for it, then reclaim space (never a run another process holds)."""
+    from batchrun import housekeeping
+
+    load_env()
+    with ExitStack() as stack:
+        store = open_store(db_path)
+
+        def cancel(run: str) -> None:
+            from batchrun.runs import cancel_run
+            from batchrun.settings import RunOptions
+
+            cancel_run(store, run, RunOptions(), _client_factory(stack, emulate, backend))
+
+        done = housekeeping.delete(store, run_id, force, cancel)
+    for line in housekeeping.format_removal(done, "deleted"):
+        click.echo(f"batchrun: {line}", err=True)
+
+
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")

@@ -7,6 +7,7 @@ following symlinks and never truncated on open: only the holder rewrites its own
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -97,17 +98,21 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        fd = _open(self.db_path, f"{self.run_id}.lock", create=True)
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunLocked(
-                f"run {self.run_id} is being processed by {holder}; "
-                "try again when it has finished (exit code 75 means: locked, retry later)"
-            ) from None
+        while True:
+            fd = _open(self.db_path, f"{self.run_id}.lock", create=True)
+            assert fd is not None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunLocked(
+                    f"run {self.run_id} is being processed by {holder}; "
+                    "try again when it has finished (exit code 75 means: locked, retry later)"
+                ) from None
+            if _is_current(fd, self.path):
+                break
+            os.close(fd)  # its holder removed this file on release: lock the one at the path now
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self.fd = fd
@@ -117,9 +122,23 @@ class RunLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self.fd is not None:
+            # removed while still held: a process that opened it meanwhile finds it gone and opens a new one
+            with contextlib.suppress(OSError):
+                if _is_current(self.fd, self.path):
+                    self.path.unlink()
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = None
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether the open lock file `fd` is still the file at `path` (not one a finished holder removed)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def lock_holder(db_path: str | Path, run_id: str) -> str | None:

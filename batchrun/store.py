@@ -9,6 +9,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +37,7 @@ class State(StrEnum):
 PENDING, IN_FLIGHT, SUCCEEDED, FAILED = State.PENDING, State.IN_FLIGHT, State.SUCCEEDED, State.FAILED
 STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
+CREATE_CHUNK = 500  # items per insert when a run is created: two chunks of whole requests are held at once
 BUSY_TIMEOUT_S = 30
 MAX_PROBLEMS = 20
 T = TypeVar("T")
@@ -247,6 +249,164 @@ def m008_answers(db: Database) -> None:
     db.execute(ANSWERS_VIEW)
 
 
+@migrations()
+def m009_request_parts(db: Database) -> None:
+    """Shared request parts stored once, and per-run tallies kept up to date instead of counting rows.
+
+    An item's request is `head + own + tail`: `own` is the serialised value of its "messages" (what is its own),
+    head and tail are the rest of the request's bytes, stored once in `request_parts` by content (the same
+    system prompt across items and runs is one row). The bytes, so the request sent and its hash, are unchanged.
+    `run_tallies` holds items, tokens and bytes per (run, model, via, state), kept exact by a trigger on every
+    change of an item, so status and the runs list read a few rows instead of a million.
+    """
+    for statement in PARTS_SCHEMA.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("ALTER TABLE items RENAME COLUMN params TO own")
+    db.execute("ALTER TABLE items ADD COLUMN parts INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN pruned_at REAL")
+    parts = _PartIds(db.conn)
+    last = 0
+    while rows := db.execute(
+        "SELECT rowid, own FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?", [last, INSERT_CHUNK]
+    ).fetchall():
+        updates = []
+        for rowid, params in rows:
+            raw = params.encode() if isinstance(params, str) else bytes(params)
+            head, own, tail = split_request(raw, orjson.loads(raw))
+            updates.append((own, parts.get(head, tail), rowid))
+        db.conn.executemany("UPDATE items SET own = ?, parts = ? WHERE rowid = ?", updates)
+        last = rows[-1][0]
+    db.execute(
+        "INSERT INTO run_tallies SELECT run_id, model, coalesce(via, ''), state, count(*), sum(input_tokens), "
+        "sum(output_tokens), sum(cache_creation_tokens), sum(cache_creation_1h_tokens), sum(cache_read_tokens), "
+        "sum(length(own) + coalesce(length(result), 0)) FROM items GROUP BY 1, 2, 3, 4"
+    )
+    db.execute(TALLY_TRIGGER)
+    db.execute(REQUESTS_VIEW)
+    # without the state: a result stored no longer rewrites an entry at a random place of this index
+    db.execute("DROP INDEX items_by_request")
+    db.execute("CREATE INDEX items_by_request ON items (request_hash)")
+
+
+PARTS_SCHEMA = """
+CREATE TABLE request_parts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,
+    head BLOB NOT NULL,
+    tail BLOB NOT NULL,
+    max_tokens INTEGER,
+    ttl_1h INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE run_tallies (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    via TEXT NOT NULL,
+    state TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    input INTEGER NOT NULL,
+    output INTEGER NOT NULL,
+    cache_creation INTEGER NOT NULL,
+    cache_creation_1h INTEGER NOT NULL,
+    cache_read INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, via, state)
+) WITHOUT ROWID;
+"""
+TALLY_TRIGGER = """
+CREATE TRIGGER items_tally AFTER UPDATE OF state, via, model, own, result, input_tokens, output_tokens,
+    cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens ON items
+BEGIN
+    UPDATE run_tallies SET items = items - 1, input = input - OLD.input_tokens, output = output - OLD.output_tokens,
+        cache_creation = cache_creation - OLD.cache_creation_tokens,
+        cache_creation_1h = cache_creation_1h - OLD.cache_creation_1h_tokens,
+        cache_read = cache_read - OLD.cache_read_tokens,
+        bytes = bytes - length(OLD.own) - coalesce(length(OLD.result), 0)
+    WHERE run_id = OLD.run_id AND model = OLD.model AND via = coalesce(OLD.via, '') AND state = OLD.state;
+    INSERT INTO run_tallies VALUES (NEW.run_id, NEW.model, coalesce(NEW.via, ''), NEW.state, 1, NEW.input_tokens,
+        NEW.output_tokens, NEW.cache_creation_tokens, NEW.cache_creation_1h_tokens, NEW.cache_read_tokens,
+        length(NEW.own) + coalesce(length(NEW.result), 0))
+    ON CONFLICT DO UPDATE SET items = items + 1, input = input + excluded.input, output = output + excluded.output,
+        cache_creation = cache_creation + excluded.cache_creation,
+        cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h,
+        cache_read = cache_read + excluded.cache_read, bytes = bytes + excluded.bytes;
+END
+"""
+# Every item's request as it is sent (the bytes its request_hash is the SHA-256 of), for reading by hand and tests.
+REQUESTS_VIEW = """
+CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, i.request_hash,
+    CAST(p.head || i.own || p.tail AS BLOB) AS params
+FROM items i JOIN request_parts p ON p.id = i.parts
+"""
+HOLE = b'"messages":'
+TTL_1H = b'"ttl":"1h"'
+
+
+def split_request(full: bytes, params: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """(head, own, tail) of a request's bytes `full` (orjson, sorted keys): `own` is the value of "messages",
+    the rest is what items share. A request that does not split that way is all `own` (empty head and tail)."""
+    start, length = split_bounds(full, params)
+    return full[:start], full[start : start + length], full[start + length :]
+
+
+def split_bounds(full: bytes, params: dict[str, Any]) -> tuple[int, int]:
+    """Where the item's own part (the value of "messages") starts in `full`, and its length; (0, len(full))
+    when the request does not split that way. Checked against the bytes, so head + own + tail is always `full`."""
+    messages = params.get("messages")
+    if messages is None:
+        return 0, len(full)
+    own = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+    before = {k: v for k, v in params.items() if k < "messages"}
+    head = orjson.dumps(before, option=orjson.OPT_SORT_KEYS)[:-1] + (b"," if before else b"") + HOLE
+    if not full.startswith(head) or full[len(head) : len(head) + len(own)] != own:
+        return 0, len(full)
+    return len(head), len(own)
+
+
+class _PartIds:
+    """Part ids by content, inserting a part the first time it is seen (in the caller's transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.ids: dict[str, int] = {}
+        self.last: tuple[bytes, bytes, int] | None = None
+
+    def of(self, full: bytes, start: int, length: int) -> int:
+        """The part of a request split at (start, length), without copying its shared bytes when they are the
+        previous request's."""
+        last = self.last
+        if (
+            last is not None
+            and len(last[0]) == start
+            and len(full) - start - length == len(last[1])
+            and full.startswith(last[0])
+            and full.endswith(last[1])
+        ):
+            return last[2]
+        return self.get(full[:start], full[start + length :])
+
+    def get(self, head: bytes, tail: bytes) -> int:
+        last = self.last
+        if last is not None and last[1] == tail and last[0] == head:
+            return last[2]
+        key = hashlib.sha256(head + b"\0" + tail).hexdigest()
+        part = self.ids.get(key)
+        if part is None:
+            row = self.conn.execute("SELECT id FROM request_parts WHERE hash = ?", [key]).fetchone()
+            if row is None:
+                max_tokens = orjson.loads(head + b"[]" + tail).get("max_tokens") if head else None
+                row = self.conn.execute(
+                    "INSERT INTO request_parts (hash, head, tail, max_tokens, ttl_1h) VALUES (?, ?, ?, ?, ?) "
+                    "RETURNING id",
+                    [key, head, tail, max_tokens if isinstance(max_tokens, int) else None, TTL_1H in head + tail],
+                ).fetchone()
+            part = self.ids[key] = row[0]
+        self.last = (head, tail, part)
+        return part
+
+
+UNFINISHED = "EXISTS (SELECT 1 FROM run_tallies WHERE run_id = r.id AND state IN (?, ?) AND items > 0)"
+MAX_TOKENS = "coalesce(p.max_tokens, json_extract(own, '$.max_tokens'))"
 TOKEN_LEN = 10  # "br" + 8 hex digits
 SENT_ID_OVERHEAD = TOKEN_LEN + 1  # the token and the "-" before the line number
 
@@ -367,6 +527,7 @@ class Store:
         """Open (and create or upgrade) the database; any problem is a StoreError with the fix in its message."""
         self.path = Path(path)
         self.db: Database | None = None
+        self._parts: dict[int, tuple[bytes, bytes]] = {}
         try:
             self._open()
         except (sqlite3.Error, OSError) as e:
@@ -400,6 +561,7 @@ class Store:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
                 migrations.apply(Database(conn))
             finally:
                 conn.close()
@@ -447,6 +609,17 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    @contextmanager
+    def _big_cache(self, kib: int = 32768) -> Iterator[None]:
+        """A larger page cache while a run's items are inserted (four indexes grow at random places), given back
+        after, so a long run's memory stays what it was."""
+        before = self._one("PRAGMA cache_size")[0]
+        self.db.execute(f"PRAGMA cache_size = -{kib}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA cache_size = {int(before)}")
+
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | tuple | None:
         return self.db.execute(sql, list(params)).fetchone()
 
@@ -467,7 +640,7 @@ class Store:
         rows = list(
             self.db.query(
                 "SELECT id, endpoint FROM runs r WHERE input_sha256 = ? AND fingerprint = ? AND endpoint != ? "
-                "AND EXISTS (SELECT 1 FROM items WHERE run_id = r.id AND state IN (?, ?)) "
+                f"AND {UNFINISHED} "
                 "ORDER BY created_at DESC LIMIT 1",
                 [input_sha256, fingerprint, endpoint, PENDING, IN_FLIGHT],
             )
@@ -481,7 +654,12 @@ class Store:
         )
 
     def models(self, run_id: str) -> list[str]:
-        return [m for (m,) in self.db.execute("SELECT DISTINCT model FROM items WHERE run_id = ?", [run_id])]
+        return [
+            m
+            for (m,) in self.db.execute(
+                "SELECT DISTINCT model FROM run_tallies WHERE run_id = ? AND items > 0 ORDER BY model", [run_id]
+            )
+        ]
 
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
@@ -489,8 +667,8 @@ class Store:
     def unfinished_run_from(self, input_path: str, fingerprint: str) -> str | None:
         """A run made from this path with these settings that still has items to send."""
         row = self._one(
-            "SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND EXISTS (SELECT 1 FROM items "
-            "WHERE run_id = r.id AND state IN (?, ?)) ORDER BY created_at DESC LIMIT 1",
+            f"SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND {UNFINISHED} "
+            "ORDER BY created_at DESC LIMIT 1",
             [input_path, fingerprint, PENDING, IN_FLIGHT],
         )
         return row[0] if row else None
@@ -523,7 +701,7 @@ class Store:
             "status": "pending",
             "total": 0,
         }
-        with self._write():
+        with self._write(), self._big_cache():
             inserted = self.db.execute(
                 "INSERT INTO runs (id, created_at, updated_at, input_path, input_sha256, fingerprint, mode, job, "
                 "status, total, endpoint) VALUES (:id, :created_at, :updated_at, :input_path, :input_sha256, "
@@ -535,6 +713,11 @@ class Store:
             total, error = self._insert_items(run["id"], items)
             _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
+            self.db.execute(
+                "INSERT INTO run_tallies SELECT run_id, model, '', state, count(*), 0, 0, 0, 0, 0, sum(length(own)) "
+                "FROM items WHERE run_id = ? GROUP BY model, state",
+                [run["id"]],
+            )
         return total
 
     def _same_run(self, run: dict[str, Any]) -> int:
@@ -549,52 +732,76 @@ class Store:
         return total
 
     def _insert_items(self, run_id: str, items: Iterable[Any]) -> tuple[int, InputError | None]:
-        """Insert every item `items` yields; an InputError it raises at the end is returned, not raised."""
-        total = 0
-        chunk: list[Any] = []
+        """Insert every item `items` yields; an InputError it raises at the end is returned, not raised.
 
-        def flush() -> None:
-            nonlocal total
+        Two stages overlap: this thread reads and renders the next chunk while a writer thread hashes the
+        previous one and inserts it (SHA-256 and SQLite both run without the GIL). Only the writer touches the
+        connection until it is done; at most two chunks are held."""
+        parts = _PartIds(self.db.conn)
+        total = 0
+        error = None
+        chunk: list[tuple[Any, ...]] = []
+        writing: Future[None] | None = None
+
+        def write(rows: list[tuple[Any, ...]]) -> None:
             self.db.conn.executemany(
-                "INSERT INTO items (run_id, line_no, custom_id, model, params, request_hash, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state, source_id, "
+                "kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         run_id,
-                        i.line_no,
-                        i.custom_id,
-                        i.params["model"],
-                        (params := orjson.dumps(i.params, option=orjson.OPT_SORT_KEYS)),
-                        hashlib.sha256(params).hexdigest(),
+                        line,
+                        cid,
+                        model,
+                        full[start : start + length],
+                        parts.of(full, start, length),
+                        hashlib.sha256(full).hexdigest(),
                         PENDING,
+                        source_id,
+                        kept,
                     )
-                    for i in chunk
+                    for line, cid, model, full, start, length, source_id, kept in rows
                 ],
             )
-            self._insert_sources(run_id, chunk)
+
+        def flush() -> None:
+            nonlocal writing, chunk, total
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(write, chunk) if chunk else None
             total += len(chunk)
-            chunk.clear()
+            chunk = []
 
-        error = None
-        try:
-            for item in items:
-                chunk.append(item)
-                if len(chunk) >= INSERT_CHUNK:
-                    flush()
-        except InputError as e:
-            error = e
-        flush()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-insert") as pool:
+            try:
+                try:
+                    for item in items:
+                        params = item.params
+                        full = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+                        kept = getattr(item, "kept", None)
+                        chunk.append(
+                            (
+                                item.line_no,
+                                item.custom_id,
+                                params["model"],
+                                full,
+                                *split_bounds(full, params),
+                                getattr(item, "source_id", None),
+                                None if kept is None else orjson.dumps(kept, default=str).decode(),
+                            )
+                        )
+                        if len(chunk) >= CREATE_CHUNK:
+                            flush()
+                except InputError as e:
+                    error = e
+                flush()
+            finally:
+                if writing is not None:
+                    with suppress(BaseException):
+                        writing.result()
+            if writing is not None:
+                writing.result()
         return total, error
-
-    def _insert_sources(self, run_id: str, chunk: list[Any]) -> None:
-        """A table row's own id (when it is not a usable custom_id) and its kept columns."""
-        rows = [
-            (i.source_id, None if i.kept is None else orjson.dumps(i.kept, default=str).decode(), run_id, i.line_no)
-            for i in chunk
-            if getattr(i, "source_id", None) is not None or getattr(i, "kept", None) is not None
-        ]
-        if rows:
-            self.db.conn.executemany("UPDATE items SET source_id = ?, kept = ? WHERE run_id = ? AND line_no = ?", rows)
 
     def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
         """Lines whose custom_id an earlier line already used, first ones first (found by the index, so memory
@@ -636,11 +843,19 @@ class Store:
         rows = self.db.execute(
             "UPDATE items SET state = ? WHERE run_id = ? AND line_no IN (SELECT line_no FROM items "
             "WHERE run_id = ? AND state = ? AND line_no > ? ORDER BY line_no LIMIT ?) "
-            "RETURNING line_no, custom_id, params",
+            "RETURNING line_no, custom_id, own, parts",
             [IN_FLIGHT, run_id, run_id, PENDING, after_line, limit],
         ).fetchall()
         rows.sort()
-        return [ClaimedItem(line, cid, orjson.loads(params)) for line, cid, params in rows]
+        return [ClaimedItem(line, cid, orjson.loads(self.request(own, parts))) for line, cid, own, parts in rows]
+
+    def request(self, own: bytes, part: int) -> bytes:
+        """An item's request bytes (as sent and hashed) from its own part and its shared part's id."""
+        shared = self._parts.get(part)
+        if shared is None:
+            row = self._one("SELECT head, tail FROM request_parts WHERE id = ?", [part])
+            shared = self._parts[part] = (bytes(row[0]), bytes(row[1]))
+        return shared[0] + own + shared[1]
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Write a group of outcomes, each result with the state change that marks it, in one transaction."""
@@ -656,7 +871,8 @@ class Store:
                 "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
                 # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
                 "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
-                'CASE WHEN instr(params, \'"ttl":"1h"\') THEN :cache_creation_tokens ELSE 0 END), '
+                'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
+                "THEN :cache_creation_tokens ELSE 0 END), "
                 "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
                 "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
                 "attempts = attempts + :n_attempts, updated_at = :now "
@@ -721,14 +937,28 @@ class Store:
             ).rowcount
 
     def _change_params(self, where: str, params: list[Any], changes: dict[str, Any]) -> None:
-        rows = self.db.execute(f"SELECT line_no, params FROM items {where}", params).fetchall()
+        """Set `changes` in the requests of the items `where` selects: new request bytes, split and stored like a
+        new item's (its shared part found or added), with their new hash."""
+        rows = self.db.execute(f"SELECT line_no, own, parts FROM items {where}", params).fetchall()
+        parts = _PartIds(self.db.conn)
         updates = []
-        for line_no, stored in rows:
-            new = orjson.dumps({**orjson.loads(stored), **changes}, option=orjson.OPT_SORT_KEYS)
-            model = orjson.loads(new)["model"]
-            updates.append((new, hashlib.sha256(new).hexdigest(), model, params[0], line_no))
+        for line_no, own, part in rows:
+            new_params = {**orjson.loads(self.request(bytes(own), part)), **changes}
+            full = orjson.dumps(new_params, option=orjson.OPT_SORT_KEYS)
+            start, length = split_bounds(full, new_params)
+            updates.append(
+                (
+                    full[start : start + length],
+                    parts.of(full, start, length),
+                    hashlib.sha256(full).hexdigest(),
+                    new_params["model"],
+                    params[0],
+                    line_no,
+                )
+            )
         self.db.conn.executemany(
-            "UPDATE items SET params = ?, request_hash = ?, model = ? WHERE run_id = ? AND line_no = ?", updates
+            "UPDATE items SET own = ?, parts = ?, request_hash = ?, model = ? WHERE run_id = ? AND line_no = ?",
+            updates,
         )
 
     def check(self) -> list[str]:
@@ -753,6 +983,10 @@ class Store:
             "AND result IS NOT NULL",
             "runs whose item count is wrong": "SELECT count(*) FROM runs r WHERE total != "
             "(SELECT count(*) FROM items WHERE run_id = r.id)",
+            "run tallies that differ from the items": "SELECT count(*) FROM (SELECT run_id, model, via, state, "
+            "sum(n) FROM (SELECT run_id, model, via, state, items AS n FROM run_tallies UNION ALL "
+            "SELECT run_id, model, coalesce(via, ''), state, -count(*) FROM items GROUP BY 1, 2, 3, 4) "
+            "GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0)",
             "custom_ids used twice in a run": "SELECT count(*) FROM (SELECT 1 FROM items GROUP BY run_id, custom_id "
             "HAVING count(*) > 1)",
         }
@@ -767,6 +1001,16 @@ class Store:
         return self._one("SELECT count(*) FROM items WHERE state = ?", [IN_FLIGHT])[0]
 
     def counts(self, run_id: str) -> dict[str, int]:
+        """Items by state, from the run's tallies (kept exact by a trigger, so no row is counted)."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute(
+            "SELECT state, sum(items) FROM run_tallies WHERE run_id = ? GROUP BY state", [run_id]
+        ):
+            counts[state] = n
+        return counts
+
+    def counted_counts(self, run_id: str) -> dict[str, int]:
+        """Items by state counted row by row: what the tallies must always equal (for `doctor` and tests)."""
         counts = dict.fromkeys(STATES, 0)
         for state, n in self.db.execute("SELECT state, count(*) FROM items WHERE run_id = ? GROUP BY state", [run_id]):
             counts[state] = n
@@ -776,10 +1020,10 @@ class Store:
         """Tokens by model and path (online or batch), for what the run has been billed so far."""
         return list(
             self.db.query(
-                "SELECT model, via, count(*) AS items, sum(input_tokens) AS input, sum(output_tokens) AS output, "
-                "sum(cache_creation_tokens) AS cache_creation, sum(cache_creation_1h_tokens) AS cache_creation_1h, "
-                "sum(cache_read_tokens) AS cache_read "
-                "FROM items WHERE run_id = ? AND via IS NOT NULL GROUP BY model, via ORDER BY model, via",
+                "SELECT model, via, sum(items) AS items, sum(input) AS input, sum(output) AS output, "
+                "sum(cache_creation) AS cache_creation, sum(cache_creation_1h) AS cache_creation_1h, "
+                "sum(cache_read) AS cache_read FROM run_tallies WHERE run_id = ? AND via != '' "
+                "GROUP BY model, via HAVING sum(items) > 0 ORDER BY model, via",
                 [run_id],
             )
         )
@@ -789,7 +1033,8 @@ class Store:
         names = {"online": "api", "batch": "batch", "cache": "cache"}
         counts = dict.fromkeys(names.values(), 0)
         for via, n in self.db.execute(
-            "SELECT via, count(*) FROM items WHERE run_id = ? AND state = ? GROUP BY via", [run_id, SUCCEEDED]
+            "SELECT via, sum(items) FROM run_tallies WHERE run_id = ? AND state = ? GROUP BY via HAVING sum(items)",
+            [run_id, SUCCEEDED],
         ):
             counts[names.get(via, via)] = n
         return counts
@@ -832,8 +1077,8 @@ class Store:
     def pending_sizes(self, run_id: str) -> Iterator[tuple[int, int]]:
         """(line_no, bytes of custom_id + params) of the pending items, in input order, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)) FROM items "
-            "WHERE run_id = ? AND state = ? ORDER BY line_no",
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail) "
+            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -843,8 +1088,9 @@ class Store:
         """(line_no, bytes as sent, model, max_tokens) of the pending items in input order: what a batch plan and
         the budget need, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(CAST(params AS BLOB)), model, "
-            "json_extract(params, '$.max_tokens') FROM items WHERE run_id = ? AND state = ? ORDER BY line_no",
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail), "
+            f"model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? "
+            "ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -853,9 +1099,9 @@ class Store:
     def open_batch_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
         """The same for the items waiting in the run's open batches."""
         cur = self.db.execute(
-            "SELECT line_no, length(CAST(params AS BLOB)), model, json_extract(params, '$.max_tokens') FROM items "
-            "WHERE run_id = ? AND state = ? AND batch_seq IN (SELECT seq FROM batches WHERE run_id = ? "
-            "AND collected_at IS NULL)",
+            f"SELECT line_no, length(own) + length(p.head) + length(p.tail), model, {MAX_TOKENS} FROM items "
+            "JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? AND batch_seq IN "
+            "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL)",
             [run_id, IN_FLIGHT, run_id],
         )
         while rows := cur.fetchmany(5000):
@@ -894,14 +1140,14 @@ class Store:
         (never re-serialised: what was validated at input is what is sent)."""
         token = self._batch_token(run_id, seq)
         cur = self.db.execute(
-            "SELECT custom_id, line_no, params FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            "SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
             "ORDER BY line_no",
             [run_id, seq, IN_FLIGHT],
         )
         while rows := cur.fetchmany(5000):
-            for custom_id, line_no, params in rows:
+            for custom_id, line_no, own, part in rows:
                 sent = sent_custom_id(token, line_no) if token else custom_id
-                yield orjson.dumps({"custom_id": sent, "params": orjson.Fragment(params)})
+                yield orjson.dumps({"custom_id": sent, "params": orjson.Fragment(self.request(own, part))})
 
     def _batch_token(self, run_id: str, seq: int) -> str | None:
         """The plan's token; None for plans made before tokens existed (they send the user's custom_ids)."""
@@ -914,8 +1160,8 @@ class Store:
             "? + length(CAST(line_no AS TEXT))" if self._batch_token(run_id, seq) else "0 * ? + length(custom_id)"
         )
         row = self._one(
-            f"SELECT count(*), coalesce(sum({id_bytes} + length(CAST(params AS BLOB))), 0) FROM items "
-            "WHERE run_id = ? AND batch_seq = ? AND state = ?",
+            f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)), 0) "
+            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND state = ?",
             [SENT_ID_OVERHEAD, run_id, seq, IN_FLIGHT],
         )
         return row[0], row[1]
@@ -988,17 +1234,18 @@ class Store:
         token = self._batch_token(run_id, seq)
         if token is None:
             rows = self.db.execute(
-                "SELECT custom_id, line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? "
-                "AND state = ? AND custom_id IN (SELECT value FROM json_each(?))",
-                [run_id, seq, IN_FLIGHT, orjson.dumps(custom_ids).decode()],
+                "SELECT i.custom_id, i.line_no, i.attempts, i.model FROM json_each(?) AS j CROSS JOIN items AS i "
+                "ON i.run_id = ? AND i.custom_id = j.value WHERE i.batch_seq = ? AND i.state = ?",
+                [orjson.dumps(custom_ids).decode(), run_id, seq, IN_FLIGHT],
             ).fetchall()
             return {custom_id: (line_no, attempts, model) for custom_id, line_no, attempts, model in rows}
         prefix = f"{token}-"
         lines = [int(c[len(prefix) :]) for c in custom_ids if c.startswith(prefix) and c[len(prefix) :].isdigit()]
         rows = self.db.execute(
-            "SELECT line_no, attempts, model FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
-            "AND line_no IN (SELECT value FROM json_each(?))",
-            [run_id, seq, IN_FLIGHT, orjson.dumps(lines).decode()],
+            # the chunk's lines drive the join (one index lookup each), not a scan of the whole batch per chunk
+            "SELECT i.line_no, i.attempts, i.model FROM json_each(?) AS j CROSS JOIN items AS i "
+            "ON i.run_id = ? AND i.line_no = j.value WHERE i.batch_seq = ? AND i.state = ?",
+            [orjson.dumps(lines).decode(), run_id, seq, IN_FLIGHT],
         ).fetchall()
         return {sent_custom_id(token, line_no): (line_no, attempts, model) for line_no, attempts, model in rows}
 
@@ -1032,8 +1279,9 @@ class Store:
         """(items, characters of their params, sum of max_tokens) of the items without an outcome yet: what
         deadline mode's plan needs to size the rest of the run online."""
         row = self._one(
-            "SELECT count(*), coalesce(sum(length(params)), 0), "
-            "coalesce(sum(json_extract(params, '$.max_tokens')), 0) FROM items WHERE run_id = ? AND state IN (?, ?)",
+            "SELECT count(*), coalesce(sum(length(own) + length(p.head) + length(p.tail)), 0), "
+            f"coalesce(sum({MAX_TOKENS}), 0) FROM items JOIN request_parts p ON p.id = parts "
+            "WHERE run_id = ? AND state IN (?, ?)",
             [run_id, PENDING, IN_FLIGHT],
         )
         return int(row[0]), int(row[1]), int(row[2])
@@ -1105,6 +1353,95 @@ def _raise_input_problems(*errors: InputError | None) -> None:
     more = sum(e.more for e in found) + max(0, len(pairs) - MAX_PROBLEMS)
     kept = pairs[:MAX_PROBLEMS]
     raise InputError([text for _, _, text in kept], more, [line for line, _, _ in kept])
+
+
+# housekeeping
+# The queries of `batchrun runs`, `prune` and `delete` (batchrun/housekeeping.py).
+
+ITEM_OVERHEAD_BYTES = (
+    450  # per item beyond its own request and result bytes (bench/scale.py): hash, ids, indexes, attempt
+)
+
+
+def run_summaries(store: Store) -> list[dict[str, Any]]:
+    """Every run, oldest first, with its counts by state and the bytes its items hold (from the tallies)."""
+    rows = list(
+        store.db.query(
+            "SELECT r.id, r.created_at, r.updated_at, r.input_path, r.mode, r.endpoint, r.status, r.total, r.job, "
+            "r.pruned_at, coalesce(t.bytes, 0) AS bytes, "
+            "(SELECT count(*) FROM batches b WHERE b.run_id = r.id AND b.collected_at IS NULL) AS open_batches "
+            "FROM runs r LEFT JOIN (SELECT run_id, sum(bytes) AS bytes FROM run_tallies GROUP BY run_id) t "
+            "ON t.run_id = r.id ORDER BY r.created_at"
+        )
+    )
+    for row in rows:
+        row["job"] = orjson.loads(row["job"])
+        row["counts"] = store.counts(row["id"])
+        row["bytes"] += row["total"] * ITEM_OVERHEAD_BYTES
+    return rows
+
+
+def open_batch_count(store: Store, run_id: str) -> int:
+    """Batches of the run whose results are not stored yet (planned ones too: a crash may have created them)."""
+    return store._one("SELECT count(*) FROM batches WHERE run_id = ? AND collected_at IS NULL", [run_id])[0]
+
+
+def delete_run(store: Store, run_id: str) -> None:
+    """Remove a run and everything of it, and the shared request parts no item uses any more."""
+    with store._write():
+        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies"):
+            store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        store.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+        _drop_unused_parts(store)
+
+
+def strip_run(store: Store, run_id: str) -> int:
+    """Keep a run's results but drop what only sending needed: the requests of its succeeded items (their
+    request hash stays, so the response cache still finds their answers) and its attempts. Pending and failed
+    items keep their requests, so the run can still be resumed or retried."""
+    with store._write():
+        stripped = store.db.execute(
+            "UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND state = ? AND parts IS NOT NULL",
+            [run_id, SUCCEEDED],
+        ).rowcount
+        store.db.execute("DELETE FROM attempts WHERE run_id = ?", [run_id])
+        store.db.execute("UPDATE runs SET pruned_at = ? WHERE id = ?", [time.time(), run_id])
+        _drop_unused_parts(store)
+    return stripped
+
+
+def _drop_unused_parts(store: Store) -> None:
+    store.db.execute(
+        "DELETE FROM request_parts WHERE id NOT IN (SELECT DISTINCT parts FROM items WHERE parts IS NOT NULL)"
+    )
+
+
+def reclaim_space(store: Store) -> str:
+    """Give the freed pages back to the file system; returns how: "incremental vacuum" on a database made with
+    auto_vacuum=INCREMENTAL (every database made since m009), else "VACUUM", which rewrites the file once and
+    switches it to incremental, so later prunes are cheap."""
+    if vacuums_incrementally(store):
+        store.db.execute("PRAGMA incremental_vacuum").fetchall()
+        how = "incremental vacuum"
+    else:
+        store.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        store.db.execute("VACUUM")
+        how = "VACUUM"
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return how
+
+
+def vacuums_incrementally(store: Store) -> bool:
+    return store._one("PRAGMA auto_vacuum")[0] == 2
+
+
+def database_bytes(store: Store) -> int:
+    """The database's size on disk: the file and its write-ahead log."""
+    return sum(
+        Path(f"{store.path}{suffix}").stat().st_size
+        for suffix in ("", "-wal")
+        if Path(f"{store.path}{suffix}").exists()
+    )
 
 
 # report

@@ -39,8 +39,8 @@ def schema_job(path: Path, max_attempts: int = 4, via: str = "json_schema", mode
 def items_of(db: Path) -> list[tuple]:
     return db_rows(
         db,
-        "SELECT custom_id, state, error_type, error_message, params, data, stop_reason, attempts, output_tokens, "
-        "cost_usd FROM items ORDER BY line_no",
+        "SELECT i.custom_id, state, error_type, error_message, r.params, data, stop_reason, attempts, output_tokens, "
+        "cost_usd FROM items i JOIN requests r USING (run_id, line_no) ORDER BY i.line_no",
     )
 
 
@@ -176,7 +176,9 @@ def test_retry_max_tokens_sends_the_cut_items_again_with_more_room(emulator, wor
     attempts_before = db_rows(db, "SELECT count(*) FROM attempts")[0][0]
     r = batchrun(["retry", _run(workdir), "--error-type", "max_tokens", "--max-tokens", "64"], cwd=workdir, env=env)
     assert r.returncode == 0, r.stderr
-    for line_no, params, request_hash, result in db_rows(db, "SELECT line_no, params, request_hash, result FROM items"):
+    for line_no, params, request_hash, result in db_rows(
+        db, "SELECT i.line_no, r.params, i.request_hash, i.result FROM items i JOIN requests r USING (run_id, line_no)"
+    ):
         params = orjson.loads(params)
         assert params["max_tokens"] == 64 and request_hash != before[line_no]
         message = orjson.loads(result)["message"]

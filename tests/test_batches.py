@@ -44,7 +44,7 @@ def submit_batch(items: Path, *extra: str) -> list[str]:
 
 
 def stored_params(db: Path) -> dict[str, dict]:
-    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM items")}
+    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM requests")}
 
 
 def assert_replies_match_requests(results: list[dict], db: Path) -> None:

@@ -180,5 +180,5 @@ def test_short_system_prompts_are_not_marked_for_caching(workdir: Path, emulator
     assert (
         batchrun(["submit", str(items), "--job", str(job)], cwd=workdir, env=cli_env(emulator.base_url)).returncode == 0
     )
-    params = [orjson.loads(p) for (p,) in db_rows(workdir / "batchrun.db", "SELECT params FROM items")]
+    params = [orjson.loads(p) for (p,) in db_rows(workdir / "batchrun.db", "SELECT params FROM requests")]
     assert all(p["system"] == "Be brief." and prefix_key(p) is None for p in params)

@@ -62,7 +62,7 @@ def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Pat
     assert final.returncode == 0, final.stderr
     results = read_jsonl(workdir / "out.jsonl")
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(n)]
-    params = {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM items")}
+    params = {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM requests")}
     for r in results:
         assert r["result"]["message"]["content"][0]["text"] == expected_text(params[r["custom_id"]])
     answered = emulator.stats()["by_status"]["200"]

@@ -69,7 +69,7 @@ def status(workdir: Path, env: dict) -> dict:
 
 
 def stored_params(db: Path) -> dict[int, dict]:
-    return {line: orjson.loads(p) for line, p in db_rows(db, "SELECT line_no, params FROM items")}
+    return {line: orjson.loads(p) for line, p in db_rows(db, "SELECT line_no, params FROM requests")}
 
 
 def batch_succeeded_keys(emulator, db: Path) -> list[str]:
@@ -92,7 +92,7 @@ def assert_each_item_answered_once(workdir: Path, emulator, n: int) -> dict:
     db = workdir / "batchrun.db"
     results = read_jsonl(workdir / "out.jsonl")
     assert len(results) == n and len({r["custom_id"] for r in results}) == n
-    by_id = {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM items")}
+    by_id = {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM requests")}
     for r in results:
         assert r["result"]["type"] == "succeeded"
         assert r["result"]["message"]["content"][0]["text"] == expected_text(by_id[r["custom_id"]])

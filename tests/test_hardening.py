@@ -24,7 +24,7 @@ FAST = ["--poll-interval", "0.1"]
 
 
 def stored_params(db: Path) -> dict[str, dict]:
-    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM items")}
+    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM requests")}
 
 
 def texts(path: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ MODEL = "claude-haiku-4-5"
 
 
 def stored_params(db: Path) -> dict[str, dict]:
-    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM items")}
+    return {cid: orjson.loads(p) for cid, p in db_rows(db, "SELECT custom_id, params FROM requests")}
 
 
 def assert_results_match_inputs(results: list[dict], db: Path) -> None:

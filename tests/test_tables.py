@@ -87,7 +87,9 @@ def run_id(workdir: Path) -> str:
 
 
 def stored_params(workdir: Path) -> list[dict]:
-    return [orjson.loads(p) for (p,) in db_rows(workdir / "batchrun.db", "SELECT params FROM items ORDER BY line_no")]
+    return [
+        orjson.loads(p) for (p,) in db_rows(workdir / "batchrun.db", "SELECT params FROM requests ORDER BY line_no")
+    ]
 
 
 def test_csv_in_with_email_ids_quoted_newlines_and_kept_columns_exports_to_csv_with_the_exact_columns(

@@ -267,7 +267,7 @@ def test_a_lines_own_settings_win_over_the_jobs_in_the_short_forms(workdir: Path
     job = Job(model="claude-haiku-4-5", max_tokens=10, system="Job system.", template="Say {text}")
     store = Store(workdir / "b.db")
     prepare_run(store, str(items), job, "https://api.anthropic.com", "r")
-    params = {cid: orjson.loads(p) for cid, p in db_rows(workdir / "b.db", "SELECT custom_id, params FROM items")}
+    params = {cid: orjson.loads(p) for cid, p in db_rows(workdir / "b.db", "SELECT custom_id, params FROM requests")}
     store.close()
     assert set(params) == {"17", "b", "c"}  # a numeric custom_id is read as its decimal string
     assert (params["17"]["model"], params["17"]["max_tokens"], params["17"]["system"]) == (
