@@ -172,7 +172,7 @@ def test_an_old_database_is_migrated_with_identical_requests_hashes_and_results(
 
 
 def test_a_migrated_old_run_resumes_and_its_answers_are_reused(tmp_path: Path, emulator) -> None:
-    job = Job(model=MODEL, max_tokens=20)
+    job = Job(model=MODEL, max_tokens=64)
     lines = write_jsonl(tmp_path / "p.jsonl", prompts(12))
     db = tmp_path / "old.db"
     old_database(db, job, lines, done=0)
@@ -186,7 +186,7 @@ def test_a_migrated_old_run_resumes_and_its_answers_are_reused(tmp_path: Path, e
     again = write_jsonl(tmp_path / "again.jsonl", prompts(12))
     sent = emulator.stats()["by_status"].get("200", 0)
     proc = batchrun(
-        ["submit", str(again), "--db", str(db), "--model", MODEL, "--max-tokens", "20"], cwd=tmp_path, env=env
+        ["submit", str(again), "--db", str(db), "--model", MODEL, "--max-tokens", "64"], cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
     assert emulator.stats()["by_status"].get("200", 0) == sent
@@ -205,7 +205,7 @@ def assert_tallies_exact(db: Path) -> None:
 def test_tallies_stay_exact_through_online_batch_crash_resume_and_retry(tmp_path: Path, emulator) -> None:
     env = cli_env(emulator.base_url)
     db = tmp_path / "t.db"
-    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "64"]
     online = write_jsonl(
         tmp_path / "o.jsonl",
         [
@@ -225,7 +225,7 @@ def test_tallies_stay_exact_through_online_batch_crash_resume_and_retry(tmp_path
     # a crash: items left in flight by a dead process, then resumed
     crash = write_jsonl(tmp_path / "c.jsonl", prompts(8, "c"))
     store = Store(db)
-    job = Job(model=MODEL, max_tokens=20)
+    job = Job(model=MODEL, max_tokens=64)
     new_run(store, crash, job, "cr")
     assert len(store.claim_pending("cr", 0, 5)) == 5
     assert store.counts("cr") == {"pending": 3, "in_flight": 5, "succeeded": 0, "failed": 0}
@@ -257,7 +257,7 @@ def age_run(db: Path, run_id: str, days: float) -> None:
 def test_runs_lists_and_prune_removes_old_runs_while_the_cache_keeps_what_is_kept(tmp_path: Path, emulator) -> None:
     env = cli_env(emulator.base_url)
     db = tmp_path / "n.db"
-    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "64"]
     items = write_jsonl(tmp_path / "i.jsonl", prompts(40))
     assert batchrun(["submit", str(items), *base, "--run-id", "night1"], cwd=tmp_path, env=env).returncode == 0
     sent = emulator.stats()["by_status"]["200"]
@@ -295,7 +295,7 @@ def read_results(workdir: Path, env: dict, db: Path, run_id: str) -> list[dict]:
 def test_prune_keep_results_keeps_results_and_the_cache_but_drops_requests(tmp_path: Path, emulator) -> None:
     env = cli_env(emulator.base_url)
     db = tmp_path / "k.db"
-    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "64"]
     items = write_jsonl(tmp_path / "i.jsonl", prompts(30))
     assert batchrun(["submit", str(items), *base, "--run-id", "old"], cwd=tmp_path, env=env).returncode == 0
     results = read_results(tmp_path, env, db, "old")
@@ -319,7 +319,7 @@ def test_delete_refuses_a_locked_run_and_open_batches_unless_forced(tmp_path: Pa
 
     env = cli_env(emulator.base_url)
     db = tmp_path / "d.db"
-    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "20"]
+    base = ["--db", str(db), "--model", MODEL, "--max-tokens", "64"]
     online = write_jsonl(tmp_path / "o.jsonl", prompts(5, "o"))
     assert batchrun(["submit", str(online), *base, "--run-id", "on"], cwd=tmp_path, env=env).returncode == 0
     with RunLock(db, "on"):
