@@ -41,6 +41,8 @@ class ReportData:
     attempts_per_item: list[tuple[int, int]]
     failures: list[dict[str, Any]]
     sample: list[dict[str, Any]]
+    previous_run: str | None = None
+    fields: dict[str, tuple[dict[Any, int], dict[Any, int]]] = field(default_factory=dict)
     generated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -51,9 +53,19 @@ def gather(store: Store, run_id: str) -> ReportData:
         {"custom_id": cid, "state": state, "result": orjson.loads(result)}
         for cid, state, result in itertools.islice(store.iter_results(run_id), SAMPLE_RESULTS)
     ]
+    previous = store_queries.report_previous_run(store, run_id)
+    fields = {
+        name: (
+            dict(store_queries.report_field_counts(store, run_id, name)),
+            dict(store_queries.report_field_counts(store, previous, name)) if previous else {},
+        )
+        for name in categorical_fields(getattr(job, "schema", None))
+    }
     return ReportData(
         status=status,
         job=job,
+        previous_run=previous,
+        fields=fields,
         attempts=store_queries.report_attempts(store, run_id),
         finished=store_queries.report_finished_times(store, run_id),
         attempts_per_item=store_queries.report_attempts_per_item(store, run_id),
@@ -259,10 +271,46 @@ def batches(data: ReportData) -> str:
 
 
 def field_distributions(data: ReportData) -> str:
-    """Schema jobs (not built yet): each enum or boolean field's distribution beside the previous run's."""
-    if not getattr(data.job, "schema", None):
+    """Schema jobs: each enum or boolean field's distribution, beside the previous run of the same job (a shift in
+    labels from one night to the next is the first thing a data team asks about)."""
+    if not data.fields:
         return ""
-    return ""
+    previous = f"the previous run, {_e(data.previous_run)}" if data.previous_run else "no previous run of this job"
+    parts = [f"<h2>Answers by field</h2><p>This run beside {previous}.</p>"]
+    for name, (now, before) in data.fields.items():
+        total_now, total_before = sum(now.values()) or 1, sum(before.values()) or 1
+        values = sorted(set(now) | set(before), key=lambda v: (-now.get(v, 0), str(v)))
+        rows = "".join(
+            f"<tr><td>{_e(_label(v))}</td><td data-field='{_e(name)}' data-value='{_e(_label(v))}'>{now.get(v, 0):,}"
+            f"</td><td>{now.get(v, 0) / total_now:.0%}</td><td>{before.get(v, 0):,}</td>"
+            f"<td>{before.get(v, 0) / total_before:.0%}</td></tr>"
+            for v in values
+        )
+        bars = [(_label(v), 100 * now.get(v, 0) / total_now) for v in values]  # this run; the table has both
+        parts.append(
+            f"<h3>{_e(name)}</h3>{bar_chart(bars, unit='%', chart=f'field-{name}')}"
+            "<table><tr><th>Value</th><th>This run</th><th>Share</th><th>Previous run</th><th>Share</th></tr>"
+            f"{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def _label(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def categorical_fields(schema: dict[str, Any] | None) -> list[str]:
+    """The schema's top-level properties with a small fixed set of values: enums, booleans, and integers of a range
+    of at most 10 (a 1-5 urgency)."""
+    properties = (schema or {}).get("properties") or {}
+    return [name for name, spec in properties.items() if isinstance(spec, dict) and _categorical(spec)]
+
+
+def _categorical(spec: dict[str, Any]) -> bool:
+    if "enum" in spec or spec.get("type") == "boolean":
+        return True
+    low, high = spec.get("minimum"), spec.get("maximum")
+    return spec.get("type") == "integer" and isinstance(low, int) and isinstance(high, int) and high - low <= 10
 
 
 def sample(data: ReportData) -> str:

@@ -1502,3 +1502,24 @@ def answer_rows(
     cur = store.db.execute(sql, [run_id, only] if only else [run_id])
     while rows := cur.fetchmany(2000):
         yield from rows
+
+
+def report_previous_run(store: Store, run_id: str) -> str | None:
+    """The run of the same job (same settings) made just before this one in this database: last night's."""
+    row = store.db.execute(
+        "SELECT p.id FROM runs p JOIN runs r ON r.id = ? WHERE p.fingerprint = r.fingerprint AND p.id != r.id "
+        "AND p.created_at < r.created_at ORDER BY p.created_at DESC LIMIT 1",
+        [run_id],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def report_field_counts(store: Store, run_id: str, name: str) -> list[tuple[Any, int]]:
+    """(value, items) of one top-level field of a schema job's validated answers, most frequent first."""
+    path = "$." + orjson.dumps(name).decode()
+    return store.db.execute(
+        "SELECT CASE json_type(data, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        "ELSE json_extract(data, ?1) END AS value, count(*) FROM items WHERE run_id = ?2 AND state = ?3 "
+        "AND data IS NOT NULL GROUP BY value ORDER BY 2 DESC, 1",
+        [path, run_id, SUCCEEDED],
+    ).fetchall()

@@ -158,3 +158,38 @@ def test_on_finish_runs_when_the_run_stops_early(workdir: Path, emulator) -> Non
     )
     assert proc.returncode == 3, proc.stderr
     assert (workdir / "code").read_text().strip() == "3"
+
+
+def test_a_schema_jobs_fields_are_counted_beside_the_previous_run_of_the_job(workdir: Path, emulator) -> None:
+    """Two nights of the shipped schema job: the report counts each enum/boolean/small-range field of tonight's
+    answers, and last night's beside them, exactly as the answers view has them."""
+    from batchrun.htmlreport import categorical_fields
+
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    shutil.copytree(jobs, workdir / "jobs")
+    lines = (workdir / "jobs/examples/tickets.csv").read_text().splitlines(keepends=True)
+    (workdir / "night1.csv").write_text("".join(lines[:31]))
+    (workdir / "night2.csv").write_text(lines[0] + "".join(lines[31:]))
+    env = cli_env(emulator.base_url)
+    for night in ("night1", "night2"):
+        proc = batchrun(
+            ["submit", f"{night}.csv", "--job", "jobs/classify_tickets_csv.toml", "--run-id", night, "-q"],
+            cwd=workdir,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+    proc = batchrun(["report", "night2", "-o", "r.html"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    text = (workdir / "r.html").read_text()
+    assert "beside the previous run, night1" in text
+    schema = orjson.loads((workdir / "jobs/ticket.schema.json").read_bytes())
+    fields = categorical_fields(schema)
+    assert {"category", "urgency", "sentiment"} <= set(fields) and "summary" not in fields
+    for name in fields:
+        assert f"data-chart='field-{name}'" in text
+        rows = db_rows(
+            workdir / "batchrun.db",
+            f"SELECT json_extract(data, '$.{name}'), count(*) FROM answers WHERE run_id = 'night2' GROUP BY 1",
+        )
+        for value, n in rows:
+            assert f"data-field='{name}' data-value='{value}'>{n:,}</td>" in text
