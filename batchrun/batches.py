@@ -736,6 +736,24 @@ def _failure(failure: APIFailure) -> dict[str, Any]:
     return {"status": failure.status, "error_type": failure.error_type, "message": failure.message}
 
 
+@contextlib.contextmanager
+def _stop_on_signals(engine: BatchEngine) -> Iterator[None]:
+    """A first signal stops the engine at its next safe point, a second one at once; no batch is ever canceled."""
+    task = asyncio.current_task()
+
+    def first(name: str) -> None:
+        engine.emit("signal", name=name, batches=True)
+        engine.interrupt()
+
+    def again(name: str) -> None:
+        engine.emit("signal_again", name=name)
+        if task is not None:
+            task.cancel()
+
+    with on_signals(first, again):
+        yield
+
+
 async def run_batches(
     store: Store,
     run_id: str,
@@ -767,20 +785,9 @@ async def run_batches(
         limit=limit,
         switch=switch,
     )
-    task = asyncio.current_task()
     interrupted = Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
-
-    def first(name: str) -> None:
-        engine.emit("signal", name=name, batches=True)
-        engine.interrupt()
-
-    def again(name: str) -> None:
-        engine.emit("signal_again", name=name)
-        if task is not None:
-            task.cancel()
-
     try:
-        with on_signals(first, again):
+        with _stop_on_signals(engine):
             return await engine.run()
     except asyncio.CancelledError:
         return interrupted
@@ -839,19 +846,8 @@ async def cancel_and_drain(
     is open, so none can answer an item sent online afterwards; otherwise why it stopped (a signal, --timeout,
     an API call that kept failing), with batches still open: their items must not be sent online yet."""
     engine = BatchEngine(store, run_id, job, client, events=events, timeout=timeout, honour_cancel=False)
-    task = asyncio.current_task()
-
-    def first(name: str) -> None:
-        engine.emit("signal", name=name, batches=True)
-        engine.interrupt()
-
-    def again(name: str) -> None:
-        engine.emit("signal_again", name=name)
-        if task is not None:
-            task.cancel()
-
     try:
-        with on_signals(first, again):
+        with _stop_on_signals(engine):
             await engine.cancel_open(reconcile=True)
             return await engine.drain()
     except Stopped as stopped:
