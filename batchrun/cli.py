@@ -361,7 +361,7 @@ def submit(
         except BatchrunError:
             store.discard()
             raise
-        click.echo(f"batchrun: {'created' if created else 'continuing'} run {run_id}", err=True)
+        _note(f"{'created' if created else 'continuing'} run {run_id}", log_format)
         given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,
@@ -603,7 +603,14 @@ def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Any:
     """Where requests go (the library's Target), decided before anything is stored or sent."""
     import batchrun
 
-    return batchrun.client_factory(stack, emulate, backend, lambda text: click.echo(f"batchrun: {text}", err=True))
+    return batchrun.client_factory(stack, emulate, backend, _note)
+
+
+def _note(text: str, log_format: str = "text") -> None:
+    """A line before progress starts, written like the progress lines (timestamped, or JSON, off a terminal)."""
+    from batchrun.progress import Progress
+
+    Progress(log_format=log_format).write(text)
 
 
 @cli.command()

@@ -124,3 +124,14 @@ def test_timestamps_are_iso_8601_utc() -> None:
     clock.now = 3725.0
     progress.close()
     assert re.match(r"^2026-01-01T01:02:05Z batchrun: r1: 0/1,000 done", out.getvalue())
+
+
+def test_the_lines_before_progress_starts_are_timestamped_too(workdir, emulator) -> None:
+    from tests.conftest import batchrun, cli_env, prompts, write_jsonl
+
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    proc = batchrun(["submit", str(items), "--model", "claude-haiku-4-5"], cwd=workdir, env=cli_env(emulator.base_url))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line]
+    assert any("batchrun: created run" in line for line in lines)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ batchrun: ", line) for line in lines), lines
