@@ -34,7 +34,7 @@ __all__ = [
     "status",
     "submit",
 ]
-LAZY = frozenset(__all__) | {"process", "open_store", "db_location", "client_factory", "load_job_arg"}
+LAZY = frozenset(__all__) | {"process", "watched", "open_store", "db_location", "client_factory", "load_job_arg"}
 
 
 def __getattr__(name: str) -> Any:

@@ -78,12 +78,12 @@ async def run_auto(
         if stop is None or stop.reason != StopReason.SWITCH_ONLINE:
             return stop
     if store.batches(run_id, open_only=True):
-        events(Event("switching_online", run_id, {"items": _left(store, run_id), "open": open_ids(store, run_id)}))
+        events(Event("switching_online", run_id, {"items": _left(store, run_id), "open": store.open_batch_ids(run_id)}))
         stop = await cancel_and_drain(store, run_id, job, make_client(), events, timeout=options.timeout)
         if stop is not None:
             return stop
         if store.batches(run_id, open_only=True):  # never send online what a batch may still answer
-            return Stop(StopReason.CANCEL_TIMEOUT, run_id, {"open": open_ids(store, run_id), "timeout": None})
+            return Stop(StopReason.CANCEL_TIMEOUT, run_id, {"open": store.open_batch_ids(run_id), "timeout": None})
     left = _left(store, run_id)
     if not left:
         return None
@@ -105,10 +105,6 @@ async def run_auto(
         budget=make_budget(),
         limit=limit,
     )
-
-
-def open_ids(store: Store, run_id: str) -> list[str]:
-    return [row["id"] for row in store.batches(run_id, open_only=True) if row["id"]]
 
 
 def _done(store: Store, run_id: str) -> int:

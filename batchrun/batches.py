@@ -279,8 +279,7 @@ class BatchEngine:
                 await asyncio.wait_for(self.stopping.wait(), min(left, CANCEL_CHECK_S))
 
     def _still_open(self, reason: StopReason) -> Stop:
-        open_ids = [row["id"] for row in self.store.batches(self.run_id, open_only=True) if row["id"]]
-        return Stop(reason, self.run_id, {"open": open_ids, "timeout": self.timeout})
+        return Stop(reason, self.run_id, {"open": self.store.open_batch_ids(self.run_id), "timeout": self.timeout})
 
     # creating batches
 

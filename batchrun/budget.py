@@ -75,7 +75,3 @@ class Budget:
             self.reserved = max(0.0, self.reserved - reservation) if self.holders else 0.0
         self.spent += usd or 0.0
         self.settled.set()
-
-    @property
-    def left(self) -> float | None:
-        return None if self.limit is None else max(0.0, self.limit - self.spent)

@@ -22,8 +22,8 @@ from batchrun.errors import (
     BatchrunError,
     UsageError,
 )
+from batchrun.library import DEFAULT_DB, db_location
 
-DEFAULT_DB = "batchrun.db"
 MAX_CONCURRENCY = 1000
 
 
@@ -267,10 +267,6 @@ def batch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
     )(fn)
     return fn
-
-
-def db_location(db_path: str | None) -> Path:
-    return Path(db_path or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
 
 
 def open_store(db_path: str | None, create: bool = False) -> Any:
@@ -536,21 +532,9 @@ def _process(
 
     progress = Progress(enabled=not quiet, log_format=log_format)
     say = functools.partial(_say, progress)
-    try:
-        result = batchrun.process(
-            store,
-            run_id,
-            options,
-            target,
-            progress.event,
-            output=output,
-            on_finish=on_finish,
-            say=say,
-            cancel=cancel,
-            ended=progress.close,
-        )
-    finally:
-        progress.close()
+    result = batchrun.watched(
+        store, run_id, options, target, progress, output=output, on_finish=on_finish, say=say, cancel=cancel
+    )
     _report_ending(result, say)
 
 

@@ -231,6 +231,14 @@ def process(
     return result
 
 
+def watched(store: Store, run_id: str, options: RunOptions, target: Target, progress: Any, **kwargs: Any) -> RunResult:
+    """`process` with `progress` as its listener, closed as soon as the work is over, and on any error."""
+    try:
+        return process(store, run_id, options, target, progress.event, ended=progress.close, **kwargs)
+    finally:
+        progress.close()
+
+
 def _result(store: Store, run_id: str, ending: Any, created: bool) -> RunResult:
     from batchrun.progress import describe_stop
     from batchrun.report import run_status
@@ -373,21 +381,17 @@ def _submit(
         except BatchrunError:
             store.discard()
             raise
-        try:
-            return process(
-                store,
-                run_id,
-                replace(options, settings=the_job.runtime_settings()),
-                target,
-                progress.event,
-                output=output,
-                on_finish=on_finish,
-                say=progress.write,
-                created=created,
-                ended=progress.close,
-            )
-        finally:
-            progress.close()
+        return watched(
+            store,
+            run_id,
+            replace(options, settings=the_job.runtime_settings()),
+            target,
+            progress,
+            output=output,
+            on_finish=on_finish,
+            say=progress.write,
+            created=created,
+        )
 
 
 def resume(
@@ -422,20 +426,7 @@ def _resume(
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(_store(db))
         target = client_factory(stack, emulate, backend, progress.write)
-        try:
-            return process(
-                store,
-                run_id,
-                options,
-                target,
-                progress.event,
-                output=output,
-                on_finish=on_finish,
-                say=progress.write,
-                ended=progress.close,
-            )
-        finally:
-            progress.close()
+        return watched(store, run_id, options, target, progress, output=output, on_finish=on_finish, say=progress.write)
 
 
 def status(run_id: str | None = None, *, db: str | os.PathLike[str] | None = None) -> Any:

@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,13 +46,6 @@ class InvalidOutput(APIFailure):
 
 class StopRequested(Exception):
     """The run is stopping (signal, or an error every item would meet): the item goes back to pending."""
-
-
-@dataclass(slots=True)
-class Counters:
-    rate_limited: int = 0
-    overloaded: int = 0
-    left_pending: int = 0  # items that ran out of attempts on 429/529: they wait for a resume
 
 
 class Engine:
@@ -157,10 +149,6 @@ class Engine:
         if self.stopped_by is None or self.stopped_by.reason not in (StopReason.STORE_ERROR, StopReason.BUG):
             self.stopped_by = Stop(kind, self.run_id, {"error": f"{type(error).__name__}: {error}"}, error)
         self.stop()
-
-    @property
-    def counters(self) -> Counters:
-        return Counters(self.limiter.rate_limited, self.limiter.overloaded, self.left_pending)
 
     def stop(self, cause: Stop | None = None) -> None:
         """Stop taking new items; items not yet sent go back to pending."""

@@ -1074,16 +1074,6 @@ class Store:
 
     # batches
 
-    def pending_sizes(self, run_id: str) -> Iterator[tuple[int, int]]:
-        """(line_no, bytes of custom_id + params) of the pending items, in input order, without loading params."""
-        cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail) "
-            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? ORDER BY line_no",
-            [SENT_ID_OVERHEAD, run_id, PENDING],
-        )
-        while rows := cur.fetchmany(5000):
-            yield from rows
-
     def pending_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
         """(line_no, bytes as sent, model, max_tokens) of the pending items in input order: what a batch plan and
         the budget need, without loading params."""
@@ -1199,6 +1189,10 @@ class Store:
         for row in rows:
             row["request_counts"] = orjson.loads(row["request_counts"]) if row["request_counts"] else None
         return rows
+
+    def open_batch_ids(self, run_id: str) -> list[str]:
+        """The API ids of the run's batches whose results are not stored yet (plans without an id left out)."""
+        return [row["id"] for row in self.batches(run_id, open_only=True) if row["id"]]
 
     def batch(self, run_id: str, seq: int) -> dict[str, Any]:
         return next(iter(self.db.query("SELECT * FROM batches WHERE run_id = ? AND seq = ?", [run_id, seq])))
