@@ -269,6 +269,15 @@ def _check_no_leaks(before: dict[str, object], args: list[str]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries back off from 50 ms instead of 500 ms, so a test with faults waits a tenth as long; a Retry-After
+    is still honoured in full (the emulator counts a retry that comes early)."""
+    from batchrun import retry
+
+    monkeypatch.setattr(retry, "FIRST_WAIT_S", 0.05)
+
+
+@pytest.fixture(autouse=True)
 def _no_stray_children() -> Iterator[None]:
     """A child process a test started and left running is killed, so a failed test cannot hang the suite."""
     yield

@@ -19,9 +19,14 @@ def emulator_proc() -> Iterator[EmulatorProcess]:
         process.stop()
 
 
+# A batch lasts this long in a test unless the test says otherwise (the emulator's own default is 2 s).
+TEST_BATCH_SECONDS = 0.2
+
+
 @pytest.fixture
 def emulator(emulator_proc: EmulatorProcess) -> EmulatorProcess:
-    """The session's emulator with default config and fresh state for this test."""
+    """The session's emulator with default config (batches of TEST_BATCH_SECONDS) and fresh state for this test."""
     emulator_proc.restore_defaults()
+    emulator_proc.configure(batch_seconds=TEST_BATCH_SECONDS)
     emulator_proc.reset()
     return emulator_proc

@@ -41,7 +41,7 @@ def assert_store_sound(workdir: Path, env: dict) -> None:
 @pytest.mark.slow
 def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Path, emulator) -> None:
     emulator.configure(latency_ms=30, latency_jitter_ms=25)
-    n = 1500
+    n = 800
     items = write_jsonl(workdir / "items.jsonl", prompts(n))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
@@ -51,7 +51,7 @@ def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Pat
     for _ in range(10):
         before = succeeded(db)
         proc = start_batchrun(args, cwd=workdir, env=env)
-        target = before + rng.randint(10, 110)
+        target = before + rng.randint(10, 60)
         wait_until(lambda t=target, p=proc: succeeded(db) >= t or p.poll() is not None)
         time.sleep(rng.random() * 0.05)
         proc.send_signal(signal.SIGKILL)
@@ -72,11 +72,11 @@ def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Pat
 
 def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulator) -> None:
     emulator.configure(latency_ms=100)
-    items = write_jsonl(workdir / "items.jsonl", prompts(400))
+    items = write_jsonl(workdir / "items.jsonl", prompts(200))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
     proc = start_batchrun(
-        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "8", "--grace", "2"],
+        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "8", "--grace", "1"],
         cwd=workdir,
         env=env,
     )
@@ -87,7 +87,7 @@ def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulat
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
-    assert time.monotonic() - sent <= 2 + 1
+    assert time.monotonic() - sent <= 1 + 1
     assert "SIGTERM" in err and "resume r" in err
     assert db_rows(db, "SELECT count(*) FROM items WHERE state = 'in_flight'") == [(0,)]
     # the 8 requests cut off at the end of the grace period were sent, maybe paid: they stay on record
@@ -96,8 +96,8 @@ def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulat
     emulator.configure(latency_ms=0)
     resumed = batchrun(["resume", "r", "-o", "out.jsonl"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert len(read_jsonl(workdir / "out.jsonl")) == 400
-    assert emulator.stats()["by_status"]["200"] >= 400 - done
+    assert len(read_jsonl(workdir / "out.jsonl")) == 200
+    assert emulator.stats()["by_status"]["200"] >= 200 - done
 
 
 def test_second_ctrl_c_stops_at_once_keeping_committed_results(workdir: Path, emulator) -> None:

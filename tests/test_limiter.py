@@ -122,9 +122,10 @@ def test_a_request_larger_than_the_bucket_waits_for_a_full_bucket_not_forever() 
 
 
 def test_online_run_learns_the_limit_from_headers_and_avoids_429s(workdir: Path, emulator) -> None:
-    """The emulator enforces 3,000 RPM per second (a 50-request bucket); batchrun is not told the limit."""
-    emulator.configure(rpm=3000, bucket_seconds=1.0)
-    items = write_jsonl(workdir / "items.jsonl", prompts(300))
+    """The emulator enforces 3,000 RPM (only) per second (a 50-request bucket, refilled at 50 a second: the 150
+    requests take at least 2 s); batchrun is not told the limit."""
+    emulator.configure(rpm=3000, itpm=0, otpm=0, bucket_seconds=1.0)
+    items = write_jsonl(workdir / "items.jsonl", prompts(150))
     proc = batchrun(
         ["submit", str(items), "--model", "claude-haiku-4-5", "--concurrency", "64"],
         cwd=workdir,
@@ -132,5 +133,5 @@ def test_online_run_learns_the_limit_from_headers_and_avoids_429s(workdir: Path,
     )
     assert proc.returncode == 0, proc.stderr
     stats = emulator.stats()
-    assert stats["by_status"]["200"] == 300
+    assert stats["by_status"]["200"] == 150
     assert stats["by_status"].get("429", 0) <= 3, stats["by_status"]

@@ -329,8 +329,11 @@ def test_delete_refuses_a_locked_run_and_open_batches_unless_forced(tmp_path: Pa
         assert proc.returncode == 2
     batch = write_jsonl(tmp_path / "b.jsonl", [{"custom_id": f"b-{i}", "prompt": f"batch {i}"} for i in range(5)])
     emulator.configure(batch_seconds=20.0)
+    (tmp_path / "poll.toml").write_text("poll_interval = 0.05\n")  # the run's own: `delete --force` polls with it
     proc = batchrun(
-        ["submit", str(batch), *base, "--mode", "batch", "--no-wait", "--run-id", "ba"], cwd=tmp_path, env=env
+        ["submit", str(batch), *base, "--mode", "batch", "--no-wait", "--run-id", "ba", "--job", "poll.toml"],
+        cwd=tmp_path,
+        env=env,
     )
     assert proc.returncode == 3, proc.stderr
     proc = batchrun(["delete", "ba", "--db", str(db)], cwd=tmp_path, env=env)
