@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 HEADER_PREFIX = "anthropic-ratelimit-"
+PAUSE_WITHOUT_RETRY_AFTER_S = 1.0  # how long a 429 that says nothing about when to come back pauses everyone
 DIMENSIONS = {"requests": "requests", "input-tokens": "input_tokens", "output-tokens": "output_tokens"}
 
 
@@ -158,7 +159,7 @@ class Limiter:
         """A 429 pauses all admissions for its Retry-After; a 429 or 529 also narrows the concurrency window."""
         if status == 429:
             self.rate_limited += 1
-            self.paused_until = max(self.paused_until, self.clock() + (retry_after or 1.0))
+            self.paused_until = max(self.paused_until, self.clock() + (retry_after or PAUSE_WITHOUT_RETRY_AFTER_S))
         elif status == 529:
             self.overloaded += 1
         else:

@@ -270,11 +270,13 @@ def _check_no_leaks(before: dict[str, object], args: list[str]) -> None:
 
 @pytest.fixture(autouse=True)
 def _short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries back off from 50 ms instead of 500 ms, so a test with faults waits a tenth as long; a Retry-After
-    is still honoured in full (the emulator counts a retry that comes early)."""
-    from batchrun import retry
+    """Retries back off from 50 ms instead of 500 ms, and a 429 without Retry-After pauses for 0.1 s instead of 1 s,
+    so a test with faults waits a tenth as long; a Retry-After is still honoured in full (the emulator counts a
+    retry that comes early)."""
+    from batchrun import limiter, retry
 
     monkeypatch.setattr(retry, "FIRST_WAIT_S", 0.05)
+    monkeypatch.setattr(limiter, "PAUSE_WITHOUT_RETRY_AFTER_S", 0.1)
 
 
 @pytest.fixture(autouse=True)

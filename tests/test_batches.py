@@ -178,7 +178,7 @@ def test_invalid_params_fail_with_the_api_message_and_are_not_resent(workdir: Pa
 
 
 def test_no_wait_records_the_batch_ids_and_resume_collects(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=1.5)
+    emulator.configure(batch_seconds=30)
     items = write_jsonl(workdir / "items.jsonl", prompts(120))
     env = cli_env(emulator.base_url)
     first = batchrun(submit_batch(items, "--run-id", "r", "--batch-size", "50", "--no-wait"), cwd=workdir, env=env)
@@ -189,6 +189,7 @@ def test_no_wait_records_the_batch_ids_and_resume_collects(workdir: Path, emulat
     assert all(b["processing_status"] == "in_progress" for b in data["batches"])
     assert data["status"] == "batches processing" and data["counts"]["in_flight"] == 120
     assert "--no-wait" in first.stderr and "batchrun resume r" in first.stderr and ids[0] in first.stderr
+    emulator.advance_clock(30)
     second = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
     assert second.returncode == 0, second.stderr
     assert emulator.stats()["batches_created"] == 3
@@ -313,7 +314,7 @@ def test_cancel_refuses_an_online_run(workdir: Path, emulator) -> None:
 
 
 def test_sigterm_stops_polling_and_never_cancels_a_batch(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=2.0)
+    emulator.configure(batch_seconds=30.0)
     items = write_jsonl(workdir / "items.jsonl", prompts(80))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
@@ -331,6 +332,7 @@ def test_sigterm_stops_polling_and_never_cancels_a_batch(workdir: Path, emulator
     (batch_id,) = batch_ids_in_store(db)
     seen = emulator_batch(emulator, batch_id)
     assert seen["cancel_initiated_at"] is None and seen["processing_status"] == "in_progress"
+    emulator.advance_clock(30)
     resumed = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert emulator.stats()["batches_created"] == 1

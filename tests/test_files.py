@@ -3,6 +3,7 @@ on a fresh database, and every file problem as one line with its fix and exit co
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import shutil
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import orjson
@@ -19,11 +21,11 @@ from click.testing import CliRunner
 from sqlite_utils import Database
 
 from batchrun.cli import cli
-from batchrun.errors import RunLocked, StoreError
+from batchrun.errors import BatchrunError, RunLocked, StoreError
 from batchrun.inputs import Item
 from batchrun.lock import RunLock, lock_dir, lock_holder
 from batchrun.store import Outcome, Store, migrations
-from tests.conftest import TEST_KEY, cli_env, prompts, read_jsonl, write_jsonl
+from tests.conftest import TEST_KEY, cli_env, prompts, read_jsonl, start_batchrun, write_jsonl
 
 ROOT = os.geteuid() == 0
 
@@ -113,24 +115,20 @@ def test_a_lock_file_is_not_truncated_by_a_process_that_does_not_get_it(tmp_path
 
 # processes meeting on a fresh database
 
-OPEN_AND_CREATE = """
-import sys, time
-from batchrun.errors import BatchrunError
-from batchrun.inputs import Item
-from batchrun.store import Store
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
-try:
-    store = Store(sys.argv[1])
-    items = [Item(i, f"c-{i}", {"model": "m", "max_tokens": 5, "messages": []}) for i in range(1, 200)]
-    run = {"id": "same", "input_path": "/x", "input_sha256": "s", "fingerprint": "f", "mode": "online", "job": {}}
-    total = store.create_run(run, items)
-    print(total, store.run_ids())
-except BatchrunError as e:
-    print("error:", e)
-    sys.exit(e.exit_code)
-"""
+
+def open_and_create(db: Path, start: float, out: Connection) -> None:
+    """In a forked child: open the store at `start` (all children at once), create the same run, report back."""
+    while time.time() < start:
+        pass
+    try:
+        store = Store(db)
+        items = [Item(i, f"c-{i}", {"model": "m", "max_tokens": 5, "messages": []}) for i in range(1, 200)]
+        run = {"id": "same", "input_path": "/x", "input_sha256": "s", "fingerprint": "f", "mode": "online", "job": {}}
+        out.send(f"{store.create_run(run, items)} {store.run_ids()}")
+    except BatchrunError as e:
+        out.send(f"error: {e}")
+    except BaseException as e:
+        out.send(f"Traceback: {e!r}")
 
 
 @pytest.mark.parametrize("schema", ["fresh", "old"])
@@ -141,44 +139,29 @@ def test_six_processes_opening_a_fresh_or_old_database_at_once_all_succeed(schem
         conn = sqlite3.connect(db, isolation_level=None)
         migrations.apply(Database(conn), stop_before="m002_batches")
         conn.close()
-    start = time.time() + 1.0
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPEN_AND_CREATE, str(db), str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-        )
-        for _ in range(6)
-    ]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0 and "Traceback" not in err, (out, err)
-        assert out.strip() == "199 ['same']"
+    start = time.time() + 0.3
+    fork = multiprocessing.get_context("fork")
+    pipes = [fork.Pipe(duplex=False) for _ in range(6)]
+    procs = [fork.Process(target=open_and_create, args=(db, start, sender)) for _, sender in pipes]
+    for p in procs:
+        p.start()
+    outputs = [receiver.recv() if receiver.poll(60) else "no answer" for receiver, _ in pipes]
+    for p in procs:
+        p.join(10)
+    assert outputs == ["199 ['same']"] * 6
+    assert [p.exitcode for p in procs] == [0] * 6
 
 
 def test_concurrent_submits_on_a_fresh_database_succeed_or_exit_75(workdir: Path, emulator) -> None:
     files = [write_jsonl(workdir / f"items{k}.jsonl", prompts(5, prefix=f"f{k}")) for k in range(2)]
     env = cli_env(emulator.base_url)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "batchrun", "submit", str(files[k % 2]), "--model", "claude-haiku-4-5", "-q"],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(4)
-    ]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    for code, err in results:
-        assert code in (0, 75) and "Traceback" not in err, err
+    args = ["submit", "--model", "claude-haiku-4-5", "-q"]
+    procs = [start_batchrun([*args, str(files[k % 2])], cwd=workdir, env=env) for k in range(4)]
     for p in procs:
-        p.stdout.close()
-        p.stderr.close()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode in (0, 75) and "Traceback" not in err, err
     code, out, _ = invoke("status", "--json")
+    assert code == 0
     runs = orjson.loads(out)["runs"]
     assert len(runs) == 2 and all(r["counts"]["succeeded"] + r["counts"]["pending"] == 5 for r in runs)
 

@@ -227,7 +227,7 @@ def test_a_server_that_trickles_is_abandoned_at_the_request_deadline(workdir: Pa
             pass
         return response
 
-    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
     with FakeAPI(handler) as api:
         started = time.monotonic()
         proc = batchrun(
@@ -239,7 +239,7 @@ def test_a_server_that_trickles_is_abandoned_at_the_request_deadline(workdir: Pa
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 20
     outcomes = [o for (o,) in db_rows(workdir / "batchrun.db", "SELECT outcome FROM attempts")]
-    assert outcomes.count("timeout_error") == 3 and outcomes.count("succeeded") == 3
+    assert outcomes == ["timeout_error", "succeeded"]
 
 
 def test_a_529_storm_that_starts_mid_run_burns_no_item(workdir: Path) -> None:

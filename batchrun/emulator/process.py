@@ -68,6 +68,10 @@ class EmulatorProcess:
         """Clear stats, rate-limit buckets, prompt cache, fault counters and batches."""
         self._call("POST", "/_emulator/reset", {})
 
+    def advance_clock(self, seconds: float) -> None:
+        """Let `seconds` pass for the emulator's batches at once (reset() puts the clock back)."""
+        self._call("POST", "/_emulator/clock", {"advance": seconds})
+
     def stats(self) -> dict:
         return self._call("GET", "/_emulator/stats")
 

@@ -36,6 +36,7 @@ class Emulator:
         self.reset()
 
     def reset(self) -> None:
+        self.clock_offset = 0.0
         self.stats = Stats(self.config.track_keys)
         self.limiter = RateLimiter(self.config)
         self.faults = FaultInjector(self.config)
@@ -50,6 +51,10 @@ class Emulator:
         if "seed" in changed:
             self.faults = FaultInjector(self.config)
         self.stats.track_keys = self.config.track_keys
+
+    def now(self) -> float:
+        """The batches' clock: wall time, plus however far a test has moved it on (POST /_emulator/clock)."""
+        return time.time() + self.clock_offset
 
     def stats_json(self) -> dict[str, Any]:
         return self.stats.to_json(self.watch.early, self.watch.samples)
@@ -329,13 +334,13 @@ async def handle_batch_create(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
     items = check_requests(await read_json(request, MAX_BATCH_BODY))
-    return _batch_json(request, emu.batches.create(items, time.time()))
+    return _batch_json(request, emu.batches.create(items, emu.now()))
 
 
 async def handle_batch_get(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
-    return _batch_json(request, await emu.batches.get(request.match_info["batch_id"], time.time()))
+    return _batch_json(request, await emu.batches.get(request.match_info["batch_id"], emu.now()))
 
 
 def _limit(request: web.Request) -> int:
@@ -353,7 +358,7 @@ async def handle_batch_list(request: web.Request) -> web.Response:
     after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
     if after_id and before_id:
         raise Reject(400, "invalid_request_error", "Only one of after_id and before_id may be given")
-    page = await emu.batches.page(_limit(request), after_id, before_id, time.time())
+    page = await emu.batches.page(_limit(request), after_id, before_id, emu.now())
     page["data"] = [batch.to_json(_base_url(request)) for batch in page["data"]]
     return json_response(page)
 
@@ -361,21 +366,21 @@ async def handle_batch_list(request: web.Request) -> web.Response:
 async def handle_batch_cancel(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
-    return _batch_json(request, await emu.batches.cancel(request.match_info["batch_id"], time.time()))
+    return _batch_json(request, await emu.batches.cancel(request.match_info["batch_id"], emu.now()))
 
 
 async def handle_batch_delete(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
     batch_id = request.match_info["batch_id"]
-    await emu.batches.delete(batch_id, time.time())
+    await emu.batches.delete(batch_id, emu.now())
     return json_response({"id": batch_id, "type": "message_batch_deleted"})
 
 
 async def handle_batch_results(request: web.Request) -> web.StreamResponse:
     emu = request.app[EMULATOR]
     check_auth(request, emu.config)
-    batch = await emu.batches.get(request.match_info["batch_id"], time.time())
+    batch = await emu.batches.get(request.match_info["batch_id"], emu.now())
     if batch.outcomes is None:
         message = f"Message Batch {batch.id} has not finished processing (status: {batch.status()})"
         raise Reject(400, "invalid_request_error", message)
@@ -428,6 +433,17 @@ async def handle_reset(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+async def handle_clock(request: web.Request) -> web.Response:
+    """Move the batches' clock on by {"advance": seconds}: a batch's hours pass at once, nothing else changes."""
+    emu = request.app[EMULATOR]
+    body = await read_json(request, MAX_MESSAGES_BODY)
+    advance = body.get("advance") if isinstance(body, dict) else None
+    if isinstance(advance, bool) or not isinstance(advance, int | float) or not 0 <= advance < math.inf:
+        raise Reject(400, "invalid_request_error", "advance: a number of seconds, 0 or more")
+    emu.clock_offset += advance
+    return json_response({"offset": emu.clock_offset})
+
+
 async def handle_config(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     if request.method == "POST":
@@ -458,6 +474,7 @@ def make_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/v1/models/{model_id}", handle_model_get)
     app.router.add_get("/_emulator/stats", handle_stats)
     app.router.add_post("/_emulator/reset", handle_reset)
+    app.router.add_post("/_emulator/clock", handle_clock)
     app.router.add_route("*", "/_emulator/config", handle_config)
     return app
 
