@@ -29,6 +29,7 @@ from batchrun.emulator.replies import (
     expected_reply,
     request_key,
 )
+from tests.conftest import sdk_http_client
 
 MODEL = "claude-haiku-4-5"
 TICKET_SCHEMA = {
@@ -93,7 +94,11 @@ def text(value: str) -> dict:
 @pytest.fixture
 async def sdk(emulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
     client = anthropic.AsyncAnthropic(
-        api_key="test-key", base_url=emulator.base_url, max_retries=0, _strict_response_validation=True
+        api_key="test-key",
+        base_url=emulator.base_url,
+        max_retries=0,
+        _strict_response_validation=True,
+        http_client=sdk_http_client(),
     )
     yield client
     await client.close()

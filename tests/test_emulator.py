@@ -24,6 +24,7 @@ from batchrun.emulator.replies import (
     request_key,
 )
 from batchrun.emulator.validation import check_messages
+from tests.conftest import sdk_http_client
 
 
 def validate_params(body):
@@ -42,7 +43,11 @@ def params(text: str = "hello", **extra: object) -> dict:
 @pytest.fixture
 async def client(emulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
     sdk = anthropic.AsyncAnthropic(
-        api_key="test-key", base_url=emulator.base_url, max_retries=0, _strict_response_validation=True
+        api_key="test-key",
+        base_url=emulator.base_url,
+        max_retries=0,
+        _strict_response_validation=True,
+        http_client=sdk_http_client(),
     )
     yield sdk
     await sdk.close()
@@ -251,11 +256,11 @@ async def test_dropped_connection_is_an_api_connection_error(emulator, client):
 
 
 async def test_sdk_retries_through_drops(emulator):
-    emulator.configure(p_drop=1.0, max_faults_per_request=2)
-    async with anthropic.AsyncAnthropic(api_key="k", base_url=emulator.base_url, max_retries=2) as sdk:
+    emulator.configure(p_drop=1.0, max_faults_per_request=1)
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=emulator.base_url, max_retries=1) as sdk:
         response = await sdk.messages.with_raw_response.create(**params())
-    assert response.retries_taken == 2
-    assert emulator.stats()["dropped"] == 2
+    assert response.retries_taken == 1
+    assert emulator.stats()["dropped"] == 1
 
 
 async def test_early_retry_is_counted_and_patient_retry_is_not(emulator, client):

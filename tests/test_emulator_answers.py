@@ -15,6 +15,7 @@ import pytest
 from batchrun.emulator.config import EmulatorConfig
 from batchrun.emulator.replies import expected_output, expected_reply
 from batchrun.emulator.schema_gen import generate
+from tests.conftest import sdk_http_client
 
 MODEL = "claude-haiku-4-5"
 SCHEMA = {
@@ -40,7 +41,9 @@ def schema_body(text: str, max_tokens: int = 200) -> dict:
 
 @pytest.fixture
 async def sdk(emulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    client = anthropic.AsyncAnthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
+    client = anthropic.AsyncAnthropic(
+        api_key="k", base_url=emulator.base_url, max_retries=0, http_client=sdk_http_client()
+    )
     yield client
     await client.close()
 
