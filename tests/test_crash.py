@@ -71,7 +71,7 @@ def test_chaos_ten_sigkills_then_resume_lose_nothing_and_pay_little(workdir: Pat
 
 
 def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulator) -> None:
-    emulator.configure(latency_ms=100)
+    emulator.configure(latency_ms=50)
     items = write_jsonl(workdir / "items.jsonl", prompts(200))
     env = cli_env(emulator.base_url)
     db = workdir / "batchrun.db"
@@ -80,9 +80,9 @@ def test_sigterm_exits_3_within_grace_and_resume_completes(workdir: Path, emulat
         cwd=workdir,
         env=env,
     )
-    wait_until(lambda: succeeded(db) >= 40)
+    wait_until(lambda: succeeded(db) >= 20)
     emulator.configure(latency_ms=30_000)  # requests now in flight will not finish within the grace period
-    time.sleep(0.3)
+    time.sleep(0.15)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -108,13 +108,13 @@ def test_second_ctrl_c_stops_at_once_keeping_committed_results(workdir: Path, em
     proc = start_batchrun(
         ["submit", str(items), "--model", MODEL, "--run-id", "r", "--grace", "60"], cwd=workdir, env=env
     )
-    wait_until(lambda: succeeded(db) >= 30)
+    wait_until(lambda: succeeded(db) >= 20)
     emulator.configure(latency_ms=30_000)
-    time.sleep(0.3)
+    time.sleep(0.15)
     done = succeeded(db)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 3

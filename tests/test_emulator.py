@@ -264,19 +264,19 @@ async def test_sdk_retries_through_drops(emulator):
 
 
 async def test_early_retry_is_counted_and_patient_retry_is_not(emulator, client):
-    emulator.configure(p429=1.0, max_faults_per_request=1, retry_after_s=1)
+    emulator.configure(p429=1.0, max_faults_per_request=1, retry_after_s=0.4)
     with pytest.raises(anthropic.RateLimitError):
         await client.messages.create(**params("impatient"))
     await client.messages.create(**params("impatient"))  # at once: early
     with pytest.raises(anthropic.RateLimitError):
         await client.messages.create(**params("patient"))
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.4)
     await client.messages.create(**params("patient"))
     stats = emulator.stats()
     assert stats["early_retries"] == 1
     [sample] = stats["early_retry_samples"]
     assert sample["key"] == request_key(params("impatient"))
-    assert 0.5 < sample["early_by_s"] <= 1.0
+    assert 0.2 < sample["early_by_s"] <= 0.4
 
 
 async def test_slow_and_latency(emulator, client):

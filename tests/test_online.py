@@ -40,7 +40,7 @@ def assert_results_match_inputs(results: list[dict], db: Path) -> None:
 @pytest.mark.slow
 def test_chaos_1000_items_all_succeed_and_retry_after_is_honoured(workdir: Path, emulator) -> None:
     emulator.configure(p429=0.10, p529=0.05, p500=0.05, p_drop=0.02, retry_after_s=0.02, latency_ms=5)
-    n = 600  # enough for every fault to occur dozens of times (the emulator draws them from the request)
+    n = 400  # enough for every fault to occur dozens of times (the emulator draws them from the request)
     items = write_jsonl(workdir / "items.jsonl", prompts(n))
     proc = batchrun(
         [
@@ -64,8 +64,8 @@ def test_chaos_1000_items_all_succeed_and_retry_after_is_honoured(workdir: Path,
     assert all(r["result"]["type"] == "succeeded" for r in results)
     assert_results_match_inputs(results, workdir / "batchrun.db")
     stats = emulator.stats()
-    assert stats["by_status"].get("429", 0) > 50 and stats["by_status"].get("529", 0) > 20
-    assert stats["by_status"].get("500", 0) > 20 and stats["dropped"] > 5
+    assert stats["by_status"].get("429", 0) > 30 and stats["by_status"].get("529", 0) > 12
+    assert stats["by_status"].get("500", 0) > 12 and stats["dropped"] > 3
     assert stats["early_retries"] == 0, stats.get("early_retry_samples")
     assert stats["by_status"]["200"] == n
 

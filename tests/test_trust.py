@@ -15,11 +15,17 @@ from tests.fakeapi import FakeAPI, json_response, message
 MODEL = "claude-haiku-4-5"
 
 
-@pytest.fixture
-def second_emulator():
-    """Another emulator: stands in for "the real API" (a different endpoint) in these tests."""
+@pytest.fixture(scope="module")
+def second_emulator_proc():
     with EmulatorProcess() as process:
         yield process
+
+
+@pytest.fixture
+def second_emulator(second_emulator_proc: EmulatorProcess) -> EmulatorProcess:
+    """Another emulator: stands in for "the real API" (a different endpoint) in these tests."""
+    second_emulator_proc.reset()
+    return second_emulator_proc
 
 
 def status_json(workdir: Path, env: dict, run_id: str | None = None) -> dict:
