@@ -20,7 +20,7 @@ def emulator_proc() -> Iterator[EmulatorProcess]:
 
 
 # A batch lasts this long in a test unless the test says otherwise (the emulator's own default is 2 s).
-TEST_BATCH_SECONDS = 0.2
+TEST_BATCH_SECONDS = 0.05
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def emulator_batch(emulator, batch_id: str) -> dict:
 
 
 def test_2500_items_in_three_batches_all_succeed_in_input_order(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.3)
+    emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(2500))
     env = cli_env(emulator.base_url)
     proc = batchrun(
@@ -117,7 +117,7 @@ def test_2500_items_in_three_batches_all_succeed_in_input_order(workdir: Path, e
 
 def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir: Path, emulator) -> None:
     # every request fails at most once, so one follow-up batch must finish the run
-    emulator.configure(batch_seconds=0.2, batch_p_errored=0.05, batch_p_expired=0.03, max_faults_per_request=1)
+    emulator.configure(batch_seconds=0.05, batch_p_errored=0.05, batch_p_expired=0.03, max_faults_per_request=1)
     items = write_jsonl(workdir / "items.jsonl", prompts(1000))
     env = cli_env(emulator.base_url)
     proc = batchrun(submit_batch(items, "--run-id", "r", "-o", "out.jsonl"), cwd=workdir, env=env)
@@ -150,7 +150,7 @@ def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir:
 
 
 def test_invalid_params_fail_with_the_api_message_and_are_not_resent(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.2)
+    emulator.configure(batch_seconds=0.05)
     rows = prompts(30)
     for i in (4, 9, 27):
         rows[i] = {"custom_id": f"item-{i}", "params": {"messages": [{"role": "user", "content": "x"}], "bogus": 1}}
@@ -200,7 +200,7 @@ def test_no_wait_records_the_batch_ids_and_resume_collects(workdir: Path, emulat
 
 
 def test_sigkill_after_create_before_the_id_is_stored_is_reconciled(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.3)
+    emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(200))
     env = cli_env(emulator.base_url)
     crash = {**env, "BATCHRUN_TEST_CRASH_AFTER_CREATE": "1"}
@@ -227,7 +227,7 @@ def test_sigkill_after_create_before_the_id_is_stored_is_reconciled(workdir: Pat
 def test_reconcile_adopts_only_an_unowned_batch_of_the_same_size(workdir: Path, emulator) -> None:
     """Decoys inside the clock-skew window, both older than the orphan (reconcile prefers the oldest match):
     a batch of the same size owned by another run of this store, and an unowned batch of another size."""
-    emulator.configure(batch_seconds=0.2)
+    emulator.configure(batch_seconds=0.05)
     env = cli_env(emulator.base_url)
     owned = write_jsonl(workdir / "owned.jsonl", distinct_prompts(60, "owned"))
     assert batchrun(submit_batch(owned, "--run-id", "o"), cwd=workdir, env=env).returncode == 0
@@ -257,7 +257,7 @@ def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path,
     running = start_batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=env)
     try:
         wait_until(lambda: len(batch_ids_in_store(db)) == 1)
-        time.sleep(0.2)  # the emulator processes 300 items in 20 s: at least a few are done by the cancel
+        emulator.advance_clock(0.5)  # the emulator processes 300 items in 20 s: a few are done by the cancel
         canceled = batchrun(["cancel", "r"], cwd=workdir, env=env)
         _, poller_err = running.communicate(timeout=30)
     finally:
@@ -275,7 +275,7 @@ def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path,
     assert data["status"] == "canceled"
     kept = {cid for (cid,) in db_rows(db, "SELECT custom_id FROM items WHERE state = 'succeeded'")}
     assert kept == {f"item-{i}" for i in range(done)}  # the emulator processes a batch in order
-    emulator.configure(batch_seconds=0.2)
+    emulator.configure(batch_seconds=0.05)
     resumed = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
     stats = emulator.stats()
@@ -300,7 +300,7 @@ def test_cancel_with_no_process_polling_then_resume(workdir: Path, emulator) -> 
     counts = status(workdir, env, "r")["counts"]
     assert 0 < len(partial) == counts["succeeded"] < 100 and counts["pending"] == 100 - len(partial)
     assert [r["custom_id"] for r in partial] == [f"item-{i}" for i in range(len(partial))]
-    emulator.configure(batch_seconds=0.1)
+    emulator.configure(batch_seconds=0.05)
     assert batchrun(["resume", "r", *FAST], cwd=workdir, env=env).returncode == 0
     assert status(workdir, env, "r")["counts"]["succeeded"] == 100
 
@@ -353,7 +353,7 @@ def test_timeout_stops_waiting_with_exit_3(workdir: Path, emulator) -> None:
 
 
 def test_batches_are_cut_by_bytes_in_input_order(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.1)
+    emulator.configure(batch_seconds=0.05)
     (workdir / "job.toml").write_text(f'mode = "batch"\nmodel = "{MODEL}"\nbatch_max_bytes = 3000\n')
     items = write_jsonl(workdir / "items.jsonl", prompts(60))
     env = cli_env(emulator.base_url)
@@ -382,7 +382,7 @@ def test_batches_are_cut_by_bytes_in_input_order(workdir: Path, emulator) -> Non
 
 
 def test_a_refused_create_leaves_every_item_pending_and_resume_sends_them(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.2, api_key="the-right-key-1234")
+    emulator.configure(batch_seconds=0.05, api_key="the-right-key-1234")
     items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
     proc = batchrun(submit_batch(items, "--run-id", "r"), cwd=workdir, env=env)
@@ -411,7 +411,7 @@ def normalised_lines(path: Path) -> list[bytes]:
 
 
 def test_batch_results_are_byte_for_byte_the_shape_of_online_results(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.2)
+    emulator.configure(batch_seconds=0.05)
     rows = prompts(25)
     rows[7] = {"custom_id": "item-7", "params": {"messages": [{"role": "user", "content": "x"}], "nope": True}}
     items = write_jsonl(workdir / "items.jsonl", rows)

@@ -179,18 +179,16 @@ async def test_batch_progress_and_cancel_keep_what_finished(emulator, sdk):
         batch_fast_s=60, batch_tail_s=4 * 3600, batch_p_tail=0.1, batch_time_scale=3600, batch_progress_counts=True
     )
     batch = await sdk.messages.batches.create(requests=requests(200))
-    await asyncio.sleep(0.5)
+    emulator.advance_clock(0.5)  # half an API hour
     midway = await sdk.messages.batches.retrieve(batch.id)
     counts = midway.request_counts
     assert midway.processing_status == "in_progress"
     assert 150 <= counts.succeeded <= 195 and counts.processing == 200 - counts.succeeded
     canceled = await sdk.messages.batches.cancel(batch.id)
     assert canceled.processing_status == "canceling"
-    for _ in range(40):
-        ended = await sdk.messages.batches.retrieve(batch.id)
-        if ended.processing_status == "ended":
-            break
-        await asyncio.sleep(0.05)
+    emulator.advance_clock(0.3)  # a cancel takes effect within 0.2 s
+    ended = await sdk.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended"
     final = ended.request_counts
     assert final.succeeded >= counts.succeeded and final.succeeded + final.canceled == 200 and final.canceled > 0
     kinds = Counter([line.result.type async for line in await sdk.messages.batches.results(batch.id)])

@@ -150,7 +150,7 @@ def _split(five: int, hour: int) -> dict:
 
 
 def test_opus_4_6_with_a_1_hour_cache_is_priced_right_in_status(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.2)
+    emulator.configure(batch_seconds=0.05)
     job = workdir / "job.toml"
     (workdir / "policy.md").write_text(policy(13_000))
     job.write_text(

@@ -302,7 +302,7 @@ def test_the_dry_run_says_in_one_line_that_a_model_is_unknown_or_the_api_unreach
 
 
 def test_batch_mode_keeps_to_the_budget_and_the_limit(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.1)
+    emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
     batch = ["--mode", "batch", "--poll-interval", "0.05"]
@@ -321,7 +321,7 @@ def test_batch_mode_keeps_to_the_budget_and_the_limit(workdir: Path, emulator) -
 
 
 def test_a_batch_of_an_unknown_model_leaves_its_items_pending(workdir: Path, emulator) -> None:
-    emulator.configure(batch_seconds=0.1)
+    emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(20))
     proc = batchrun(
         ["submit", str(items), "--model", "claude-made-up", "--mode", "batch", "--poll-interval", "0.05"],
