@@ -120,9 +120,6 @@ def test_report_renders_in_a_real_browser(workdir: Path, emulator, online_run) -
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
     page = parse(dom.stdout)
     assert len(page.charts) >= 6 and all(n > 0 for n in page.charts.values()), page.charts
-    shot = workdir / "r.png"
-    subprocess.run([*base, f"--screenshot={shot}", "--window-size=820,1600", url], capture_output=True, timeout=90)
-    assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
 
 
 def test_on_finish_runs_with_the_outcome_and_its_failure_keeps_the_exit_code(workdir: Path, emulator) -> None:
