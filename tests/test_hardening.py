@@ -272,8 +272,8 @@ def test_a_529_storm_that_starts_mid_run_burns_no_item(workdir: Path) -> None:
 
 
 def test_sighup_is_handled_like_sigterm(workdir: Path, emulator) -> None:
-    emulator.configure(latency_ms=200)
-    items = write_jsonl(workdir / "items.jsonl", prompts(100))
+    emulator.configure(latency_ms=100)
+    items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
     proc = start_batchrun(
         ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"], cwd=workdir, env=env
@@ -288,7 +288,7 @@ def test_sighup_is_handled_like_sigterm(workdir: Path, emulator) -> None:
     emulator.configure(latency_ms=0)
     resumed = batchrun(["resume", "r", "-o", "out.jsonl", "--concurrency", "16"], cwd=workdir, env=env)
     assert resumed.returncode == 0
-    assert len(read_jsonl(workdir / "out.jsonl")) == 100
+    assert len(read_jsonl(workdir / "out.jsonl")) == 40
 
 
 # the key
