@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from .config import config_from_argv
@@ -10,6 +11,7 @@ from .server import serve
 
 def main(argv: list[str] | None = None) -> None:
     config, host, port = config_from_argv(argv)
+    gc.freeze()  # the imports live as long as the process: full collections need not walk them
     serve(config, host, port)
 
 
