@@ -26,7 +26,5 @@ TEST_BATCH_SECONDS = 0.05
 @pytest.fixture
 def emulator(emulator_proc: EmulatorProcess) -> EmulatorProcess:
     """The session's emulator with default config (batches of TEST_BATCH_SECONDS) and fresh state for this test."""
-    emulator_proc.restore_defaults()
-    emulator_proc.configure(batch_seconds=TEST_BATCH_SECONDS)
-    emulator_proc.reset()
+    emulator_proc.reset(batch_seconds=TEST_BATCH_SECONDS)
     return emulator_proc

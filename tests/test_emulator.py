@@ -506,3 +506,20 @@ def test_config_argv_round_trip():
         EmulatorConfig().update(rpmm=1)
     with pytest.raises(ValueError, match="between 0 and 1"):
         EmulatorConfig().update(p429=2)
+
+
+async def test_reset_with_a_config_and_a_clock_moved_on(emulator, client):
+    emulator.reset(batch_seconds=3600, p429=0.5)
+    config = emulator.config()
+    assert config["batch_seconds"] == 3600 and config["p429"] == 0.5 and config["p529"] == 0.0
+    emulator.reset(batch_seconds=3600)
+    batch = await client.messages.batches.create(requests=[{"custom_id": "a", "params": params("clock")}])
+    assert (await client.messages.batches.retrieve(batch.id)).processing_status == "in_progress"
+    emulator.advance_clock(3600)
+    ended = await client.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.request_counts.succeeded == 1
+    with pytest.raises(RuntimeError, match="400"):
+        emulator.advance_clock(-1)
+    emulator.reset()  # the clock is back to wall time
+    fresh = await client.messages.batches.create(requests=[{"custom_id": "b", "params": params("clock")}])
+    assert abs(fresh.created_at.timestamp() - time.time()) < 60

@@ -64,9 +64,11 @@ class EmulatorProcess:
     def restore_defaults(self) -> dict:
         return self.configure(**EmulatorConfig().to_dict())
 
-    def reset(self) -> None:
-        """Clear stats, rate-limit buckets, prompt cache, fault counters and batches."""
-        self._call("POST", "/_emulator/reset", {})
+    def reset(self, **config: Any) -> None:
+        """Clear stats, rate-limit buckets, prompt cache, fault counters and batches; with `config`, first set
+        the whole configuration to the defaults with these fields changed."""
+        body = {"config": {**EmulatorConfig().to_dict(), **config}} if config else {}
+        self._call("POST", "/_emulator/reset", body)
 
     def advance_clock(self, seconds: float) -> None:
         """Let `seconds` pass for the emulator's batches at once (reset() puts the clock back)."""

@@ -429,7 +429,18 @@ async def handle_stats(request: web.Request) -> web.Response:
 
 
 async def handle_reset(request: web.Request) -> web.Response:
-    request.app[EMULATOR].reset()
+    """Start over; with {"config": {...}}, under that config first (one call instead of configure + reset)."""
+    emu = request.app[EMULATOR]
+    body = await read_json(request, MAX_MESSAGES_BODY) if request.can_read_body else {}
+    patch = body.get("config") if isinstance(body, dict) else None
+    if patch is not None:
+        if not isinstance(patch, dict):
+            raise Reject(400, "invalid_request_error", "config must be a JSON object")
+        try:
+            emu.reconfigure(patch)
+        except ValueError as exc:
+            raise Reject(400, "invalid_request_error", str(exc)) from None
+    emu.reset()
     return json_response({"ok": True})
 
 
