@@ -61,9 +61,6 @@ class EmulatorProcess:
     def config(self) -> dict:
         return self._call("GET", "/_emulator/config")
 
-    def restore_defaults(self) -> dict:
-        return self.configure(**EmulatorConfig().to_dict())
-
     def reset(self, **config: Any) -> None:
         """Clear stats, rate-limit buckets, prompt cache, fault counters and batches; with `config`, first set
         the whole configuration to the defaults with these fields changed."""
