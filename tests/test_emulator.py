@@ -522,7 +522,7 @@ async def test_reset_with_a_config_and_a_clock_moved_on(emulator, client):
         emulator.advance_clock(-1)
     with pytest.raises(RuntimeError, match="400"):
         emulator.reset(no_such_field=1)
-    with pytest.raises(RuntimeError, match="config must be a JSON object"):
+    with pytest.raises(RuntimeError, match="config patch must be a JSON object"):
         emulator._call("POST", "/_emulator/reset", {"config": 5})
     emulator.reset()  # the clock is back to wall time
     fresh = await client.messages.batches.create(requests=[{"custom_id": "b", "params": params("clock")}])

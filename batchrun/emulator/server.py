@@ -434,14 +434,18 @@ async def handle_reset(request: web.Request) -> web.Response:
     body = await read_json(request, MAX_MESSAGES_BODY) if request.can_read_body else {}
     patch = body.get("config") if isinstance(body, dict) else None
     if patch is not None:
-        if not isinstance(patch, dict):
-            raise Reject(400, "invalid_request_error", "config must be a JSON object")
-        try:
-            emu.reconfigure(patch)
-        except ValueError as exc:
-            raise Reject(400, "invalid_request_error", str(exc)) from None
+        _reconfigure(emu, patch)
     emu.reset()
     return json_response({"ok": True})
+
+
+def _reconfigure(emu: Emulator, patch: Any) -> None:
+    if not isinstance(patch, dict):
+        raise Reject(400, "invalid_request_error", "config patch must be a JSON object")
+    try:
+        emu.reconfigure(patch)
+    except ValueError as exc:
+        raise Reject(400, "invalid_request_error", str(exc)) from None
 
 
 async def handle_clock(request: web.Request) -> web.Response:
@@ -458,13 +462,7 @@ async def handle_clock(request: web.Request) -> web.Response:
 async def handle_config(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     if request.method == "POST":
-        patch = await read_json(request, MAX_MESSAGES_BODY)
-        if not isinstance(patch, dict):
-            raise Reject(400, "invalid_request_error", "config patch must be a JSON object")
-        try:
-            emu.reconfigure(patch)
-        except ValueError as exc:
-            raise Reject(400, "invalid_request_error", str(exc)) from None
+        _reconfigure(emu, await read_json(request, MAX_MESSAGES_BODY))
     return json_response(emu.config.to_dict())
 
 
