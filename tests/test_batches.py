@@ -287,13 +287,12 @@ def test_cancel_mid_run_keeps_partial_results_and_resume_finishes(workdir: Path,
 
 
 def test_cancel_with_no_process_polling_then_resume(workdir: Path, emulator) -> None:
-    # 100 items in 20 s: 0.25 s in, at least one is done, and the cancel lands long before the batch ends
-    # (with 3 s and a 1 s sleep, a loaded machine let the batch end first)
+    # 100 items in 20 s: 0.5 s on, at least one is done, and the cancel lands long before the batch ends
     emulator.configure(batch_seconds=20.0)
     items = write_jsonl(workdir / "items.jsonl", prompts(100))
     env = cli_env(emulator.base_url)
     assert batchrun(submit_batch(items, "--run-id", "r", "--no-wait"), cwd=workdir, env=env).returncode == 3
-    time.sleep(0.25)
+    emulator.advance_clock(0.5)
     canceled = batchrun(["cancel", "r", "-o", "partial.jsonl"], cwd=workdir, env=env)
     assert canceled.returncode == 3, canceled.stderr
     partial = read_jsonl(workdir / "partial.jsonl")
