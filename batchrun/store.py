@@ -338,6 +338,82 @@ CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, i.request_hash,
     CAST(p.head || i.own || p.tail AS BLOB) AS params
 FROM items i JOIN request_parts p ON p.id = i.parts
 """
+
+
+@migrations()
+def m010_lean_items(db: Database) -> None:
+    """Fewer bytes and statements per item.
+
+    - The request hash is stored as its 32 bytes (the same SHA-256), no longer as 64 hex characters; the
+      `requests` view still shows it in hex.
+    - A batch result that succeeded has no attempts row: its attempt is the item (succeeded, via batch) and its
+      batch (`started_at`, `seconds`); the `all_attempts` view lists both kinds. The rows written so far are folded
+      into their batches.
+    - The tally trigger stands aside while `tally_paused` holds a row: `Store.record` then adjusts the tallies once
+      per group of outcomes, in the same transaction.
+    """
+    db.conn.create_function("hash_bytes", 1, _hash_bytes, deterministic=True)
+    db.execute("DROP INDEX items_by_request")
+    db.execute("UPDATE items SET request_hash = hash_bytes(request_hash) WHERE typeof(request_hash) = 'text'")
+    db.execute("CREATE INDEX items_by_request ON items (request_hash)")
+    db.execute("ALTER TABLE batches ADD COLUMN started_at REAL")
+    db.execute("ALTER TABLE batches ADD COLUMN seconds REAL")
+    db.execute(
+        "UPDATE batches SET (started_at, seconds) = (SELECT a.started_at, a.seconds FROM items i JOIN attempts a "
+        f"ON a.run_id = i.run_id AND a.line_no = i.line_no WHERE {BATCH_SUCCESS} LIMIT 1)"
+    )
+    db.execute(
+        "DELETE FROM attempts WHERE rowid IN (SELECT a.rowid FROM batches JOIN items i ON i.run_id = batches.run_id "
+        f"AND i.batch_seq = batches.seq JOIN attempts a ON a.run_id = i.run_id AND a.line_no = i.line_no "
+        f"WHERE {BATCH_SUCCESS})"
+    )
+    db.execute("DROP VIEW requests")
+    db.execute(REQUESTS_VIEW_HEX)
+    db.execute(ALL_ATTEMPTS_VIEW)
+    db.execute("CREATE TABLE tally_paused (paused INTEGER)")
+    db.execute("DROP TRIGGER items_tally")
+    db.execute(TALLY_TRIGGER.replace("BEGIN", "WHEN NOT EXISTS (SELECT 1 FROM tally_paused)\nBEGIN", 1))
+
+
+# the attempts row (as written before m010) of an item's batch success, from `batches` joined to the item
+BATCH_SUCCESS = (
+    "i.run_id = batches.run_id AND i.batch_seq = batches.seq AND i.state = 'succeeded' AND i.via = 'batch' "
+    "AND a.outcome = 'succeeded' AND a.status IS NULL"
+)
+REQUESTS_VIEW_HEX = """
+CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, lower(hex(i.request_hash)) AS request_hash,
+    CAST(p.head || i.own || p.tail AS BLOB) AS params
+FROM items i JOIN request_parts p ON p.id = i.parts
+"""
+# Every request sent: the attempts rows, and one per item a batch answered (its batch's times).
+ALL_ATTEMPTS_VIEW = """
+CREATE VIEW all_attempts AS
+SELECT run_id, line_no, started_at, seconds, status, outcome, error_class, retry_after, request_id FROM attempts
+UNION ALL
+SELECT i.run_id, i.line_no, b.started_at, b.seconds, NULL, 'succeeded', NULL, NULL, NULL
+FROM items i JOIN batches b ON b.run_id = i.run_id AND b.seq = i.batch_seq
+WHERE i.state = 'succeeded' AND i.via = 'batch'
+"""
+# Add (sign 1) or take away (sign -1) the tallies of a run's items on the lines of a JSON list.
+RETALLY = """
+INSERT INTO run_tallies (run_id, model, via, state, items, input, output, cache_creation, cache_creation_1h,
+    cache_read, bytes)
+SELECT run_id, model, coalesce(via, ''), state, :sign * count(*), :sign * sum(input_tokens),
+    :sign * sum(output_tokens), :sign * sum(cache_creation_tokens), :sign * sum(cache_creation_1h_tokens),
+    :sign * sum(cache_read_tokens), :sign * sum(length(own) + coalesce(length(result), 0))
+FROM items WHERE run_id = :run_id AND line_no IN (SELECT value FROM json_each(:lines))
+GROUP BY model, coalesce(via, ''), state
+ON CONFLICT DO UPDATE SET items = items + excluded.items, input = input + excluded.input,
+    output = output + excluded.output, cache_creation = cache_creation + excluded.cache_creation,
+    cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h, cache_read = cache_read + excluded.cache_read,
+    bytes = bytes + excluded.bytes
+"""
+
+
+def _hash_bytes(hex_digest: str) -> bytes:
+    return bytes.fromhex(hex_digest)
+
+
 HOLE = b'"messages":'
 TTL_1H = b'"ttl":"1h"'
 
@@ -431,6 +507,20 @@ class Attempt:
     request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BatchTimes:
+    """A batch as the attempt of the items it answered: created at `started_at`, ended `seconds` later."""
+
+    run_id: str
+    seq: int
+    started_at: float
+    seconds: float
+
+
+def _attempt_values(a: Attempt) -> tuple[Any, ...]:
+    return (a.started_at, a.seconds, a.status, a.outcome, a.error_class, a.retry_after, a.request_id)
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one item ended with in this process: succeeded, failed, or released back to pending."""
@@ -458,6 +548,25 @@ class ClaimedItem:
     line_no: int
     custom_id: str
     params: dict[str, Any]
+
+
+RECORD = (
+    "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
+    "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
+    "request_id = :request_id, "
+    # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
+    "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
+    "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
+    "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
+    # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
+    "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
+    'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
+    "THEN :cache_creation_tokens ELSE 0 END), "
+    "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
+    "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
+    "attempts = attempts + :n_attempts, updated_at = :now "
+    "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'"
+)
 
 
 def create_private_file(path: Path) -> None:
@@ -755,7 +864,7 @@ class Store:
                         model,
                         full[start : start + length],
                         parts.of(full, start, length),
-                        hashlib.sha256(full).hexdigest(),
+                        hashlib.sha256(full).digest(),
                         PENDING,
                         source_id,
                         kept,
@@ -857,47 +966,41 @@ class Store:
             shared = self._parts[part] = (bytes(row[0]), bytes(row[1]))
         return shared[0] + own + shared[1]
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Write a group of outcomes, each result with the state change that marks it, in one transaction."""
+    def record(self, outcomes: list[Outcome], batch: BatchTimes | None = None) -> None:
+        """Write a group of outcomes, each result with the state change that marks it, in one transaction.
+
+        The tallies are adjusted once for the group (the per-row trigger stands aside meanwhile). A batch's
+        succeeded results get no attempts row: `batch` (its seq and times) is their attempt."""
         now = time.time()
+        rows = [_outcome_row(o, now) for o in outcomes]
+        lines: dict[str, list[int]] = {}
+        for o in outcomes:
+            lines.setdefault(o.run_id, []).append(o.line_no)
         with self._write():
-            self.db.conn.executemany(
-                "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
-                "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
-                "request_id = :request_id, "
-                # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
-                "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
-                "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
-                "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
-                # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
-                "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
-                'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
-                "THEN :cache_creation_tokens ELSE 0 END), "
-                "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
-                "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
-                "attempts = attempts + :n_attempts, updated_at = :now "
-                "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'",
-                [_outcome_row(o, now) for o in outcomes],
-            )
+            self._retally(lines, -1)
+            self.db.execute("INSERT INTO tally_paused VALUES (1)")
+            self.db.conn.executemany(RECORD, rows)
+            self.db.execute("DELETE FROM tally_paused")
+            self._retally(lines, 1)
             self.db.conn.executemany(
                 "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, "
                 "retry_after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        o.run_id,
-                        o.line_no,
-                        a.started_at,
-                        a.seconds,
-                        a.status,
-                        a.outcome,
-                        a.error_class,
-                        a.retry_after,
-                        a.request_id,
-                    )
+                    (o.run_id, o.line_no, *_attempt_values(a))
                     for o in outcomes
+                    if not (o.via == "batch" and o.state == SUCCEEDED)
                     for a in o.attempts
                 ],
             )
+            if batch is not None:
+                self.db.execute(
+                    "UPDATE batches SET started_at = ?, seconds = ? WHERE run_id = ? AND seq = ?",
+                    [batch.started_at, batch.seconds, batch.run_id, batch.seq],
+                )
+
+    def _retally(self, lines: dict[str, list[int]], sign: int) -> None:
+        for run_id, line_nos in lines.items():
+            self.db.execute(RETALLY, {"sign": sign, "run_id": run_id, "lines": orjson.dumps(line_nos).decode()})
 
     def reuse_results(self, run_id: str) -> int:
         """Answer pending items from identical requests that already succeeded in this database, on the same
@@ -950,7 +1053,7 @@ class Store:
                 (
                     full[start : start + length],
                     parts.of(full, start, length),
-                    hashlib.sha256(full).hexdigest(),
+                    hashlib.sha256(full).digest(),
                     new_params["model"],
                     params[0],
                     line_no,
@@ -1059,7 +1162,12 @@ class Store:
         )
 
     def attempt_count(self, run_id: str) -> int:
-        return self._one("SELECT count(*) FROM attempts WHERE run_id = ?", [run_id])[0]
+        """Requests the run has sent: its attempts rows and the items its batches answered (from the tallies)."""
+        return self._one(
+            "SELECT (SELECT count(*) FROM attempts WHERE run_id = ?1) + (SELECT coalesce(sum(items), 0) "
+            "FROM run_tallies WHERE run_id = ?1 AND via = 'batch' AND state = ?2)",
+            [run_id, SUCCEEDED],
+        )[0]
 
     def iter_results(self, run_id: str, only: str | None = None) -> Iterator[tuple[str, str, str]]:
         """(custom_id, state, result JSON) in input order, for succeeded and failed items."""
@@ -1446,7 +1554,7 @@ def database_bytes(store: Store) -> int:
 def report_attempts(store: Store, run_id: str) -> list[tuple[float, float, int | None, str]]:
     """Every request the run sent: (started_at, seconds, HTTP status or None, outcome), in start order."""
     return store.db.execute(
-        "SELECT started_at, seconds, status, outcome FROM attempts WHERE run_id = ? ORDER BY started_at", [run_id]
+        "SELECT started_at, seconds, status, outcome FROM all_attempts WHERE run_id = ? ORDER BY started_at", [run_id]
     ).fetchall()
 
 
