@@ -71,7 +71,7 @@ def test_a_schema_job_with_ten_percent_invalid_replies_ends_valid_or_invalid_out
     seen = check_valid_or_invalid_output(workdir / "batchrun.db", max_attempts=2)
     assert seen["valid"] + seen["invalid"] == 60 and seen["valid"] >= 45
     assert r.returncode == (1 if seen["invalid"] else 0), r.stderr
-    sent = db_rows(workdir / "batchrun.db", "SELECT outcome, count(*) FROM attempts GROUP BY outcome")
+    sent = db_rows(workdir / "batchrun.db", "SELECT outcome, count(*) FROM all_attempts GROUP BY outcome")
     outcomes = dict(sent)
     assert outcomes.get("invalid_output", 0) >= 3  # the invalid replies were recorded, and sent again
     assert outcomes["succeeded"] == seen["valid"]
