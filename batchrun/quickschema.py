@@ -51,7 +51,20 @@ def compile_schema(schema: Any) -> Check | None:
         if check is None:
             return None
         checks.append(check)
-    return lambda v: all(check(v) for check in checks)
+    return _all_of(checks)
+
+
+def _all_of(checks: list[Check]) -> Check:
+    if len(checks) == 1:
+        return checks[0]
+
+    def check(v: Any) -> bool:
+        for one in checks:  # noqa: SIM110 (a loop: no generator made per check, this runs per reply)
+            if not one(v):
+                return False
+        return True
+
+    return check
 
 
 def _type(value: Any, _: dict) -> Check | None:
@@ -59,7 +72,7 @@ def _type(value: Any, _: dict) -> Check | None:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in TYPES for n in names):
         return None
     kinds = [TYPES[n] for n in names]
-    return lambda v: any(kind(v) for kind in kinds)
+    return kinds[0] if len(kinds) == 1 else lambda v: any(kind(v) for kind in kinds)
 
 
 def _enum(value: Any, _: dict) -> Check | None:
@@ -76,10 +89,18 @@ def _const(value: Any, _: dict) -> Check | None:
 def _properties(value: Any, _: dict) -> Check | None:
     if not isinstance(value, dict):
         return None
-    props = {name: compile_schema(sub) for name, sub in value.items()}
-    if any(check is None for check in props.values()):
+    props = [(name, compile_schema(sub)) for name, sub in value.items()]
+    if any(check is None for _, check in props):
         return None
-    return lambda v: not isinstance(v, dict) or all(check(v[k]) for k, check in props.items() if k in v)
+
+    def check(v: Any) -> bool:
+        if isinstance(v, dict):
+            for name, one in props:
+                if name in v and not one(v[name]):
+                    return False
+        return True
+
+    return check
 
 
 def _required(value: Any, _: dict) -> Check | None:

@@ -39,6 +39,7 @@ STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
 CREATE_CHUNK = 500  # items per insert when a run is created: two chunks of whole requests are held at once
 BUSY_TIMEOUT_S = 30
+PAGE_SIZE = 8192  # a grown item (about 900 bytes with its result) leaves less of a 4 KB page unused
 MAX_PROBLEMS = 20
 T = TypeVar("T")
 
@@ -345,17 +346,22 @@ def m010_lean_items(db: Database) -> None:
     """Fewer bytes and statements per item.
 
     - The request hash is stored as its 32 bytes (the same SHA-256), no longer as 64 hex characters; the
-      `requests` view still shows it in hex.
+      `requests` view still shows it in hex. Its index holds only the first 8 bytes (the response cache
+      compares all 32).
+    - `items_by_batch` holds only the items in flight (the ones a batch still waits for), `items_by_state` only
+      the items not succeeded: most items of a finished run are in neither.
     - A batch result that succeeded has no attempts row: its attempt is the item (succeeded, via batch) and its
       batch (`started_at`, `seconds`); the `all_attempts` view lists both kinds. The rows written so far are folded
       into their batches.
+    - A schema answer whose reply text is exactly its data's JSON stores its data as '' (the `answers` view
+      gives the text): the answer is held once, in the result.
     - The tally trigger stands aside while `tally_paused` holds a row: `Store.record` then adjusts the tallies once
       per group of outcomes, in the same transaction.
     """
     db.conn.create_function("hash_bytes", 1, _hash_bytes, deterministic=True)
     db.execute("DROP INDEX items_by_request")
     db.execute("UPDATE items SET request_hash = hash_bytes(request_hash) WHERE typeof(request_hash) = 'text'")
-    db.execute("CREATE INDEX items_by_request ON items (request_hash)")
+    db.execute("CREATE INDEX items_by_request ON items (substr(request_hash, 1, 8))")
     db.execute("ALTER TABLE batches ADD COLUMN started_at REAL")
     db.execute("ALTER TABLE batches ADD COLUMN seconds REAL")
     db.execute(
@@ -371,10 +377,22 @@ def m010_lean_items(db: Database) -> None:
     db.execute(REQUESTS_VIEW_HEX)
     db.execute(ALL_ATTEMPTS_VIEW)
     db.execute("CREATE TABLE tally_paused (paused INTEGER)")
+    db.execute("DROP INDEX items_by_state")
+    db.execute(f"CREATE INDEX items_by_state ON items (run_id, state, line_no) WHERE {NOT_DONE}")
+    db.execute("DROP INDEX items_by_batch")
+    db.execute("CREATE INDEX items_by_batch ON items (run_id, batch_seq) WHERE state = 'in_flight'")
+    db.execute("DROP VIEW answers")
+    db.execute(ANSWERS_VIEW.replace("i.data AS data", f"{DATA.format(p='i.')} AS data"))
     db.execute("DROP TRIGGER items_tally")
     db.execute(TALLY_TRIGGER.replace("BEGIN", "WHEN NOT EXISTS (SELECT 1 FROM tally_paused)\nBEGIN", 1))
 
 
+# A schema answer's data; '' stands for "the reply's text, which is exactly the data's JSON" (stored once).
+DATA = (
+    "CASE WHEN {p}data = '' THEN (SELECT group_concat(json_extract(b.value, '$.text'), '') "
+    "FROM json_each({p}result, '$.message.content') b WHERE json_extract(b.value, '$.type') = 'text') "
+    "ELSE {p}data END"
+)
 # the attempts row (as written before m010) of an item's batch success, from `batches` joined to the item
 BATCH_SUCCESS = (
     "i.run_id = batches.run_id AND i.batch_seq = batches.seq AND i.state = 'succeeded' AND i.via = 'batch' "
@@ -481,6 +499,11 @@ class _PartIds:
         return part
 
 
+# Written out in the queries they serve, so SQLite can use the partial indexes items_by_batch and items_by_state.
+IN_BATCH = "state = 'in_flight'"
+NOT_DONE = "state != 'succeeded'"
+# For the queries over succeeded items: the run's rows in line order (its primary key), not in custom_id order.
+BY_LINE = "line_no > 0"
 UNFINISHED = "EXISTS (SELECT 1 FROM run_tallies WHERE run_id = r.id AND state IN (?, ?) AND items > 0)"
 MAX_TOKENS = "coalesce(p.max_tokens, json_extract(own, '$.max_tokens'))"
 TOKEN_LEN = 10  # "br" + 8 hex digits
@@ -670,6 +693,7 @@ class Store:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new databases only: it is set before any table
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
                 migrations.apply(Database(conn))
             finally:
@@ -944,14 +968,16 @@ class Store:
 
     def release_in_flight(self, run_id: str) -> int:
         """Items a dead process left in flight have no result: they go back to pending."""
-        cur = self.db.execute("UPDATE items SET state = ? WHERE run_id = ? AND state = ?", [PENDING, run_id, IN_FLIGHT])
+        cur = self.db.execute(
+            f"UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND {NOT_DONE}", [PENDING, run_id, IN_FLIGHT]
+        )
         return cur.rowcount
 
     def claim_pending(self, run_id: str, after_line: int, limit: int) -> list[ClaimedItem]:
         """Mark the next pending items in input order as in flight and return them."""
         rows = self.db.execute(
             "UPDATE items SET state = ? WHERE run_id = ? AND line_no IN (SELECT line_no FROM items "
-            "WHERE run_id = ? AND state = ? AND line_no > ? ORDER BY line_no LIMIT ?) "
+            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} AND line_no > ? ORDER BY line_no LIMIT ?) "
             "RETURNING line_no, custom_id, own, parts",
             [IN_FLIGHT, run_id, run_id, PENDING, after_line, limit],
         ).fetchall()
@@ -1010,15 +1036,16 @@ class Store:
         `answered_from` names the run it was copied from.
         """
         source = (
-            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE c.request_hash = items.request_hash "
-            "AND c.state = 'succeeded' AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
+            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE substr(c.request_hash, 1, 8) = "  # items_by_request
+            "substr(items.request_hash, 1, 8) AND c.request_hash = items.request_hash AND c.state = 'succeeded' "
+            "AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
         )
         cur = self.db.execute(
             f"UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result {source} LIMIT 1), "
             f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ?, "
             f"stop_reason = (SELECT c.stop_reason {source} LIMIT 1), data = (SELECT c.data {source} LIMIT 1), "
             "cost_usd = coalesce(cost_usd, 0) "
-            f"WHERE run_id = ? AND state = ? AND EXISTS (SELECT 1 {source})",
+            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} AND EXISTS (SELECT 1 {source})",
             [SUCCEEDED, run_id, run_id, time.time(), run_id, run_id, run_id, PENDING, run_id],
         )
         return cur.rowcount
@@ -1028,7 +1055,7 @@ class Store:
 
         `changes` (e.g. `{"max_tokens": 64}`) are set in those items' params: they become new requests (a new
         request hash), and the other items of the run keep theirs."""
-        where = "WHERE run_id = ? AND state = ?" + (" AND error_type = ?" if error_type is not None else "")
+        where = f"WHERE run_id = ? AND state = ? AND {NOT_DONE}" + (" AND error_type = ?" if error_type else "")
         params: list[Any] = [run_id, FAILED] + ([error_type] if error_type is not None else [])
         with self._write():
             if changes:
@@ -1145,8 +1172,8 @@ class Store:
     def stop_reasons(self, run_id: str) -> dict[str, int]:
         """Succeeded items by the reply's stop_reason (end_turn, tool_use, max_tokens accepted, ...)."""
         rows = self.db.execute(
-            "SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND state = ? "
-            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            f"SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND {BY_LINE} "
+            "AND state = ? GROUP BY 1 ORDER BY 2 DESC, 1",
             [run_id, SUCCEEDED],
         )
         return dict(rows.fetchall())
@@ -1156,7 +1183,8 @@ class Store:
         return list(
             self.db.query(
                 "SELECT error_type, error_status, count(*) AS items, min(error_message) AS example "
-                "FROM items WHERE run_id = ? AND state = ? GROUP BY error_type, error_status ORDER BY items DESC",
+                f"FROM items WHERE run_id = ? AND state = ? AND {NOT_DONE} GROUP BY error_type, error_status "
+                "ORDER BY items DESC",
                 [run_id, FAILED],
             )
         )
@@ -1188,7 +1216,7 @@ class Store:
         cur = self.db.execute(
             "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail), "
             f"model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? "
-            "ORDER BY line_no",
+            f"AND {NOT_DONE} ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -1198,9 +1226,9 @@ class Store:
         """The same for the items waiting in the run's open batches."""
         cur = self.db.execute(
             f"SELECT line_no, length(own) + length(p.head) + length(p.tail), model, {MAX_TOKENS} FROM items "
-            "JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? AND batch_seq IN "
+            f"JOIN request_parts p ON p.id = parts WHERE run_id = ? AND {IN_BATCH} AND batch_seq IN "
             "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL)",
-            [run_id, IN_FLIGHT, run_id],
+            [run_id, run_id],
         )
         while rows := cur.fetchmany(5000):
             yield from rows
@@ -1214,7 +1242,7 @@ class Store:
             for first, last, n_items, n_bytes in plans:
                 seq += 1
                 moved = self.db.execute(
-                    "UPDATE items SET state = ?, batch_seq = ? WHERE run_id = ? AND state = ? "
+                    f"UPDATE items SET state = ?, batch_seq = ? WHERE run_id = ? AND state = ? AND {NOT_DONE} "
                     "AND line_no BETWEEN ? AND ?",
                     [IN_FLIGHT, seq, run_id, PENDING, first, last],
                 ).rowcount
@@ -1238,9 +1266,9 @@ class Store:
         (never re-serialised: what was validated at input is what is sent)."""
         token = self._batch_token(run_id, seq)
         cur = self.db.execute(
-            "SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            f"SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH} "
             "ORDER BY line_no",
-            [run_id, seq, IN_FLIGHT],
+            [run_id, seq],
         )
         while rows := cur.fetchmany(5000):
             for custom_id, line_no, own, part in rows:
@@ -1259,8 +1287,8 @@ class Store:
         )
         row = self._one(
             f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)), 0) "
-            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND state = ?",
-            [SENT_ID_OVERHEAD, run_id, seq, IN_FLIGHT],
+            f"FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH}",
+            [SENT_ID_OVERHEAD, run_id, seq],
         )
         return row[0], row[1]
 
@@ -1354,8 +1382,8 @@ class Store:
     def release_batch(self, run_id: str, seq: int) -> int:
         """Items of the batch still without a result go back to pending (sent again by a later batch)."""
         return self.db.execute(
-            "UPDATE items SET state = ? WHERE run_id = ? AND batch_seq = ? AND state = ?",
-            [PENDING, run_id, seq, IN_FLIGHT],
+            f"UPDATE items SET state = ? WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH}",
+            [PENDING, run_id, seq],
         ).rowcount
 
     def close_batch(self, run_id: str, seq: int, *, status: str | None = None, error: str | None = None) -> None:
@@ -1372,7 +1400,8 @@ class Store:
     def release_stray_in_flight(self, run_id: str) -> int:
         """In-flight items in no open batch (none should exist) go back to pending, so nothing is stuck."""
         return self.db.execute(
-            "UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND (batch_seq IS NULL OR batch_seq NOT IN "
+            f"UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND {NOT_DONE} AND (batch_seq IS NULL OR "
+            "batch_seq NOT IN "
             "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL))",
             [PENDING, run_id, IN_FLIGHT, run_id],
         ).rowcount
@@ -1383,7 +1412,7 @@ class Store:
         row = self._one(
             "SELECT count(*), coalesce(sum(length(own) + length(p.head) + length(p.tail)), 0), "
             f"coalesce(sum({MAX_TOKENS}), 0) FROM items JOIN request_parts p ON p.id = parts "
-            "WHERE run_id = ? AND state IN (?, ?)",
+            f"WHERE run_id = ? AND state IN (?, ?) AND {NOT_DONE}",
             [run_id, PENDING, IN_FLIGHT],
         )
         return int(row[0]), int(row[1]), int(row[2])
@@ -1420,9 +1449,22 @@ def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
         "n_attempts": len(o.attempts),
         "now": now,
         "stop_reason": o.stop_reason,
-        "data": o.data,
+        "data": _data_column(o),
         "cost_usd": o.cost_usd,
     }
+
+
+def _data_column(o: Outcome) -> str | None:
+    """The data as stored: '' when it is exactly the reply's text (the `answers` view reads it from the result)."""
+    if not o.data or o.result is None:
+        return o.data
+    blocks = (orjson.loads(o.result).get("message") or {}).get("content")
+    if not isinstance(blocks, list):
+        return o.data
+    texts = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+    if texts and all(isinstance(t, str) for t in texts) and "".join(texts) == o.data:
+        return ""
+    return o.data
 
 
 def _writes_1h(usage: dict[str, Any]) -> int | None:
@@ -1503,7 +1545,8 @@ def strip_run(store: Store, run_id: str) -> int:
     items keep their requests, so the run can still be resumed or retried."""
     with store._write():
         stripped = store.db.execute(
-            "UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND state = ? AND parts IS NOT NULL",
+            f"UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND {BY_LINE} AND state = ? "
+            "AND parts IS NOT NULL",
             [run_id, SUCCEEDED],
         ).rowcount
         store.db.execute("DELETE FROM attempts WHERE run_id = ?", [run_id])
@@ -1561,7 +1604,7 @@ def report_attempts(store: Store, run_id: str) -> list[tuple[float, float, int |
 def report_finished_times(store: Store, run_id: str) -> list[float]:
     """When each item got its outcome (succeeded or failed), in time order."""
     rows = store.db.execute(
-        "SELECT updated_at FROM items WHERE run_id = ? AND state IN (?, ?) AND updated_at IS NOT NULL "
+        f"SELECT updated_at FROM items WHERE run_id = ? AND {BY_LINE} AND state IN (?, ?) AND updated_at IS NOT NULL "
         "ORDER BY updated_at",
         [run_id, SUCCEEDED, FAILED],
     ).fetchall()
@@ -1571,7 +1614,8 @@ def report_finished_times(store: Store, run_id: str) -> list[float]:
 def report_attempts_per_item(store: Store, run_id: str) -> list[tuple[int, int]]:
     """(attempts, items) for the items that have their outcome: how many needed a retry."""
     return store.db.execute(
-        "SELECT attempts, count(*) FROM items WHERE run_id = ? AND state IN (?, ?) GROUP BY attempts ORDER BY 1",
+        f"SELECT attempts, count(*) FROM items WHERE run_id = ? AND {BY_LINE} AND state IN (?, ?) GROUP BY attempts "
+        "ORDER BY 1",
         [run_id, SUCCEEDED, FAILED],
     ).fetchall()
 
@@ -1580,7 +1624,7 @@ def report_failure_messages(store: Store, run_id: str, examples: int = 3) -> lis
     """Failed items grouped by error type, status and message, with a few example custom_ids each."""
     rows = store.db.query(
         "SELECT error_type, error_status, error_message AS message, count(*) AS items, "
-        "group_concat(custom_id, char(31)) AS ids FROM items WHERE run_id = ? AND state = ? "
+        f"group_concat(custom_id, char(31)) AS ids FROM items WHERE run_id = ? AND state = ? AND {NOT_DONE} "
         "GROUP BY error_type, error_status, error_message ORDER BY items DESC, error_type",
         [run_id, FAILED],
     )
@@ -1620,8 +1664,9 @@ def report_field_counts(store: Store, run_id: str, name: str) -> list[tuple[Any,
     """(value, items) of one top-level field of a schema job's validated answers, most frequent first."""
     path = "$." + orjson.dumps(name).decode()
     return store.db.execute(
-        "SELECT CASE json_type(data, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-        "ELSE json_extract(data, ?1) END AS value, count(*) FROM items WHERE run_id = ?2 AND state = ?3 "
+        f"SELECT CASE json_type({DATA.format(p='')}, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE json_extract({DATA.format(p='')}, ?1) END AS value, count(*) FROM items WHERE run_id = ?2 "
+        f"AND {BY_LINE} AND state = ?3 "
         "AND data IS NOT NULL GROUP BY value ORDER BY 2 DESC, 1",
         [path, run_id, SUCCEEDED],
     ).fetchall()

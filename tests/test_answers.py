@@ -39,8 +39,9 @@ def schema_job(path: Path, max_attempts: int = 4, via: str = "json_schema", mode
 def items_of(db: Path) -> list[tuple]:
     return db_rows(
         db,
-        "SELECT i.custom_id, state, error_type, error_message, r.params, data, stop_reason, attempts, output_tokens, "
-        "cost_usd FROM items i JOIN requests r USING (run_id, line_no) ORDER BY i.line_no",
+        "SELECT i.custom_id, i.state, i.error_type, i.error_message, r.params, a.data, i.stop_reason, attempts, "
+        "i.output_tokens, i.cost_usd FROM items i JOIN requests r USING (run_id, line_no) "
+        "JOIN answers a USING (run_id, line_no) ORDER BY i.line_no",
     )
 
 

@@ -486,3 +486,31 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
     assert db_rows(store.path, "SELECT count(*) FROM tally_paused")[0][0] == 0
     store.close()
     assert_tallies_exact(tmp_path / "s.db")
+
+
+def test_data_that_is_exactly_the_reply_text_is_stored_once(tmp_path: Path) -> None:
+    from batchrun.store import report_field_counts
+
+    store = Store(tmp_path / "s.db")
+    assert db_rows(store.path, "PRAGMA page_size")[0][0] == 8192
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(3)), Job(model=MODEL, max_tokens=9), "r")
+    texts = ['{"category":"bug","n":1}', '{"category": "bug", "n": 1}', '{"category":"other"}']
+    outcomes = [
+        Outcome(
+            "r",
+            line,
+            "succeeded",
+            result=orjson.dumps(
+                {"type": "succeeded", "message": {"content": [{"type": "text", "text": text}]}}
+            ).decode(),
+            data=orjson.dumps(orjson.loads(text)).decode(),
+        )
+        for line, text in enumerate(texts, start=1)
+    ]
+    store.record(outcomes)
+    stored = db_rows(store.path, "SELECT data FROM items ORDER BY line_no")
+    assert stored == [("",), ('{"category":"bug","n":1}',), ("",)]
+    answers = db_rows(store.path, "SELECT data FROM answers ORDER BY line_no")
+    assert answers == [(o.data,) for o in outcomes]
+    assert report_field_counts(store, "r", "category") == [("bug", 2), ("other", 1)]
+    store.close()
