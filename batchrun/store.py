@@ -1502,9 +1502,7 @@ def _raise_input_problems(*errors: InputError | None) -> None:
 # housekeeping
 # The queries of `batchrun runs`, `prune` and `delete` (batchrun/housekeeping.py).
 
-ITEM_OVERHEAD_BYTES = (
-    450  # per item beyond its own request and result bytes (bench/scale.py): hash, ids, indexes, attempt
-)
+ITEM_OVERHEAD_BYTES = 280  # per item beyond its own request and result (bench/scale.py): hash, ids, indexes, free space
 
 
 def run_summaries(store: Store) -> list[dict[str, Any]]:
