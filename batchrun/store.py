@@ -457,6 +457,28 @@ def split_bounds(full: bytes, params: dict[str, Any]) -> tuple[int, int]:
     return len(head), len(own)
 
 
+class _SharedParts:
+    """The shared part (head, tail) of each request in a stream, given only when it differs from the previous
+    request's (None when it is the same), compared without copying it."""
+
+    def __init__(self) -> None:
+        self.head: bytes | None = None
+        self.tail = b""
+
+    def changed(self, full: bytes, start: int, length: int) -> tuple[bytes, bytes] | None:
+        head = self.head
+        if (
+            head is not None
+            and len(head) == start
+            and len(full) - start - length == len(self.tail)
+            and full.startswith(head)
+            and full.endswith(self.tail)
+        ):
+            return None
+        self.head, self.tail = full[:start], full[start + length :]
+        return self.head, self.tail
+
+
 class _PartIds:
     """Part ids by content, inserting a part the first time it is seen (in the caller's transaction)."""
 
@@ -867,34 +889,29 @@ class Store:
     def _insert_items(self, run_id: str, items: Iterable[Any]) -> tuple[int, InputError | None]:
         """Insert every item `items` yields; an InputError it raises at the end is returned, not raised.
 
-        Two stages overlap: this thread reads and renders the next chunk while a writer thread hashes the
-        previous one and inserts it (SHA-256 and SQLite both run without the GIL). Only the writer touches the
-        connection until it is done; at most two chunks are held."""
+        Two stages overlap: this thread reads, renders and hashes each request while its bytes are in the CPU's
+        cache (SHA-256 runs without the GIL), and a writer thread inserts the previous chunk (so does SQLite). A
+        chunk holds each item's own part and hash, and a request's shared part only where it differs from the
+        previous request's. Only the writer touches the connection until it is done; at most two chunks are held."""
         parts = _PartIds(self.db.conn)
+        shared = _SharedParts()
+        part = 0
         total = 0
         error = None
         chunk: list[tuple[Any, ...]] = []
         writing: Future[None] | None = None
 
         def write(rows: list[tuple[Any, ...]]) -> None:
+            nonlocal part
+            values = []
+            for line, cid, model, own, new_part, digest, source_id, kept in rows:
+                if new_part is not None:
+                    part = parts.get(*new_part)
+                values.append((run_id, line, cid, model, own, part, digest, PENDING, source_id, kept))
             self.db.conn.executemany(
                 "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state, source_id, "
                 "kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        line,
-                        cid,
-                        model,
-                        full[start : start + length],
-                        parts.of(full, start, length),
-                        hashlib.sha256(full).digest(),
-                        PENDING,
-                        source_id,
-                        kept,
-                    )
-                    for line, cid, model, full, start, length, source_id, kept in rows
-                ],
+                values,
             )
 
         def flush() -> None:
@@ -911,14 +928,16 @@ class Store:
                     for item in items:
                         params = item.params
                         full = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+                        start, length = split_bounds(full, params)
                         kept = getattr(item, "kept", None)
                         chunk.append(
                             (
                                 item.line_no,
                                 item.custom_id,
                                 params["model"],
-                                full,
-                                *split_bounds(full, params),
+                                full[start : start + length],
+                                shared.changed(full, start, length),
+                                hashlib.sha256(full).digest(),
                                 getattr(item, "source_id", None),
                                 None if kept is None else orjson.dumps(kept, default=str).decode(),
                             )
