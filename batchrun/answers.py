@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchrun.quickschema import compile_schema
+
 if TYPE_CHECKING:
     from batchrun.job import Job
 
@@ -64,6 +66,7 @@ class Judge:
             from jsonschema import Draft202012Validator
 
             self.validator = Draft202012Validator(self.schema)
+        self.quick = compile_schema(self.schema) if self.schema is not None else None
 
     def __call__(self, message: dict[str, Any]) -> Verdict:
         stop = message.get("stop_reason")
@@ -94,6 +97,8 @@ class Judge:
                 data = orjson.loads(text)
             except orjson.JSONDecodeError as e:
                 return Verdict(stop, error_type=INVALID_OUTPUT, message=_cut(f"the reply is not valid JSON: {e}"))
+        if self.quick is not None and self.quick(data):
+            return Verdict(stop, data=data)
         from jsonschema.exceptions import best_match
 
         error = best_match(self.validator.iter_errors(data))

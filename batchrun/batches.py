@@ -48,7 +48,7 @@ from batchrun.lock import RunLock
 from batchrun.pricing import add_cost, total_cost, usage_cost
 from batchrun.retry import retrying
 from batchrun.signals import on_signals
-from batchrun.store import Attempt, Outcome, State, Store
+from batchrun.store import Attempt, BatchTimes, Outcome, State, Store
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -573,7 +573,7 @@ class BatchEngine:
             else:
                 part.canceled += 1
             outcomes.append(outcome)
-        self.store.record(outcomes)
+        self.store.record(outcomes, BatchTimes(self.run_id, seq, started, seconds))
         return part
 
     def _outcome(

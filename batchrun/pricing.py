@@ -6,6 +6,7 @@ cost, shown as unknown, never as $0 and never at the price of a model whose id i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -60,10 +61,19 @@ def base_model_id(model: str) -> str:
 def price_for(model: str, overrides: Prices | None = None) -> dict[str, float] | None:
     """The model's price per million tokens: the job's `[prices]` first, then the table; the id itself, then the id
     without its date. None when neither names it."""
-    for table in (overrides or {}, PRICES):
-        for name in dict.fromkeys((model, base_model_id(model))):
-            if name in table:
-                return {"input": float(table[name]["input"]), "output": float(table[name]["output"])}
+    for name in dict.fromkeys((model, base_model_id(model))) if overrides else ():
+        if name in overrides:
+            return {"input": float(overrides[name]["input"]), "output": float(overrides[name]["output"])}
+    listed = _listed_price(model)
+    return None if listed is None else {"input": listed[0], "output": listed[1]}
+
+
+@functools.lru_cache(maxsize=256)
+def _listed_price(model: str) -> tuple[float, float] | None:
+    """(input, output) from the table, by the id itself, then without its date (looked up once per model)."""
+    for name in dict.fromkeys((model, base_model_id(model))):
+        if name in PRICES:
+            return float(PRICES[name]["input"]), float(PRICES[name]["output"])
     return None
 
 

@@ -39,6 +39,7 @@ STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
 CREATE_CHUNK = 500  # items per insert when a run is created: two chunks of whole requests are held at once
 BUSY_TIMEOUT_S = 30
+PAGE_SIZE = 8192  # a grown item (about 900 bytes with its result) leaves less of a 4 KB page unused
 MAX_PROBLEMS = 20
 T = TypeVar("T")
 
@@ -352,6 +353,99 @@ CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, i.request_hash,
     CAST(p.head || i.own || p.tail AS BLOB) AS params
 FROM items i JOIN request_parts p ON p.id = i.parts
 """
+
+
+@migrations()
+def m010_lean_items(db: Database) -> None:
+    """Fewer bytes and statements per item.
+
+    - The request hash is stored as its 32 bytes (the same SHA-256), no longer as 64 hex characters; the
+      `requests` view still shows it in hex. Its index holds only the first 8 bytes (the response cache
+      compares all 32).
+    - `items_by_batch` holds only the items in flight (the ones a batch still waits for), `items_by_state` only
+      the items not succeeded: most items of a finished run are in neither.
+    - A batch result that succeeded has no attempts row: its attempt is the item (succeeded, via batch) and its
+      batch (`started_at`, `seconds`); the `all_attempts` view lists both kinds. The rows written so far are folded
+      into their batches.
+    - A schema answer whose reply text is exactly its data's JSON stores its data as '' (the `answers` view
+      gives the text): the answer is held once, in the result.
+    - The tally trigger stands aside while `tally_paused` holds a row: `Store.record` then adjusts the tallies once
+      per group of outcomes, in the same transaction.
+    """
+    db.conn.create_function("hash_bytes", 1, _hash_bytes, deterministic=True)
+    db.execute("DROP INDEX items_by_request")
+    db.execute("UPDATE items SET request_hash = hash_bytes(request_hash) WHERE typeof(request_hash) = 'text'")
+    db.execute("CREATE INDEX items_by_request ON items (substr(request_hash, 1, 8))")
+    db.execute("ALTER TABLE batches ADD COLUMN started_at REAL")
+    db.execute("ALTER TABLE batches ADD COLUMN seconds REAL")
+    db.execute(
+        "UPDATE batches SET (started_at, seconds) = (SELECT a.started_at, a.seconds FROM items i JOIN attempts a "
+        f"ON a.run_id = i.run_id AND a.line_no = i.line_no WHERE {BATCH_SUCCESS} LIMIT 1)"
+    )
+    db.execute(
+        "DELETE FROM attempts WHERE rowid IN (SELECT a.rowid FROM batches JOIN items i ON i.run_id = batches.run_id "
+        f"AND i.batch_seq = batches.seq JOIN attempts a ON a.run_id = i.run_id AND a.line_no = i.line_no "
+        f"WHERE {BATCH_SUCCESS})"
+    )
+    db.execute("DROP VIEW requests")
+    db.execute(REQUESTS_VIEW_HEX)
+    db.execute(ALL_ATTEMPTS_VIEW)
+    db.execute("CREATE TABLE tally_paused (paused INTEGER)")
+    db.execute("DROP INDEX items_by_state")
+    db.execute(f"CREATE INDEX items_by_state ON items (run_id, state, line_no) WHERE {NOT_DONE}")
+    db.execute("DROP INDEX items_by_batch")
+    db.execute("CREATE INDEX items_by_batch ON items (run_id, batch_seq) WHERE state = 'in_flight'")
+    db.execute("DROP VIEW answers")
+    db.execute(ANSWERS_VIEW.replace("i.data AS data", f"{DATA.format(p='i.')} AS data"))
+    db.execute("DROP TRIGGER items_tally")
+    db.execute(TALLY_TRIGGER.replace("BEGIN", "WHEN NOT EXISTS (SELECT 1 FROM tally_paused)\nBEGIN", 1))
+
+
+# A schema answer's data; '' stands for "the reply's text, which is exactly the data's JSON" (stored once).
+DATA = (
+    "CASE WHEN {p}data = '' THEN (SELECT group_concat(json_extract(b.value, '$.text'), '') "
+    "FROM json_each({p}result, '$.message.content') b WHERE json_extract(b.value, '$.type') = 'text') "
+    "ELSE {p}data END"
+)
+# the attempts row (as written before m010) of an item's batch success, from `batches` joined to the item
+BATCH_SUCCESS = (
+    "i.run_id = batches.run_id AND i.batch_seq = batches.seq AND i.state = 'succeeded' AND i.via = 'batch' "
+    "AND a.outcome = 'succeeded' AND a.status IS NULL"
+)
+REQUESTS_VIEW_HEX = """
+CREATE VIEW requests AS SELECT i.run_id, i.line_no, i.custom_id, lower(hex(i.request_hash)) AS request_hash,
+    CAST(p.head || i.own || p.tail AS BLOB) AS params
+FROM items i JOIN request_parts p ON p.id = i.parts
+"""
+# Every request sent: the attempts rows, and one per item a batch answered (its batch's times).
+ALL_ATTEMPTS_VIEW = """
+CREATE VIEW all_attempts AS
+SELECT run_id, line_no, started_at, seconds, status, outcome, error_class, retry_after, request_id FROM attempts
+UNION ALL
+SELECT i.run_id, i.line_no, b.started_at, b.seconds, NULL, 'succeeded', NULL, NULL, NULL
+FROM items i JOIN batches b ON b.run_id = i.run_id AND b.seq = i.batch_seq
+WHERE i.state = 'succeeded' AND i.via = 'batch'
+"""
+# Add (sign 1) or take away (sign -1) the tallies of a run's items on the lines of a JSON list.
+RETALLY = """
+INSERT INTO run_tallies (run_id, model, via, state, items, input, output, cache_creation, cache_creation_1h,
+    cache_read, bytes)
+SELECT run_id, model, coalesce(via, ''), state, :sign * count(*), :sign * sum(input_tokens),
+    :sign * sum(output_tokens), :sign * sum(cache_creation_tokens), :sign * sum(cache_creation_1h_tokens),
+    :sign * sum(cache_read_tokens), :sign * sum(length(own) + coalesce(length(result), 0))
+FROM items WHERE run_id = :run_id AND line_no IN (SELECT value FROM json_each(:lines))
+GROUP BY model, coalesce(via, ''), state
+ON CONFLICT DO UPDATE SET items = items + excluded.items, input = input + excluded.input,
+    output = output + excluded.output, cache_creation = cache_creation + excluded.cache_creation,
+    cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h, cache_read = cache_read + excluded.cache_read,
+    bytes = bytes + excluded.bytes
+"""
+
+
+def _hash_bytes(hex_digest: str) -> bytes:
+    return bytes.fromhex(hex_digest)
+
+
 HOLE = b'"messages":'
 TTL_1H = b'"ttl":"1h"'
 
@@ -375,6 +469,28 @@ def split_bounds(full: bytes, params: dict[str, Any]) -> tuple[int, int]:
     if not full.startswith(head) or full[len(head) : len(head) + len(own)] != own:
         return 0, len(full)
     return len(head), len(own)
+
+
+class _SharedParts:
+    """The shared part (head, tail) of each request in a stream, given only when it differs from the previous
+    request's (None when it is the same), compared without copying it."""
+
+    def __init__(self) -> None:
+        self.head: bytes | None = None
+        self.tail = b""
+
+    def changed(self, full: bytes, start: int, length: int) -> tuple[bytes, bytes] | None:
+        head = self.head
+        if (
+            head is not None
+            and len(head) == start
+            and len(full) - start - length == len(self.tail)
+            and full.startswith(head)
+            and full.endswith(self.tail)
+        ):
+            return None
+        self.head, self.tail = full[:start], full[start + length :]
+        return self.head, self.tail
 
 
 class _PartIds:
@@ -419,6 +535,11 @@ class _PartIds:
         return part
 
 
+# Written out in the queries they serve, so SQLite can use the partial indexes items_by_batch and items_by_state.
+IN_BATCH = "state = 'in_flight'"
+NOT_DONE = "state != 'succeeded'"
+# For the queries over succeeded items: the run's rows in line order (its primary key), not in custom_id order.
+BY_LINE = "line_no > 0"
 UNFINISHED = "EXISTS (SELECT 1 FROM run_tallies WHERE run_id = r.id AND state IN (?, ?) AND items > 0)"
 MAX_TOKENS = "coalesce(p.max_tokens, json_extract(own, '$.max_tokens'))"
 TOKEN_LEN = 10  # "br" + 8 hex digits
@@ -443,6 +564,20 @@ class Attempt:
     error_class: str | None = None
     retry_after: float | None = None
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTimes:
+    """A batch as the attempt of the items it answered: created at `started_at`, ended `seconds` later."""
+
+    run_id: str
+    seq: int
+    started_at: float
+    seconds: float
+
+
+def _attempt_values(a: Attempt) -> tuple[Any, ...]:
+    return (a.started_at, a.seconds, a.status, a.outcome, a.error_class, a.retry_after, a.request_id)
 
 
 @dataclass(slots=True)
@@ -472,6 +607,25 @@ class ClaimedItem:
     line_no: int
     custom_id: str
     params: dict[str, Any]
+
+
+RECORD = (
+    "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
+    "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
+    "request_id = :request_id, "
+    # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
+    "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
+    "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
+    "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
+    # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
+    "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
+    'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
+    "THEN :cache_creation_tokens ELSE 0 END), "
+    "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
+    "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
+    "attempts = attempts + :n_attempts, updated_at = :now "
+    "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'"
+)
 
 
 def create_private_file(path: Path) -> None:
@@ -575,6 +729,7 @@ class Store:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new databases only: it is set before any table
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
                 migrations.apply(Database(conn))
             finally:
@@ -748,34 +903,29 @@ class Store:
     def _insert_items(self, run_id: str, items: Iterable[Any]) -> tuple[int, InputError | None]:
         """Insert every item `items` yields; an InputError it raises at the end is returned, not raised.
 
-        Two stages overlap: this thread reads and renders the next chunk while a writer thread hashes the
-        previous one and inserts it (SHA-256 and SQLite both run without the GIL). Only the writer touches the
-        connection until it is done; at most two chunks are held."""
+        Two stages overlap: this thread reads, renders and hashes each request while its bytes are in the CPU's
+        cache (SHA-256 runs without the GIL), and a writer thread inserts the previous chunk (so does SQLite). A
+        chunk holds each item's own part and hash, and a request's shared part only where it differs from the
+        previous request's. Only the writer touches the connection until it is done; at most two chunks are held."""
         parts = _PartIds(self.db.conn)
+        shared = _SharedParts()
+        part = 0
         total = 0
         error = None
         chunk: list[tuple[Any, ...]] = []
         writing: Future[None] | None = None
 
         def write(rows: list[tuple[Any, ...]]) -> None:
+            nonlocal part
+            values = []
+            for line, cid, model, own, new_part, digest, source_id, kept in rows:
+                if new_part is not None:
+                    part = parts.get(*new_part)
+                values.append((run_id, line, cid, model, own, part, digest, PENDING, source_id, kept))
             self.db.conn.executemany(
                 "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state, source_id, "
                 "kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        line,
-                        cid,
-                        model,
-                        full[start : start + length],
-                        parts.of(full, start, length),
-                        hashlib.sha256(full).hexdigest(),
-                        PENDING,
-                        source_id,
-                        kept,
-                    )
-                    for line, cid, model, full, start, length, source_id, kept in rows
-                ],
+                values,
             )
 
         def flush() -> None:
@@ -792,14 +942,16 @@ class Store:
                     for item in items:
                         params = item.params
                         full = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+                        start, length = split_bounds(full, params)
                         kept = getattr(item, "kept", None)
                         chunk.append(
                             (
                                 item.line_no,
                                 item.custom_id,
                                 params["model"],
-                                full,
-                                *split_bounds(full, params),
+                                full[start : start + length],
+                                shared.changed(full, start, length),
+                                hashlib.sha256(full).digest(),
                                 getattr(item, "source_id", None),
                                 None if kept is None else orjson.dumps(kept, default=str).decode(),
                             )
@@ -849,14 +1001,16 @@ class Store:
 
     def release_in_flight(self, run_id: str) -> int:
         """Items a dead process left in flight have no result: they go back to pending."""
-        cur = self.db.execute("UPDATE items SET state = ? WHERE run_id = ? AND state = ?", [PENDING, run_id, IN_FLIGHT])
+        cur = self.db.execute(
+            f"UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND {NOT_DONE}", [PENDING, run_id, IN_FLIGHT]
+        )
         return cur.rowcount
 
     def claim_pending(self, run_id: str, after_line: int, limit: int) -> list[ClaimedItem]:
         """Mark the next pending items in input order as in flight and return them."""
         rows = self.db.execute(
             "UPDATE items SET state = ? WHERE run_id = ? AND line_no IN (SELECT line_no FROM items "
-            "WHERE run_id = ? AND state = ? AND line_no > ? ORDER BY line_no LIMIT ?) "
+            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} AND line_no > ? ORDER BY line_no LIMIT ?) "
             "RETURNING line_no, custom_id, own, parts",
             [IN_FLIGHT, run_id, run_id, PENDING, after_line, limit],
         ).fetchall()
@@ -871,47 +1025,41 @@ class Store:
             shared = self._parts[part] = (bytes(row[0]), bytes(row[1]))
         return shared[0] + own + shared[1]
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Write a group of outcomes, each result with the state change that marks it, in one transaction."""
+    def record(self, outcomes: list[Outcome], batch: BatchTimes | None = None) -> None:
+        """Write a group of outcomes, each result with the state change that marks it, in one transaction.
+
+        The tallies are adjusted once for the group (the per-row trigger stands aside meanwhile). A batch's
+        succeeded results get no attempts row: `batch` (its seq and times) is their attempt."""
         now = time.time()
+        rows = [_outcome_row(o, now) for o in outcomes]
+        lines: dict[str, list[int]] = {}
+        for o in outcomes:
+            lines.setdefault(o.run_id, []).append(o.line_no)
         with self._write():
-            self.db.conn.executemany(
-                "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
-                "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
-                "request_id = :request_id, "
-                # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
-                "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
-                "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
-                "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
-                # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
-                "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
-                'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
-                "THEN :cache_creation_tokens ELSE 0 END), "
-                "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
-                "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
-                "attempts = attempts + :n_attempts, updated_at = :now "
-                "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'",
-                [_outcome_row(o, now) for o in outcomes],
-            )
+            self._retally(lines, -1)
+            self.db.execute("INSERT INTO tally_paused VALUES (1)")
+            self.db.conn.executemany(RECORD, rows)
+            self.db.execute("DELETE FROM tally_paused")
+            self._retally(lines, 1)
             self.db.conn.executemany(
                 "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, "
                 "retry_after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        o.run_id,
-                        o.line_no,
-                        a.started_at,
-                        a.seconds,
-                        a.status,
-                        a.outcome,
-                        a.error_class,
-                        a.retry_after,
-                        a.request_id,
-                    )
+                    (o.run_id, o.line_no, *_attempt_values(a))
                     for o in outcomes
+                    if not (o.via == "batch" and o.state == SUCCEEDED)
                     for a in o.attempts
                 ],
             )
+            if batch is not None:
+                self.db.execute(
+                    "UPDATE batches SET started_at = ?, seconds = ? WHERE run_id = ? AND seq = ?",
+                    [batch.started_at, batch.seconds, batch.run_id, batch.seq],
+                )
+
+    def _retally(self, lines: dict[str, list[int]], sign: int) -> None:
+        for run_id, line_nos in lines.items():
+            self.db.execute(RETALLY, {"sign": sign, "run_id": run_id, "lines": orjson.dumps(line_nos).decode()})
 
     def reuse_results(self, run_id: str) -> int:
         """Answer pending items from identical requests that already succeeded in this database, on the same
@@ -921,15 +1069,16 @@ class Store:
         `answered_from` names the run it was copied from.
         """
         source = (
-            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE c.request_hash = items.request_hash "
-            "AND c.state = 'succeeded' AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
+            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE substr(c.request_hash, 1, 8) = "  # items_by_request
+            "substr(items.request_hash, 1, 8) AND c.request_hash = items.request_hash AND c.state = 'succeeded' "
+            "AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
         )
         cur = self.db.execute(
             f"UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result {source} LIMIT 1), "
             f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ?, "
             f"stop_reason = (SELECT c.stop_reason {source} LIMIT 1), data = (SELECT c.data {source} LIMIT 1), "
             "cost_usd = coalesce(cost_usd, 0) "
-            f"WHERE run_id = ? AND state = ? AND EXISTS (SELECT 1 {source})",
+            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} AND EXISTS (SELECT 1 {source})",
             [SUCCEEDED, run_id, run_id, time.time(), run_id, run_id, run_id, PENDING, run_id],
         )
         return cur.rowcount
@@ -939,7 +1088,7 @@ class Store:
 
         `changes` (e.g. `{"max_tokens": 64}`) are set in those items' params: they become new requests (a new
         request hash), and the other items of the run keep theirs."""
-        where = "WHERE run_id = ? AND state = ?" + (" AND error_type = ?" if error_type is not None else "")
+        where = f"WHERE run_id = ? AND state = ? AND {NOT_DONE}" + (" AND error_type = ?" if error_type else "")
         params: list[Any] = [run_id, FAILED] + ([error_type] if error_type is not None else [])
         with self._write():
             if changes:
@@ -964,7 +1113,7 @@ class Store:
                 (
                     full[start : start + length],
                     parts.of(full, start, length),
-                    hashlib.sha256(full).hexdigest(),
+                    hashlib.sha256(full).digest(),
                     new_params["model"],
                     params[0],
                     line_no,
@@ -1056,8 +1205,8 @@ class Store:
     def stop_reasons(self, run_id: str) -> dict[str, int]:
         """Succeeded items by the reply's stop_reason (end_turn, tool_use, max_tokens accepted, ...)."""
         rows = self.db.execute(
-            "SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND state = ? "
-            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            f"SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND {BY_LINE} "
+            "AND state = ? GROUP BY 1 ORDER BY 2 DESC, 1",
             [run_id, SUCCEEDED],
         )
         return dict(rows.fetchall())
@@ -1067,13 +1216,19 @@ class Store:
         return list(
             self.db.query(
                 "SELECT error_type, error_status, count(*) AS items, min(error_message) AS example "
-                "FROM items WHERE run_id = ? AND state = ? GROUP BY error_type, error_status ORDER BY items DESC",
+                f"FROM items WHERE run_id = ? AND state = ? AND {NOT_DONE} GROUP BY error_type, error_status "
+                "ORDER BY items DESC",
                 [run_id, FAILED],
             )
         )
 
     def attempt_count(self, run_id: str) -> int:
-        return self._one("SELECT count(*) FROM attempts WHERE run_id = ?", [run_id])[0]
+        """Requests the run has sent: its attempts rows and the items its batches answered (from the tallies)."""
+        return self._one(
+            "SELECT (SELECT count(*) FROM attempts WHERE run_id = ?1) + (SELECT coalesce(sum(items), 0) "
+            "FROM run_tallies WHERE run_id = ?1 AND via = 'batch' AND state = ?2)",
+            [run_id, SUCCEEDED],
+        )[0]
 
     def iter_results(self, run_id: str, only: str | None = None) -> Iterator[tuple[str, str, str]]:
         """(custom_id, state, result JSON) in input order, for succeeded and failed items."""
@@ -1094,7 +1249,7 @@ class Store:
         cur = self.db.execute(
             "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail), "
             f"model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? "
-            "ORDER BY line_no",
+            f"AND {NOT_DONE} ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -1104,9 +1259,9 @@ class Store:
         """The same for the items waiting in the run's open batches."""
         cur = self.db.execute(
             f"SELECT line_no, length(own) + length(p.head) + length(p.tail), model, {MAX_TOKENS} FROM items "
-            "JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? AND batch_seq IN "
+            f"JOIN request_parts p ON p.id = parts WHERE run_id = ? AND {IN_BATCH} AND batch_seq IN "
             "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL)",
-            [run_id, IN_FLIGHT, run_id],
+            [run_id, run_id],
         )
         while rows := cur.fetchmany(5000):
             yield from rows
@@ -1120,7 +1275,7 @@ class Store:
             for first, last, n_items, n_bytes in plans:
                 seq += 1
                 moved = self.db.execute(
-                    "UPDATE items SET state = ?, batch_seq = ? WHERE run_id = ? AND state = ? "
+                    f"UPDATE items SET state = ?, batch_seq = ? WHERE run_id = ? AND state = ? AND {NOT_DONE} "
                     "AND line_no BETWEEN ? AND ?",
                     [IN_FLIGHT, seq, run_id, PENDING, first, last],
                 ).rowcount
@@ -1144,9 +1299,9 @@ class Store:
         (never re-serialised: what was validated at input is what is sent)."""
         token = self._batch_token(run_id, seq)
         cur = self.db.execute(
-            "SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND state = ? "
+            f"SELECT custom_id, line_no, own, parts FROM items WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH} "
             "ORDER BY line_no",
-            [run_id, seq, IN_FLIGHT],
+            [run_id, seq],
         )
         while rows := cur.fetchmany(5000):
             for custom_id, line_no, own, part in rows:
@@ -1165,8 +1320,8 @@ class Store:
         )
         row = self._one(
             f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)), 0) "
-            "FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND state = ?",
-            [SENT_ID_OVERHEAD, run_id, seq, IN_FLIGHT],
+            f"FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH}",
+            [SENT_ID_OVERHEAD, run_id, seq],
         )
         return row[0], row[1]
 
@@ -1260,8 +1415,8 @@ class Store:
     def release_batch(self, run_id: str, seq: int) -> int:
         """Items of the batch still without a result go back to pending (sent again by a later batch)."""
         return self.db.execute(
-            "UPDATE items SET state = ? WHERE run_id = ? AND batch_seq = ? AND state = ?",
-            [PENDING, run_id, seq, IN_FLIGHT],
+            f"UPDATE items SET state = ? WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH}",
+            [PENDING, run_id, seq],
         ).rowcount
 
     def close_batch(self, run_id: str, seq: int, *, status: str | None = None, error: str | None = None) -> None:
@@ -1278,7 +1433,8 @@ class Store:
     def release_stray_in_flight(self, run_id: str) -> int:
         """In-flight items in no open batch (none should exist) go back to pending, so nothing is stuck."""
         return self.db.execute(
-            "UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND (batch_seq IS NULL OR batch_seq NOT IN "
+            f"UPDATE items SET state = ? WHERE run_id = ? AND state = ? AND {NOT_DONE} AND (batch_seq IS NULL OR "
+            "batch_seq NOT IN "
             "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL))",
             [PENDING, run_id, IN_FLIGHT, run_id],
         ).rowcount
@@ -1289,7 +1445,7 @@ class Store:
         row = self._one(
             "SELECT count(*), coalesce(sum(length(own) + length(p.head) + length(p.tail)), 0), "
             f"coalesce(sum({MAX_TOKENS}), 0) FROM items JOIN request_parts p ON p.id = parts "
-            "WHERE run_id = ? AND state IN (?, ?)",
+            f"WHERE run_id = ? AND state IN (?, ?) AND {NOT_DONE}",
             [run_id, PENDING, IN_FLIGHT],
         )
         return int(row[0]), int(row[1]), int(row[2])
@@ -1326,9 +1482,22 @@ def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
         "n_attempts": len(o.attempts),
         "now": now,
         "stop_reason": o.stop_reason,
-        "data": o.data,
+        "data": _data_column(o),
         "cost_usd": o.cost_usd,
     }
+
+
+def _data_column(o: Outcome) -> str | None:
+    """The data as stored: '' when it is exactly the reply's text (the `answers` view reads it from the result)."""
+    if not o.data or o.result is None:
+        return o.data
+    blocks = (orjson.loads(o.result).get("message") or {}).get("content")
+    if not isinstance(blocks, list):
+        return o.data
+    texts = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+    if texts and all(isinstance(t, str) for t in texts) and "".join(texts) == o.data:
+        return ""
+    return o.data
 
 
 def _writes_1h(usage: dict[str, Any]) -> int | None:
@@ -1366,9 +1535,7 @@ def _raise_input_problems(*errors: InputError | None) -> None:
 # housekeeping
 # The queries of `batchrun runs`, `prune` and `delete` (batchrun/housekeeping.py).
 
-ITEM_OVERHEAD_BYTES = (
-    450  # per item beyond its own request and result bytes (bench/scale.py): hash, ids, indexes, attempt
-)
+ITEM_OVERHEAD_BYTES = 280  # per item beyond its own request and result (bench/scale.py): hash, ids, indexes, free space
 
 
 def run_summaries(store: Store) -> list[dict[str, Any]]:
@@ -1409,7 +1576,8 @@ def strip_run(store: Store, run_id: str) -> int:
     items keep their requests, so the run can still be resumed or retried."""
     with store._write():
         stripped = store.db.execute(
-            "UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND state = ? AND parts IS NOT NULL",
+            f"UPDATE items SET own = x'', parts = NULL WHERE run_id = ? AND {BY_LINE} AND state = ? "
+            "AND parts IS NOT NULL",
             [run_id, SUCCEEDED],
         ).rowcount
         store.db.execute("DELETE FROM attempts WHERE run_id = ?", [run_id])
@@ -1460,14 +1628,14 @@ def database_bytes(store: Store) -> int:
 def report_attempts(store: Store, run_id: str) -> list[tuple[float, float, int | None, str]]:
     """Every request the run sent: (started_at, seconds, HTTP status or None, outcome), in start order."""
     return store.db.execute(
-        "SELECT started_at, seconds, status, outcome FROM attempts WHERE run_id = ? ORDER BY started_at", [run_id]
+        "SELECT started_at, seconds, status, outcome FROM all_attempts WHERE run_id = ? ORDER BY started_at", [run_id]
     ).fetchall()
 
 
 def report_finished_times(store: Store, run_id: str) -> list[float]:
     """When each item got its outcome (succeeded or failed), in time order."""
     rows = store.db.execute(
-        "SELECT updated_at FROM items WHERE run_id = ? AND state IN (?, ?) AND updated_at IS NOT NULL "
+        f"SELECT updated_at FROM items WHERE run_id = ? AND {BY_LINE} AND state IN (?, ?) AND updated_at IS NOT NULL "
         "ORDER BY updated_at",
         [run_id, SUCCEEDED, FAILED],
     ).fetchall()
@@ -1477,7 +1645,8 @@ def report_finished_times(store: Store, run_id: str) -> list[float]:
 def report_attempts_per_item(store: Store, run_id: str) -> list[tuple[int, int]]:
     """(attempts, items) for the items that have their outcome: how many needed a retry."""
     return store.db.execute(
-        "SELECT attempts, count(*) FROM items WHERE run_id = ? AND state IN (?, ?) GROUP BY attempts ORDER BY 1",
+        f"SELECT attempts, count(*) FROM items WHERE run_id = ? AND {BY_LINE} AND state IN (?, ?) GROUP BY attempts "
+        "ORDER BY 1",
         [run_id, SUCCEEDED, FAILED],
     ).fetchall()
 
@@ -1486,7 +1655,7 @@ def report_failure_messages(store: Store, run_id: str, examples: int = 3) -> lis
     """Failed items grouped by error type, status and message, with a few example custom_ids each."""
     rows = store.db.query(
         "SELECT error_type, error_status, error_message AS message, count(*) AS items, "
-        "group_concat(custom_id, char(31)) AS ids FROM items WHERE run_id = ? AND state = ? "
+        f"group_concat(custom_id, char(31)) AS ids FROM items WHERE run_id = ? AND state = ? AND {NOT_DONE} "
         "GROUP BY error_type, error_status, error_message ORDER BY items DESC, error_type",
         [run_id, FAILED],
     )
@@ -1526,8 +1695,9 @@ def report_field_counts(store: Store, run_id: str, name: str) -> list[tuple[Any,
     """(value, items) of one top-level field of a schema job's validated answers, most frequent first."""
     path = "$." + orjson.dumps(name).decode()
     return store.db.execute(
-        "SELECT CASE json_type(data, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-        "ELSE json_extract(data, ?1) END AS value, count(*) FROM items WHERE run_id = ?2 AND state = ?3 "
+        f"SELECT CASE json_type({DATA.format(p='')}, ?1) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE json_extract({DATA.format(p='')}, ?1) END AS value, count(*) FROM items WHERE run_id = ?2 "
+        f"AND {BY_LINE} AND state = ?3 "
         "AND data IS NOT NULL GROUP BY value ORDER BY 2 DESC, 1",
         [path, run_id, SUCCEEDED],
     ).fetchall()

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, REPO, Emulator, child_env, machine, run_child, table, versions
 
 JOB = REPO / "jobs" / "classify_tickets.toml"
-LABELS = ("billing", "bug", "account", "feature_request", "other")
+CATEGORIES = ("billing", "bug", "account", "feature_request", "how_to", "other")
+SENTIMENTS = ("negative", "neutral", "positive")
 WORDS = [
     "the",
     "export",
@@ -134,6 +135,9 @@ def phase_ingest(db: str, done_share: str) -> None:
         store.release_batch(RUN, batch["seq"])
         store.close_batch(RUN, batch["seq"], status="ended")
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    succeeded = store.counts(RUN)["succeeded"]
+    if succeeded != stored:
+        raise SystemExit(f"{stored} results given, {succeeded} stored as answers")
     print(f"seconds {seconds:.3f}\nstored {stored}")
 
 
@@ -143,12 +147,24 @@ def result_line(orjson, token: str, line: int, rng: random.Random) -> bytes:
         "type": "message",
         "role": "assistant",
         "model": "claude-sonnet-4-6",
-        "content": [{"type": "text", "text": rng.choice(LABELS)}],
+        "content": [{"type": "text", "text": answer(orjson, rng)}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {"input_tokens": 60, "output_tokens": 2, "cache_read_input_tokens": 3100},
     }
     return orjson.dumps({"custom_id": f"{token}-{line}", "result": {"type": "succeeded", "message": message}})
+
+
+def answer(orjson, rng: random.Random) -> str:
+    """A reply that meets the ticket job's schema (structured output), the size the emulator's are."""
+    summary = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+    fields = {
+        "category": rng.choice(CATEGORIES),
+        "urgency": rng.randint(1, 5),
+        "sentiment": rng.choice(SENTIMENTS),
+        "summary": summary,
+    }
+    return orjson.dumps(fields).decode()
 
 
 def phase_copies(db: str, copies: str) -> None:

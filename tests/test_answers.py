@@ -39,8 +39,9 @@ def schema_job(path: Path, max_attempts: int = 4, via: str = "json_schema", mode
 def items_of(db: Path) -> list[tuple]:
     return db_rows(
         db,
-        "SELECT i.custom_id, state, error_type, error_message, r.params, data, stop_reason, attempts, output_tokens, "
-        "cost_usd FROM items i JOIN requests r USING (run_id, line_no) ORDER BY i.line_no",
+        "SELECT i.custom_id, i.state, i.error_type, i.error_message, r.params, a.data, i.stop_reason, attempts, "
+        "i.output_tokens, i.cost_usd FROM items i JOIN requests r USING (run_id, line_no) "
+        "JOIN answers a USING (run_id, line_no) ORDER BY i.line_no",
     )
 
 
@@ -71,7 +72,7 @@ def test_a_schema_job_with_ten_percent_invalid_replies_ends_valid_or_invalid_out
     seen = check_valid_or_invalid_output(workdir / "batchrun.db", max_attempts=2)
     assert seen["valid"] + seen["invalid"] == 60 and seen["valid"] >= 45
     assert r.returncode == (1 if seen["invalid"] else 0), r.stderr
-    sent = db_rows(workdir / "batchrun.db", "SELECT outcome, count(*) FROM attempts GROUP BY outcome")
+    sent = db_rows(workdir / "batchrun.db", "SELECT outcome, count(*) FROM all_attempts GROUP BY outcome")
     outcomes = dict(sent)
     assert outcomes.get("invalid_output", 0) >= 3  # the invalid replies were recorded, and sent again
     assert outcomes["succeeded"] == seen["valid"]

@@ -134,13 +134,13 @@ def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir:
         cid
         for (cid,) in db_rows(
             db,
-            "SELECT i.custom_id FROM attempts a JOIN items i USING (run_id, line_no) "
+            "SELECT i.custom_id FROM all_attempts a JOIN items i USING (run_id, line_no) "
             "WHERE a.outcome IN ('api_error', 'overloaded_error', 'rate_limit_error', 'timeout_error', 'expired')",
         )
     }
     in_follow_up = {cid for (cid,) in db_rows(db, "SELECT custom_id FROM items WHERE batch_seq = 2")}
     assert bounced == in_follow_up and len(bounced) == again
-    outcomes = dict(db_rows(db, "SELECT outcome, count(*) FROM attempts GROUP BY outcome"))
+    outcomes = dict(db_rows(db, "SELECT outcome, count(*) FROM all_attempts GROUP BY outcome"))
     assert outcomes["succeeded"] == 1000 and outcomes["expired"] == counts["expired"]
     assert db_rows(db, "SELECT max(attempts), min(attempts) FROM items") == [(2, 1)]
     results = read_jsonl(workdir / "out.jsonl")

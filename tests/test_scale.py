@@ -13,7 +13,16 @@ from sqlite_utils import Database
 
 from batchrun.inputs import read_items
 from batchrun.job import Job, load_job
-from batchrun.store import SENT_ID_OVERHEAD, Outcome, Store, migrations
+from batchrun.store import (
+    SENT_ID_OVERHEAD,
+    Attempt,
+    BatchTimes,
+    Outcome,
+    Store,
+    _PartIds,
+    migrations,
+    split_request,
+)
 from tests.conftest import batchrun, cli_env, db_rows, prompts, read_jsonl, write_jsonl
 
 MODEL = "claude-haiku-4-5"
@@ -374,3 +383,137 @@ def test_the_first_prune_of_an_upgraded_database_gives_back_the_space_of_the_cop
 
 def read_results_direct(db: Path) -> list[tuple]:
     return db_rows(db, "SELECT custom_id, result FROM items WHERE run_id = 'old' AND state = 'succeeded'")
+
+
+def pre_m010_database(path: Path, job: Job, lines: Path) -> dict[str, tuple[bytes, str]]:
+    """A database in the format before m010, filled the way that store did: hex request hashes, and an attempts
+    row for every batch result. Items 1-8 are in batch 1: 1-6 succeeded, 7 errored (pending again), 8 in flight;
+    item 9 succeeded online."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.apply(Database(conn), stop_before="m010_lean_items")
+    conn.execute("BEGIN")
+    now = time.time()
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, input_path, input_sha256, fingerprint, mode, job, status, "
+        "total, endpoint) VALUES ('old', ?, ?, ?, 'sha', ?, 'batch', ?, 'interrupted', 0, 'e')",
+        [now, now, str(lines), job.fingerprint(), orjson.dumps(job.to_dict()).decode()],
+    )
+    parts = _PartIds(conn)
+    requests = {}
+    for item in read_items(lines, job):
+        raw, digest = old_request(item.params)
+        requests[item.custom_id] = (raw, digest)
+        head, own, tail = split_request(raw, item.params)
+        conn.execute(
+            "INSERT INTO items (run_id, line_no, custom_id, model, own, parts, request_hash, state) "
+            "VALUES ('old', ?, ?, ?, ?, ?, ?, 'pending')",
+            [item.line_no, item.custom_id, item.params["model"], own, parts.get(head, tail), digest],
+        )
+    conn.execute("UPDATE runs SET total = (SELECT count(*) FROM items)")
+    conn.execute(
+        "INSERT INTO run_tallies SELECT run_id, model, '', state, count(*), 0, 0, 0, 0, 0, sum(length(own)) "
+        "FROM items GROUP BY model, state"
+    )
+    conn.execute(
+        "INSERT INTO batches (run_id, seq, id, planned_at, n_items, n_bytes, first_line, last_line, first_custom_id, "
+        "last_custom_id, processing_status, token) VALUES ('old', 1, 'msgbatch_1', ?, 8, 0, 1, 8, 'a', 'b', 'ended', "
+        "'br00000001')",
+        [now],
+    )
+    conn.execute("UPDATE items SET state = 'in_flight', batch_seq = 1 WHERE line_no <= 8")
+    conn.execute(
+        "UPDATE items SET state = 'succeeded', via = 'batch', result = json_object('type', 'succeeded', 'n', "
+        "line_no), input_tokens = 10, output_tokens = 2, attempts = 1 WHERE line_no <= 6"
+    )
+    conn.execute("UPDATE items SET state = 'pending', attempts = 1 WHERE line_no = 7")
+    conn.execute(
+        "UPDATE items SET state = 'succeeded', via = 'online', result = '{\"type\":\"succeeded\"}', attempts = 1 "
+        "WHERE line_no = 9"
+    )
+    attempts = [(line, 1000.5, 86.25, None, "succeeded", None, None, None) for line in range(1, 7)]
+    attempts += [(7, 1000.5, 86.25, None, "overloaded_error", None, None, "req_7")]
+    attempts += [(9, 2000.0, 1.5, 200, "succeeded", None, None, "req_9")]
+    conn.executemany(
+        "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, retry_after, "
+        "request_id) VALUES ('old', ?, ?, ?, ?, ?, ?, ?, ?)",
+        attempts,
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    return requests
+
+
+def test_m010_keeps_requests_hashes_results_and_every_attempt(tmp_path: Path) -> None:
+    job = load_job(JOBS / "classify_tickets.toml").with_overrides(model=MODEL)
+    lines = write_jsonl(tmp_path / "t.jsonl", ticket_lines(12) + varied_lines())
+    db = tmp_path / "old.db"
+    requests = pre_m010_database(db, job, lines)
+    attempt_columns = "run_id, line_no, started_at, seconds, status, outcome, error_class, retry_after, request_id"
+    attempts_before = sorted(db_rows(db, f"SELECT {attempt_columns} FROM attempts"), key=repr)
+    results_before = db_rows(db, "SELECT line_no, state, via, result, input_tokens FROM items ORDER BY line_no")
+    store = Store(db)  # migrates
+    assert store.check() == []
+    rows = db_rows(db, "SELECT custom_id, params, request_hash FROM requests")
+    assert {cid: (bytes(p), h) for cid, p, h in rows} == requests
+    hashes = db_rows(db, "SELECT custom_id, request_hash FROM items")
+    assert {cid: bytes(h) for cid, h in hashes} == {cid: bytes.fromhex(h) for cid, (_, h) in requests.items()}
+    assert db_rows(db, "SELECT line_no, state, via, result, input_tokens FROM items ORDER BY line_no") == results_before
+    assert sorted(db_rows(db, f"SELECT {attempt_columns} FROM all_attempts"), key=repr) == attempts_before
+    assert db_rows(db, "SELECT count(*) FROM attempts")[0][0] == 2  # the batch's successes are the batch row now
+    assert store.attempt_count("old") == len(attempts_before)
+    assert store.counts("old") == store.counted_counts("old")
+    store.close()
+
+
+def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies(tmp_path: Path) -> None:
+    job = load_job(JOBS / "classify_tickets.toml").with_overrides(model=MODEL)
+    store = Store(tmp_path / "s.db")
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", ticket_lines(10)), job, "r")
+    store.add_batch_plans("r", [(1, 10, 10, 0)], time.time())
+    usage = {"input_tokens": 5, "output_tokens": 1, "cache_creation_input_tokens": 3}
+    outcomes = [
+        Outcome("r", 1, "succeeded", via="batch", result="{}", usage=usage, attempts=[Attempt(7.0, 3.0, "succeeded")]),
+        Outcome("r", 2, "failed", via="batch", result="{}", error_type="x", attempts=[Attempt(7.0, 3.0, "x")]),
+        Outcome("r", 3, "pending", attempts=[Attempt(7.0, 3.0, "expired")]),
+    ]
+    store.record(outcomes, BatchTimes("r", 1, 7.0, 3.0))
+    assert db_rows(store.path, "SELECT line_no, outcome FROM attempts ORDER BY line_no") == [(2, "x"), (3, "expired")]
+    assert db_rows(store.path, "SELECT line_no, started_at, seconds, outcome FROM all_attempts ORDER BY line_no") == [
+        (1, 7.0, 3.0, "succeeded"),
+        (2, 7.0, 3.0, "x"),
+        (3, 7.0, 3.0, "expired"),
+    ]
+    assert store.attempt_count("r") == 3
+    assert store.counts("r") == {"pending": 1, "in_flight": 7, "succeeded": 1, "failed": 1}
+    assert store.usage("r")[0]["cache_creation_1h"] == 0 and store.usage("r")[0]["input"] == 5
+    assert db_rows(store.path, "SELECT count(*) FROM tally_paused")[0][0] == 0
+    store.close()
+    assert_tallies_exact(tmp_path / "s.db")
+
+
+def test_data_that_is_exactly_the_reply_text_is_stored_once(tmp_path: Path) -> None:
+    from batchrun.store import report_field_counts
+
+    store = Store(tmp_path / "s.db")
+    assert db_rows(store.path, "PRAGMA page_size")[0][0] == 8192
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(3)), Job(model=MODEL, max_tokens=9), "r")
+    texts = ['{"category":"bug","n":1}', '{"category": "bug", "n": 1}', '{"category":"other"}']
+    outcomes = [
+        Outcome(
+            "r",
+            line,
+            "succeeded",
+            result=orjson.dumps(
+                {"type": "succeeded", "message": {"content": [{"type": "text", "text": text}]}}
+            ).decode(),
+            data=orjson.dumps(orjson.loads(text)).decode(),
+        )
+        for line, text in enumerate(texts, start=1)
+    ]
+    store.record(outcomes)
+    stored = db_rows(store.path, "SELECT data FROM items ORDER BY line_no")
+    assert stored == [("",), ('{"category":"bug","n":1}',), ("",)]
+    answers = db_rows(store.path, "SELECT data FROM answers ORDER BY line_no")
+    assert answers == [(o.data,) for o in outcomes]
+    assert report_field_counts(store, "r", "category") == [("bug", 2), ("other", 1)]
+    store.close()
