@@ -1,7 +1,7 @@
 """Scale (issue 13): the ticket job at 10,000, 100,000 and 1,000,000 items; each target against its figure.
 
     python bench/scale.py                     # 10k and 100k (about 3 minutes on 2 cores)
-    python bench/scale.py --sizes 1000000     # 1M alone (about 15 minutes, 1.3 GB of disk)
+    python bench/scale.py --sizes 1000000     # 1M alone (about 15 minutes, 12 GB of temporary disk)
     python bench/scale.py --sizes 10000 --status-runs 10 --keep
 
 Every phase runs in a fresh child process, measured with wait4 (wall, peak RSS, CPU), on one database per size:
@@ -9,7 +9,7 @@ Every phase runs in a fresh child process, measured with wait4 (wall, peak RSS, 
 - create: `prepare_run` of the ticket job (jobs/classify_tickets.toml: a 12.5 KB system prompt, a template) over
   a generated JSONL file: read, validate, hash, store. The input is read twice (its SHA-256, then its lines).
 - ingest: Message Batches results stored through `BatchEngine._write_chunk` (parse, match, `store.record`, one
-  transaction per 2,000 results), fed from generated result lines (the emulator's shape, a one-word label and
+  transaction per 2,000 results), fed from generated result lines (the emulator's shape, a schema-valid answer and
   usage) for 99% of the items; the last 1% stay pending (they are what `resume` sends).
 - bytes per item: database bytes (file + WAL, after a checkpoint) over the items, against the item's own input
   line plus its stored result.
