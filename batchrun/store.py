@@ -120,10 +120,7 @@ def m001_initial(db: Database) -> None:
 
 @migrations()
 def m002_batches(db: Database) -> None:
-    """The Message Batches path: one row per batch (planned before it is created), and each item's batch.
-
-    Statement by statement (not executescript, which commits first) so the migration stays one transaction.
-    """
+    """The Message Batches path: one row per batch (planned before it is created), and each item's batch."""
     script = """
         CREATE TABLE batches (
             run_id TEXT NOT NULL REFERENCES runs(id),
@@ -152,9 +149,7 @@ def m002_batches(db: Database) -> None:
         CREATE INDEX items_by_batch ON items (run_id, batch_seq);
         ALTER TABLE runs ADD COLUMN cancel_requested_at REAL;
         """
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    execute_script(db, script)
 
 
 @migrations()
@@ -274,9 +269,7 @@ def m009_request_parts(db: Database) -> None:
     `run_tallies` holds items, tokens and bytes per (run, model, via, state), kept exact by a trigger on every
     change of an item, so status and the runs list read a few rows instead of a million.
     """
-    for statement in PARTS_SCHEMA.split(";\n"):
-        if statement.strip():
-            db.execute(statement)
+    execute_script(db, PARTS_SCHEMA)
     db.execute("ALTER TABLE items RENAME COLUMN params TO own")
     db.execute("ALTER TABLE items ADD COLUMN parts INTEGER")
     db.execute("ALTER TABLE runs ADD COLUMN pruned_at REAL")
