@@ -121,7 +121,16 @@ def make_client(
     if backend not in BACKENDS:
         raise ValueError(f"unknown HTTP backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     http_client = anthropic.DefaultAioHttpClient if backend == "aiohttp" else anthropic.DefaultAsyncHttpxClient
-    tls = tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    cert_file, cert_dir = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    try:
+        tls = tls_context(cert_file, cert_dir)
+    except (OSError, ssl.SSLError) as e:
+        from batchrun.errors import UsageError
+
+        raise UsageError(
+            f"cannot load the certificate authorities (SSL_CERT_FILE={cert_file}, SSL_CERT_DIR={cert_dir}): "
+            f"{e.strerror or e}; point them at a CA bundle, or unset them"
+        ) from None
     kwargs["http_client"] = http_client(timeout=kwargs["timeout"], verify=tls)
     return anthropic.AsyncAnthropic(**kwargs)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import batchrun
-from tests.conftest import TEST_KEY, prompts, write_jsonl
+from tests.conftest import TEST_KEY, cli_env, prompts, write_jsonl
+from tests.conftest import batchrun as run_cli
 
 MODEL = "claude-haiku-4-5"
 
@@ -96,3 +97,12 @@ def test_results_to_pandas(api_env: Path) -> None:
     run = batchrun.submit(prompts(3), db=api_env, model=MODEL, max_tokens=64, log=None)
     frame = batchrun.results(run.run_id, db=api_env).to_pandas()
     assert list(frame["custom_id"]) == ["item-0", "item-1", "item-2"] and set(frame["type"]) == {"succeeded"}
+
+
+def test_a_missing_ca_bundle_is_one_line_naming_the_variable(workdir, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
+    env = cli_env(emulator.base_url, SSL_CERT_FILE=str(workdir / "no-such-bundle.pem"))
+    proc = run_cli(["submit", str(items), "--model", "claude-haiku-4-5"], cwd=workdir, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "SSL_CERT_FILE=" in proc.stderr and "no-such-bundle.pem" in proc.stderr and "Traceback" not in proc.stderr
+    assert emulator.stats()["requests"] == 0
