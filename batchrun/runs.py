@@ -77,7 +77,7 @@ def prepare_run(
                 f"finished; this command talks to {describe_endpoint(endpoint)} ({how_to_reach(elsewhere['endpoint'])} "
                 f"and `batchrun resume {elsewhere['id']}` finishes it there; or pass --new-run to start a new run here)"
             )
-        unfinished = store.unfinished_run_from(input_path, fingerprint)
+        unfinished = store.unfinished_run_from(input_path, fingerprint, sha)
         if unfinished is not None and not new_run:
             raise UsageError(
                 f"{input_path} changed since run {unfinished} was created from it, and that run is not finished "

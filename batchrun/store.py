@@ -421,17 +421,74 @@ WHERE i.state = 'succeeded' AND i.via = 'batch'
 """
 # Add (sign 1) or take away (sign -1) the tallies of a run's items on the lines of a JSON list.
 RETALLY = """
-INSERT INTO run_tallies (run_id, model, via, state, items, input, output, cache_creation, cache_creation_1h,
-    cache_read, bytes)
-SELECT run_id, model, coalesce(via, ''), state, :sign * count(*), :sign * sum(input_tokens),
+INSERT INTO run_tallies (run_id, model, via, state, stop_reason, items, input, output, cache_creation,
+    cache_creation_1h, cache_read, bytes)
+SELECT run_id, model, coalesce(via, ''), state, coalesce(stop_reason, ''), :sign * count(*), :sign * sum(input_tokens),
     :sign * sum(output_tokens), :sign * sum(cache_creation_tokens), :sign * sum(cache_creation_1h_tokens),
     :sign * sum(cache_read_tokens), :sign * sum(length(own) + coalesce(length(result), 0))
 FROM items WHERE run_id = :run_id AND line_no IN (SELECT value FROM json_each(:lines))
-GROUP BY model, coalesce(via, ''), state
+GROUP BY model, coalesce(via, ''), state, coalesce(stop_reason, '')
 ON CONFLICT DO UPDATE SET items = items + excluded.items, input = input + excluded.input,
     output = output + excluded.output, cache_creation = cache_creation + excluded.cache_creation,
     cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h, cache_read = cache_read + excluded.cache_read,
     bytes = bytes + excluded.bytes
+"""
+
+
+@migrations()
+def m011_stop_reason_tallies(db: Database) -> None:
+    """`run_tallies` also counts by stop_reason, so `status` shows why replies stopped without reading a row per
+    item ('' when an item has none). The table is rebuilt from the items (its key changes) and the trigger and
+    the group adjustment of `Store.record` keep the new column."""
+    db.execute("DROP TRIGGER items_tally")
+    db.execute("ALTER TABLE run_tallies RENAME TO run_tallies_m010")
+    db.execute(STOP_TALLIES_SCHEMA)
+    db.execute(
+        "INSERT INTO run_tallies SELECT run_id, model, coalesce(via, ''), state, coalesce(stop_reason, ''), count(*), "
+        "sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens), sum(cache_creation_1h_tokens), "
+        "sum(cache_read_tokens), sum(length(own) + coalesce(length(result), 0)) FROM items GROUP BY 1, 2, 3, 4, 5"
+    )
+    db.execute("DROP TABLE run_tallies_m010")
+    db.execute(STOP_TALLY_TRIGGER)
+
+
+STOP_TALLIES_SCHEMA = """
+CREATE TABLE run_tallies (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    via TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stop_reason TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    input INTEGER NOT NULL,
+    output INTEGER NOT NULL,
+    cache_creation INTEGER NOT NULL,
+    cache_creation_1h INTEGER NOT NULL,
+    cache_read INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, via, state, stop_reason)
+) WITHOUT ROWID
+"""
+STOP_TALLY_TRIGGER = """
+CREATE TRIGGER items_tally AFTER UPDATE OF state, via, model, own, result, stop_reason, input_tokens,
+    output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens ON items
+WHEN NOT EXISTS (SELECT 1 FROM tally_paused)
+BEGIN
+    UPDATE run_tallies SET items = items - 1, input = input - OLD.input_tokens, output = output - OLD.output_tokens,
+        cache_creation = cache_creation - OLD.cache_creation_tokens,
+        cache_creation_1h = cache_creation_1h - OLD.cache_creation_1h_tokens,
+        cache_read = cache_read - OLD.cache_read_tokens,
+        bytes = bytes - length(OLD.own) - coalesce(length(OLD.result), 0)
+    WHERE run_id = OLD.run_id AND model = OLD.model AND via = coalesce(OLD.via, '') AND state = OLD.state
+        AND stop_reason = coalesce(OLD.stop_reason, '');
+    INSERT INTO run_tallies VALUES (NEW.run_id, NEW.model, coalesce(NEW.via, ''), NEW.state,
+        coalesce(NEW.stop_reason, ''), 1, NEW.input_tokens, NEW.output_tokens, NEW.cache_creation_tokens,
+        NEW.cache_creation_1h_tokens, NEW.cache_read_tokens, length(NEW.own) + coalesce(length(NEW.result), 0))
+    ON CONFLICT DO UPDATE SET items = items + 1, input = input + excluded.input, output = output + excluded.output,
+        cache_creation = cache_creation + excluded.cache_creation,
+        cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h,
+        cache_read = cache_read + excluded.cache_read, bytes = bytes + excluded.bytes;
+END
 """
 
 
@@ -826,12 +883,13 @@ class Store:
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
 
-    def unfinished_run_from(self, input_path: str, fingerprint: str) -> str | None:
-        """A run made from this path with these settings that still has items to send."""
+    def unfinished_run_from(self, input_path: str, fingerprint: str, input_sha256: str) -> str | None:
+        """A run made from this path, when its content was different, with these settings, that still has items
+        to send. (A run of the same content is not one: another process may have just created it.)"""
         row = self._one(
-            f"SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND {UNFINISHED} "
+            f"SELECT id FROM runs r WHERE input_path = ? AND fingerprint = ? AND input_sha256 != ? AND {UNFINISHED} "
             "ORDER BY created_at DESC LIMIT 1",
-            [input_path, fingerprint, PENDING, IN_FLIGHT],
+            [input_path, fingerprint, input_sha256, PENDING, IN_FLIGHT],
         )
         return row[0] if row else None
 
@@ -876,8 +934,8 @@ class Store:
             _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
             self.db.execute(
-                "INSERT INTO run_tallies SELECT run_id, model, '', state, count(*), 0, 0, 0, 0, 0, sum(length(own)) "
-                "FROM items WHERE run_id = ? GROUP BY model, state",
+                "INSERT INTO run_tallies SELECT run_id, model, '', state, '', count(*), 0, 0, 0, 0, 0, "
+                "sum(length(own)) FROM items WHERE run_id = ? GROUP BY model, state",
                 [run["id"]],
             )
         return total
@@ -1140,9 +1198,9 @@ class Store:
             "runs whose item count is wrong": "SELECT count(*) FROM runs r WHERE total != "
             "(SELECT count(*) FROM items WHERE run_id = r.id)",
             "run tallies that differ from the items": "SELECT count(*) FROM (SELECT run_id, model, via, state, "
-            "sum(n) FROM (SELECT run_id, model, via, state, items AS n FROM run_tallies UNION ALL "
-            "SELECT run_id, model, coalesce(via, ''), state, -count(*) FROM items GROUP BY 1, 2, 3, 4) "
-            "GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0)",
+            "stop_reason, sum(n) FROM (SELECT run_id, model, via, state, stop_reason, items AS n FROM run_tallies "
+            "UNION ALL SELECT run_id, model, coalesce(via, ''), state, coalesce(stop_reason, ''), -count(*) "
+            "FROM items GROUP BY 1, 2, 3, 4, 5) GROUP BY 1, 2, 3, 4, 5 HAVING sum(n) != 0)",
             "custom_ids used twice in a run": "SELECT count(*) FROM (SELECT 1 FROM items GROUP BY run_id, custom_id "
             "HAVING count(*) > 1)",
         }
@@ -1198,8 +1256,8 @@ class Store:
     def stop_reasons(self, run_id: str) -> dict[str, int]:
         """Succeeded items by the reply's stop_reason (end_turn, tool_use, max_tokens accepted, ...)."""
         rows = self.db.execute(
-            f"SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND {BY_LINE} "
-            "AND state = ? GROUP BY 1 ORDER BY 2 DESC, 1",
+            "SELECT CASE stop_reason WHEN '' THEN 'unknown' ELSE stop_reason END, sum(items) FROM run_tallies "
+            "WHERE run_id = ? AND state = ? GROUP BY 1 HAVING sum(items) > 0 ORDER BY 2 DESC, 1",
             [run_id, SUCCEEDED],
         )
         return dict(rows.fetchall())

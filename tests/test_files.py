@@ -166,6 +166,24 @@ def test_concurrent_submits_on_a_fresh_database_succeed_or_exit_75(workdir: Path
     assert len(runs) == 2 and all(r["counts"]["succeeded"] + r["counts"]["pending"] == 5 for r in runs)
 
 
+def test_a_run_another_process_created_meanwhile_is_the_same_run_not_a_changed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the concurrent submits meet: this process looked for the run before the other committed it."""
+    from batchrun.job import Job
+    from batchrun.runs import prepare_run
+
+    items = write_jsonl(tmp_path / "items.jsonl", prompts(3))
+    job = Job(model="claude-haiku-4-5", max_tokens=9)
+    store = Store(tmp_path / "s.db")
+    first, created = prepare_run(store, str(items), job, "https://api.anthropic.com")
+    assert created
+    monkeypatch.setattr(store, "find_run", lambda *args: None)
+    assert prepare_run(store, str(items), job, "https://api.anthropic.com")[0] == first
+    assert store.run_ids() == [first] and store.counts(first)["pending"] == 3
+    store.close()
+
+
 # -o
 
 

@@ -206,6 +206,13 @@ def assert_tallies_exact(db: Path) -> None:
     try:
         for run_id in store.run_ids():
             assert store.counts(run_id) == store.counted_counts(run_id)
+            counted = db_rows(
+                db,
+                "SELECT coalesce(stop_reason, 'unknown'), count(*) FROM items WHERE run_id = ? AND state = 'succeeded' "
+                "GROUP BY 1",
+                [run_id],
+            )
+            assert store.stop_reasons(run_id) == dict(counted)
         assert store.check() == []
     finally:
         store.close()
@@ -423,7 +430,8 @@ def pre_m010_database(path: Path, job: Job, lines: Path) -> dict[str, tuple[byte
     conn.execute("UPDATE items SET state = 'in_flight', batch_seq = 1 WHERE line_no <= 8")
     conn.execute(
         "UPDATE items SET state = 'succeeded', via = 'batch', result = json_object('type', 'succeeded', 'n', "
-        "line_no), input_tokens = 10, output_tokens = 2, attempts = 1 WHERE line_no <= 6"
+        "line_no), input_tokens = 10, output_tokens = 2, attempts = 1, "
+        "stop_reason = CASE line_no WHEN 6 THEN 'max_tokens' ELSE 'end_turn' END WHERE line_no <= 6"
     )
     conn.execute("UPDATE items SET state = 'pending', attempts = 1 WHERE line_no = 7")
     conn.execute(
@@ -462,6 +470,7 @@ def test_m010_keeps_requests_hashes_results_and_every_attempt(tmp_path: Path) ->
     assert db_rows(db, "SELECT count(*) FROM attempts")[0][0] == 2  # the batch's successes are the batch row now
     assert store.attempt_count("old") == len(attempts_before)
     assert store.counts("old") == store.counted_counts("old")
+    assert store.stop_reasons("old") == {"end_turn": 5, "max_tokens": 1, "unknown": 1}
     store.close()
 
 
@@ -472,7 +481,16 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
     store.add_batch_plans("r", [(1, 10, 10, 0)], time.time())
     usage = {"input_tokens": 5, "output_tokens": 1, "cache_creation_input_tokens": 3}
     outcomes = [
-        Outcome("r", 1, "succeeded", via="batch", result="{}", usage=usage, attempts=[Attempt(7.0, 3.0, "succeeded")]),
+        Outcome(
+            "r",
+            1,
+            "succeeded",
+            via="batch",
+            result="{}",
+            usage=usage,
+            attempts=[Attempt(7.0, 3.0, "succeeded")],
+            stop_reason="end_turn",
+        ),
         Outcome("r", 2, "failed", via="batch", result="{}", error_type="x", attempts=[Attempt(7.0, 3.0, "x")]),
         Outcome("r", 3, "pending", attempts=[Attempt(7.0, 3.0, "expired")]),
     ]
@@ -487,6 +505,7 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
     assert store.counts("r") == {"pending": 1, "in_flight": 7, "succeeded": 1, "failed": 1}
     assert store.usage("r")[0]["cache_creation_1h"] == 0 and store.usage("r")[0]["input"] == 5
     assert db_rows(store.path, "SELECT count(*) FROM tally_paused")[0][0] == 0
+    assert store.stop_reasons("r") == {"end_turn": 1}
     store.close()
     assert_tallies_exact(tmp_path / "s.db")
 
