@@ -659,22 +659,50 @@ class ClaimedItem:
     params: dict[str, Any]
 
 
+# A group of outcomes is written by one statement over a JSON array of rows (these columns, in this order):
+# SQLite then does the whole group's work without taking the GIL back once per row, so the thread that judges
+# the next results runs meanwhile.
+RECORD_COLUMNS = (
+    "run_id",
+    "line_no",
+    "state",
+    "via",
+    "result",
+    "error_type",
+    "error_status",
+    "error_class",
+    "error_message",
+    "request_id",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cache_creation_1h_tokens",
+    "stop_reason",
+    "data",
+    "cost_usd",
+    "n_attempts",
+)
 RECORD = (
-    "UPDATE items SET state = :state, via = :via, result = :result, error_type = :error_type, "
-    "error_status = :error_status, error_class = :error_class, error_message = :error_message, "
-    "request_id = :request_id, "
+    # materialized, so SQLite looks each row's item up by its key instead of scanning the run per row
+    "WITH o AS MATERIALIZED (SELECT "
+    + ", ".join(f"value ->> {i} AS {name}" for i, name in enumerate(RECORD_COLUMNS))
+    + " FROM json_each(:rows)) "
+    "UPDATE items SET state = o.state, via = o.via, result = o.result, error_type = o.error_type, "
+    "error_status = o.error_status, error_class = o.error_class, error_message = o.error_message, "
+    "request_id = o.request_id, "
     # every reply is billed: tokens add up over an item's replies (invalid ones, a retry's)
-    "input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens, "
-    "cache_creation_tokens = cache_creation_tokens + :cache_creation_tokens, "
-    "cache_read_tokens = cache_read_tokens + :cache_read_tokens, "
+    "input_tokens = items.input_tokens + o.input_tokens, output_tokens = items.output_tokens + o.output_tokens, "
+    "cache_creation_tokens = items.cache_creation_tokens + o.cache_creation_tokens, "
+    "cache_read_tokens = items.cache_read_tokens + o.cache_read_tokens, "
     # without the reply's per-TTL breakdown, the writes were made with the TTL the request asked for
-    "cache_creation_1h_tokens = cache_creation_1h_tokens + coalesce(:cache_creation_1h_tokens, "
+    "cache_creation_1h_tokens = items.cache_creation_1h_tokens + coalesce(o.cache_creation_1h_tokens, "
     'CASE WHEN instr(own, \'"ttl":"1h"\') OR (SELECT ttl_1h FROM request_parts WHERE id = parts) '
-    "THEN :cache_creation_tokens ELSE 0 END), "
-    "stop_reason = :stop_reason, data = :data, cost_usd = CASE WHEN :cost_usd IS NULL THEN cost_usd "
-    "ELSE coalesce(cost_usd, 0) + :cost_usd END, "
-    "attempts = attempts + :n_attempts, updated_at = :now "
-    "WHERE run_id = :run_id AND line_no = :line_no AND state != 'succeeded'"
+    "THEN o.cache_creation_tokens ELSE 0 END), "
+    "stop_reason = o.stop_reason, data = o.data, cost_usd = CASE WHEN o.cost_usd IS NULL THEN items.cost_usd "
+    "ELSE coalesce(items.cost_usd, 0) + o.cost_usd END, "
+    "attempts = items.attempts + o.n_attempts, updated_at = :now "
+    "FROM o WHERE items.run_id = o.run_id AND items.line_no = o.line_no AND items.state != 'succeeded'"
 )
 
 
@@ -1081,15 +1109,14 @@ class Store:
 
         The tallies are adjusted once for the group (the per-row trigger stands aside meanwhile). A batch's
         succeeded results get no attempts row: `batch` (its seq and times) is their attempt."""
-        now = time.time()
-        rows = [_outcome_row(o, now) for o in outcomes]
+        rows = orjson.dumps([_outcome_row(o) for o in outcomes]).decode()
         lines: dict[str, list[int]] = {}
         for o in outcomes:
             lines.setdefault(o.run_id, []).append(o.line_no)
         with self._write():
             self._retally(lines, -1)
             self.db.execute("INSERT INTO tally_paused VALUES (1)")
-            self.db.conn.executemany(RECORD, rows)
+            self.db.execute(RECORD, {"rows": rows, "now": time.time()})
             self.db.execute("DELETE FROM tally_paused")
             self._retally(lines, 1)
             self.db.conn.executemany(
@@ -1513,29 +1540,29 @@ class Store:
         self.db.execute("UPDATE runs SET cancel_requested_at = NULL WHERE id = ?", [run_id])
 
 
-def _outcome_row(o: Outcome, now: float) -> dict[str, Any]:
-    return {
-        "run_id": o.run_id,
-        "line_no": o.line_no,
-        "state": o.state,
-        "via": o.via if o.state != PENDING else None,
-        "result": o.result,
-        "error_type": o.error_type,
-        "error_status": o.error_status,
-        "error_class": o.error_class,
-        "error_message": o.error_message,
-        "request_id": o.request_id,
-        "input_tokens": o.usage.get("input_tokens") or 0,
-        "output_tokens": o.usage.get("output_tokens") or 0,
-        "cache_creation_tokens": o.usage.get("cache_creation_input_tokens") or 0,
-        "cache_read_tokens": o.usage.get("cache_read_input_tokens") or 0,
-        "cache_creation_1h_tokens": _writes_1h(o.usage),
-        "n_attempts": len(o.attempts),
-        "now": now,
-        "stop_reason": o.stop_reason,
-        "data": _data_column(o),
-        "cost_usd": o.cost_usd,
-    }
+def _outcome_row(o: Outcome) -> tuple[Any, ...]:
+    """An outcome as a row of RECORD (RECORD_COLUMNS' order)."""
+    return (
+        o.run_id,
+        o.line_no,
+        o.state,
+        o.via if o.state != PENDING else None,
+        o.result,
+        o.error_type,
+        o.error_status,
+        o.error_class,
+        o.error_message,
+        o.request_id,
+        o.usage.get("input_tokens") or 0,
+        o.usage.get("output_tokens") or 0,
+        o.usage.get("cache_creation_input_tokens") or 0,
+        o.usage.get("cache_read_input_tokens") or 0,
+        _writes_1h(o.usage),
+        o.stop_reason,
+        _data_column(o),
+        o.cost_usd,
+        len(o.attempts),
+    )
 
 
 def _data_column(o: Outcome) -> str | None:
