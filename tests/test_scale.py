@@ -510,6 +510,38 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
     assert_tallies_exact(tmp_path / "s.db")
 
 
+def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
+    """Outcomes go to SQLite as one JSON array: costs, tokens, text and missing values come back unchanged."""
+    store = Store(tmp_path / "s.db")
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(5)), Job(model=MODEL, max_tokens=9), "r")
+    costs = [0.1, 1e-07, 0.30000000000000004, 123.45678901234568, None]
+    texts = ['é \\u00e9 \\" ✓', "line\\nbreak", "", "\\u0000", "x"]  # JSON escapes inside the result
+    outcomes = [
+        Outcome(
+            "r",
+            n,
+            "succeeded" if n < 5 else "failed",
+            result=f'{{"type":"{"succeeded" if n < 5 else "errored"}","text":"{text}"}}',
+            cost_usd=cost,
+            usage={"input_tokens": 2**40 + n, "output_tokens": n},
+            error_type=None if n < 5 else "x",
+            stop_reason="end_turn" if n % 2 else None,
+        )
+        for n, (cost, text) in enumerate(zip(costs, texts, strict=True), start=1)
+    ]
+    store.record(outcomes)
+    rows = db_rows(
+        store.path,
+        "SELECT cost_usd, result, input_tokens, output_tokens, stop_reason, error_type FROM items ORDER BY line_no",
+    )
+    assert rows == [
+        (o.cost_usd, o.result, o.usage["input_tokens"], o.usage["output_tokens"], o.stop_reason, o.error_type)
+        for o in outcomes
+    ]
+    store.close()
+    assert_tallies_exact(tmp_path / "s.db")
+
+
 def test_data_that_is_exactly_the_reply_text_is_stored_once(tmp_path: Path) -> None:
     from batchrun.store import report_field_counts
 
