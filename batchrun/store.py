@@ -660,8 +660,8 @@ class ClaimedItem:
 
 
 # A group of outcomes is written by one statement over a JSON array of rows (these columns, in this order):
-# SQLite then does the whole group's work without taking the GIL back once per row, so the thread that judges
-# the next results runs meanwhile.
+# SQLite then does the whole group's work without taking the GIL back once per row (`executemany` waited for it
+# after every row while another thread, such as the online path's event loop, ran Python).
 RECORD_COLUMNS = (
     "run_id",
     "line_no",
