@@ -33,6 +33,7 @@ class Verdict:
     data: Any = None
     error_type: str | None = None
     message: str | None = None
+    text: str | None = None  # the reply text the data was parsed from (structured output)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +46,12 @@ class Verdict:
 
     def data_json(self) -> str | None:
         return None if self.data is None else orjson.dumps(self.data).decode()
+
+    def stored_data(self) -> str | None:
+        """The data as the store keeps it: '' when the reply's text is exactly the data's compact JSON (the
+        store then holds it once, in the result), else the data's JSON."""
+        data = self.data_json()
+        return "" if data is not None and data == self.text else data
 
 
 def reply_text(message: dict[str, Any]) -> str:
@@ -90,7 +97,7 @@ class Judge:
             blocks = [b for b in message.get("content") or [] if isinstance(b, dict) and b.get("type") == "tool_use"]
             if not blocks:
                 return Verdict(stop, error_type=INVALID_OUTPUT, message="the reply has no tool_use block")
-            data = blocks[0].get("input")
+            data, text = blocks[0].get("input"), None
         else:
             text = reply_text(message)
             try:
@@ -98,15 +105,15 @@ class Judge:
             except orjson.JSONDecodeError as e:
                 return Verdict(stop, error_type=INVALID_OUTPUT, message=_cut(f"the reply is not valid JSON: {e}"))
         if self.quick is not None and self.quick(data):
-            return Verdict(stop, data=data)
+            return Verdict(stop, data=data, text=text)
         from jsonschema.exceptions import best_match
 
         error = best_match(self.validator.iter_errors(data))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            text = f"the reply fails the schema at {where}: {error.message}"
-            return Verdict(stop, error_type=INVALID_OUTPUT, message=_cut(text))
-        return Verdict(stop, data=data)
+            problem = f"the reply fails the schema at {where}: {error.message}"
+            return Verdict(stop, error_type=INVALID_OUTPUT, message=_cut(problem))
+        return Verdict(stop, data=data, text=text)
 
 
 def _refusal_message(message: dict[str, Any]) -> str:

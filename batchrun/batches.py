@@ -563,7 +563,13 @@ class BatchEngine:
             outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
             if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
-                usd = usage_cost(outcome.model or "", outcome.via, outcome.usage, self.job.prices, self.job.cache_ttl)
+                usd = (  # the item's cost, unless the reply names another model (priced by that one)
+                    outcome.cost_usd
+                    if outcome.model == member[2]
+                    else usage_cost(
+                        outcome.model or "", outcome.via, outcome.usage, self.job.prices, self.job.cache_ttl
+                    )
+                )
                 part.usd = add_cost(part.usd, usd)
                 part.tokens += sum(outcome.usage.get(k) or 0 for k in TOKEN_KEYS)
             elif outcome.state == State.FAILED:
@@ -645,7 +651,7 @@ class BatchEngine:
         )
         if verdict.ok:
             outcome.result = orjson.dumps({"type": "succeeded", "message": message}).decode()
-            outcome.data = verdict.data_json()
+            outcome.data = verdict.stored_data()
         elif verdict.worth_retrying and not last_try:
             outcome.state = State.PENDING
         else:

@@ -242,7 +242,7 @@ class Engine:
             return self._billed(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts), item, replies)
         if verdict.ok:
             outcome = succeeded_outcome(self.run_id, item.line_no, reply, attempts)
-            outcome.data = verdict.data_json()
+            outcome.data = verdict.stored_data()
         else:
             outcome = answer_failed_outcome(self.run_id, item.line_no, verdict, reply, attempts)
         return self._billed(outcome, item, replies)

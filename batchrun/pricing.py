@@ -97,24 +97,50 @@ def cost(row: Mapping[str, Any], overrides: Prices | None = None, ttl: str = "5m
 
     Without cache_creation_1h, every cache write is priced at `ttl`, the TTL the request asked for.
     """
-    if row["via"] == "cache":
+    return _usd(
+        row["model"],
+        row["via"],
+        row["input"] or 0,
+        row["output"] or 0,
+        row["cache_creation"] or 0,
+        row.get("cache_creation_1h"),
+        row["cache_read"] or 0,
+        overrides,
+        ttl,
+    )
+
+
+def _usd(
+    model: str,
+    via: str,
+    tokens_in: int,
+    tokens_out: int,
+    writes: int,
+    long_writes: int | None,
+    cache_read: int,
+    overrides: Prices | None,
+    ttl: str,
+) -> float | None:
+    if via == "cache":
         return 0.0
-    price = price_for(row["model"], overrides)
+    price = _listed_price(model) if not overrides else _as_pair(price_for(model, overrides))
     if price is None:
         return None
-    writes = row["cache_creation"] or 0
-    long_writes = row.get("cache_creation_1h")
     if long_writes is None:
         long_writes = writes if ttl == "1h" else 0
-    per_token_in = price["input"] / 1e6
+    per_token_in = price[0] / 1e6
     usd = (
-        (row["input"] or 0) * per_token_in
-        + (row["output"] or 0) * price["output"] / 1e6
+        tokens_in * per_token_in
+        + tokens_out * price[1] / 1e6
         + (writes - long_writes) * per_token_in * CACHE_WRITE["5m"]
         + long_writes * per_token_in * CACHE_WRITE["1h"]
-        + (row["cache_read"] or 0) * per_token_in * CACHE_READ
+        + cache_read * per_token_in * CACHE_READ
     )
-    return usd * (BATCH_DISCOUNT if row["via"] == "batch" else 1.0)
+    return usd * (BATCH_DISCOUNT if via == "batch" else 1.0)
+
+
+def _as_pair(price: dict[str, float] | None) -> tuple[float, float] | None:
+    return None if price is None else (price["input"], price["output"])
 
 
 def cache_writes_1h(usage: Mapping[str, Any]) -> int | None:
@@ -130,16 +156,17 @@ def usage_cost(
 ) -> float | None:
     """Cost in USD of one API `usage` object: priced from its per-TTL cache-write breakdown when it has one,
     else with every write at `ttl` (the TTL the request asked for). None if the model has no price."""
-    row = {
-        "model": model,
-        "via": via,
-        "input": usage.get("input_tokens") or 0,
-        "output": usage.get("output_tokens") or 0,
-        "cache_creation": usage.get("cache_creation_input_tokens") or 0,
-        "cache_creation_1h": cache_writes_1h(usage),
-        "cache_read": usage.get("cache_read_input_tokens") or 0,
-    }
-    return cost(row, overrides, ttl)
+    return _usd(
+        model,
+        via,
+        usage.get("input_tokens") or 0,
+        usage.get("output_tokens") or 0,
+        usage.get("cache_creation_input_tokens") or 0,
+        cache_writes_1h(usage),
+        usage.get("cache_read_input_tokens") or 0,
+        overrides,
+        ttl,
+    )
 
 
 def add_cost(total: float | None, usd: float | None) -> float | None:

@@ -106,7 +106,8 @@ def _properties(value: Any, _: dict) -> Check | None:
 def _required(value: Any, _: dict) -> Check | None:
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         return None
-    return lambda v: not isinstance(v, dict) or all(k in v for k in value)
+    keys = frozenset(value)
+    return lambda v: not isinstance(v, dict) or keys <= v.keys()
 
 
 def _additional(value: Any, schema: dict) -> Check | None:
@@ -114,6 +115,9 @@ def _additional(value: Any, schema: dict) -> Check | None:
     known = schema.get("properties", {})
     if sub is None or not isinstance(known, dict):
         return None
+    if value is False:  # the common case, as one set comparison
+        names = frozenset(known)
+        return lambda v: not isinstance(v, dict) or v.keys() <= names
     return lambda v: not isinstance(v, dict) or all(sub(x) for k, x in v.items() if k not in known)
 
 
