@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlite_utils import Database
@@ -537,6 +538,41 @@ def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
     assert rows == [
         (o.cost_usd, o.result, o.usage["input_tokens"], o.usage["output_tokens"], o.stop_reason, o.error_type)
         for o in outcomes
+    ]
+    store.close()
+    assert_tallies_exact(tmp_path / "s.db")
+
+
+def test_values_a_whole_group_shares_are_stored_exactly_too(tmp_path: Path) -> None:
+    """A column with one value across the group is bound once instead of read from each row's JSON: the same
+    costs, tokens, texts and NULLs come back, and a column whose values differ only in type (0 and 0.0, 1 and
+    '1') keeps each row's own value."""
+    store = Store(tmp_path / "s.db")
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(6)), Job(model=MODEL, max_tokens=9), "r")
+    shared = '{"type":"succeeded","text":"é \\u00e9 \\" ✓ line\\nbreak"}'
+
+    def outcome(n: int, cost: float | None, error: Any) -> Outcome:
+        return Outcome(
+            "r", n, "succeeded", result=shared, cost_usd=cost, usage={"input_tokens": 2**40}, error_type=error
+        )
+
+    same = [outcome(n, 0.30000000000000004, None) for n in (1, 2, 3)]
+    mixed = [outcome(4, 0, 1), outcome(5, 0.0, 1.0)]
+    store.record(same)
+    store.record(mixed)
+    store.record([outcome(6, None, "x")])
+    rows = db_rows(
+        store.path,
+        "SELECT line_no, cost_usd, typeof(cost_usd), result, input_tokens, error_type, stop_reason FROM items "
+        "ORDER BY line_no",
+    )
+    assert rows == [
+        (1, 0.30000000000000004, "real", shared, 2**40, None, None),
+        (2, 0.30000000000000004, "real", shared, 2**40, None, None),
+        (3, 0.30000000000000004, "real", shared, 2**40, None, None),
+        (4, 0.0, "real", shared, 2**40, "1", None),
+        (5, 0.0, "real", shared, 2**40, "1.0", None),
+        (6, None, "null", shared, 2**40, "x", None),
     ]
     store.close()
     assert_tallies_exact(tmp_path / "s.db")
