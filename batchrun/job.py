@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import math
 import string
@@ -404,6 +405,12 @@ def _line_settings(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: obj[k] for k in LINE_SETTINGS if obj.get(k) is not None}
 
 
+@functools.lru_cache(maxsize=64)
+def _template_fields(template: str) -> tuple[str, ...]:
+    """The fields a template names, parsed once per template (not once per line)."""
+    return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
 def _prompt(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RenderError('"prompt" must be a non-empty string (put the text to send in it)')
@@ -411,8 +418,7 @@ def _prompt(value: Any) -> str:
 
 
 def _fill(template: str, obj: dict[str, Any]) -> str:
-    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    missing = [n for n in names if n not in obj]
+    missing = [n for n in _template_fields(template) if n not in obj]
     if missing:
         raise RenderError(
             f"template field(s) {', '.join(missing)} missing from the line "
