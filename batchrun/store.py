@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -38,7 +39,7 @@ class State(StrEnum):
 PENDING, IN_FLIGHT, SUCCEEDED, FAILED = State.PENDING, State.IN_FLIGHT, State.SUCCEEDED, State.FAILED
 STATES = tuple(s.value for s in State)
 INSERT_CHUNK = 2000
-CREATE_CHUNK = 2000  # items per insert when a run is created: two chunks of whole requests are held at once
+CREATE_CHUNK = 500  # items per insert statement when a run is created (at most two chunks are held at once)
 BUSY_TIMEOUT_S = 30
 PAGE_SIZE = 8192  # a grown item (about 900 bytes with its result) leaves less of a 4 KB page unused
 MAX_PROBLEMS = 20
@@ -703,22 +704,19 @@ RECORD_SET = (
     "attempts = items.attempts + o.n_attempts, updated_at = :now "
     "FROM o WHERE items.run_id = o.run_id AND items.line_no = o.line_no AND items.state != 'succeeded'"
 )
-_RECORD_SQL: dict[tuple[int, ...], str] = {}
 
 
+@functools.lru_cache(maxsize=256)
 def record_statement(varying: tuple[int, ...]) -> str:
     """RECORD for a group whose columns `varying` (indexes into RECORD_COLUMNS) are read from each row's JSON
     (`:rows`, arrays of those columns' values in that order) and whose other columns are bound (`:c0`, `:c1`...)."""
-    sql = _RECORD_SQL.get(varying)
-    if sql is None:
-        position = {column: k for k, column in enumerate(varying)}
-        values = ", ".join(
-            f"value ->> {position[i]} AS {name}" if i in position else f":c{i} AS {name}"
-            for i, name in enumerate(RECORD_COLUMNS)
-        )
-        # materialized, so SQLite looks each row's item up by its key instead of scanning the run per row
-        sql = _RECORD_SQL[varying] = f"WITH o AS MATERIALIZED (SELECT {values} FROM json_each(:rows)) {RECORD_SET}"
-    return sql
+    position = {column: k for k, column in enumerate(varying)}
+    values = ", ".join(
+        f"value ->> {position[i]} AS {name}" if i in position else f":c{i} AS {name}"
+        for i, name in enumerate(RECORD_COLUMNS)
+    )
+    # materialized, so SQLite looks each row's item up by its key instead of scanning the run per row
+    return f"WITH o AS MATERIALIZED (SELECT {values} FROM json_each(:rows)) {RECORD_SET}"
 
 
 def record_parameters(rows: list[tuple[Any, ...]]) -> tuple[str, dict[str, Any]]:

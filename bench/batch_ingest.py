@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100_000)
     parser.add_argument("--batch-seconds", type=float, default=2.0, help="how long the emulator's batch lasts")
     parser.add_argument("--poll-interval", type=float, default=0.5)
-    parser.add_argument("--max-tokens", type=int, default=50)
+    # the emulator's replies are 5-60 tokens: with room for 64 none is cut (a cut reply fails its item, type
+    # max_tokens, and the run exits 1)
+    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
 
     banner(f"batch ingest: {args.items:,} items, batch size {args.batch_size:,}")

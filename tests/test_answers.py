@@ -76,6 +76,9 @@ def test_a_schema_job_with_ten_percent_invalid_replies_ends_valid_or_invalid_out
     outcomes = dict(sent)
     assert outcomes.get("invalid_output", 0) >= 3  # the invalid replies were recorded, and sent again
     assert outcomes["succeeded"] == seen["valid"]
+    # the reply's text is the data's compact JSON: the answer is held once, in the result
+    held = "SELECT count(*) FROM items WHERE state = 'succeeded' AND data = ''"
+    assert db_rows(workdir / "batchrun.db", held) == [(seen["valid"],)]
 
 
 def test_with_attempts_enough_every_item_ends_valid_and_equal_to_the_generated_data(emulator, workdir):
@@ -95,6 +98,8 @@ def test_a_schema_given_as_a_forced_tool_is_validated_from_the_tool_input(emulat
     assert r.returncode == 0, r.stderr
     rows = items_of(workdir / "batchrun.db")
     assert {row[6] for row in rows} == {"tool_use"}
+    # a tool's input is no text of the reply: its data is stored as it is
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE data = ''") == [(0,)]
     for row in rows:
         params = orjson.loads(row[4])
         assert params["tool_choice"] == {"type": "tool", "name": "answer"}
