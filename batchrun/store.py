@@ -724,14 +724,16 @@ def record_parameters(rows: list[tuple[Any, ...]]) -> tuple[str, dict[str, Any]]
     the group go in the JSON array, the others are bound once."""
     varying: list[int] = []
     params: dict[str, Any] = {}
-    for i, column in enumerate(zip(*rows, strict=True)):
+    columns = list(zip(*rows, strict=True))
+    for i, column in enumerate(columns):
         first, kinds = column[0], set(map(type, column))
         if len(kinds) == 1 and kinds <= _BIND_ONCE and column.count(first) == len(column):
             params[f"c{i}"] = first
         else:
             varying.append(i)
     chosen = tuple(varying)
-    params["rows"] = orjson.dumps([[row[i] for i in chosen] for row in rows]).decode()
+    values = list(zip(*(columns[i] for i in chosen), strict=True)) if chosen else [()] * len(rows)
+    params["rows"] = orjson.dumps(values).decode()
     return record_statement(chosen), params
 
 
