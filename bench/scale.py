@@ -150,7 +150,12 @@ def result_line(orjson, token: str, line: int, rng: random.Random) -> bytes:
         "content": [{"type": "text", "text": answer(orjson, rng)}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 60, "output_tokens": 2, "cache_read_input_tokens": 3100},
+        # tokens and so costs differ from reply to reply, as real ones do; the cached system prompt is the same
+        "usage": {
+            "input_tokens": rng.randint(40, 120),
+            "output_tokens": rng.randint(15, 40),
+            "cache_read_input_tokens": 3100,
+        },
     }
     return orjson.dumps({"custom_id": f"{token}-{line}", "result": {"type": "succeeded", "message": message}})
 
