@@ -706,22 +706,34 @@ RECORD_SET = (
 )
 
 
+RESULT = RECORD_COLUMNS.index("result")
+
+
 @functools.lru_cache(maxsize=256)
 def record_statement(varying: tuple[int, ...]) -> str:
     """RECORD for a group whose columns `varying` (indexes into RECORD_COLUMNS) are read from each row's JSON
-    (`:rows`, arrays of those columns' values in that order) and whose other columns are bound (`:c0`, `:c1`...)."""
+    (`:rows`, arrays of those columns' values in that order) and whose other columns are bound (`:c0`, `:c1`...).
+    A varying result is not in the JSON (escaping and reading it back cost more than the rest of the row): the
+    row holds its start and length in `:results`, the group's results as one UTF-8 BLOB (length -1: NULL)."""
     position = {column: k for k, column in enumerate(varying)}
-    values = ", ".join(
-        f"value ->> {position[i]} AS {name}" if i in position else f":c{i} AS {name}"
-        for i, name in enumerate(RECORD_COLUMNS)
-    )
+    values = []
+    for i, name in enumerate(RECORD_COLUMNS):
+        if i not in position:
+            values.append(f":c{i} AS {name}")
+        elif i == RESULT:
+            start, length = f"value ->> {position[i]}", f"value ->> {position[i] + 1}"
+            values.append(
+                f"CASE WHEN {length} < 0 THEN NULL ELSE CAST(substr(:results, {start}, {length}) AS TEXT) END AS {name}"
+            )
+        else:
+            values.append(f"value ->> {position[i] + (RESULT in position and i > RESULT)} AS {name}")
     # materialized, so SQLite looks each row's item up by its key instead of scanning the run per row
-    return f"WITH o AS MATERIALIZED (SELECT {values} FROM json_each(:rows)) {RECORD_SET}"
+    return f"WITH o AS MATERIALIZED (SELECT {', '.join(values)} FROM json_each(:rows)) {RECORD_SET}"
 
 
 def record_parameters(rows: list[tuple[Any, ...]]) -> tuple[str, dict[str, Any]]:
     """The statement and parameters that write `rows` (RECORD_COLUMNS' order): the columns that differ within
-    the group go in the JSON array, the others are bound once."""
+    the group go in the JSON array (a result as its place in one BLOB), the others are bound once."""
     varying: list[int] = []
     params: dict[str, Any] = {}
     columns = list(zip(*rows, strict=True))
@@ -732,7 +744,15 @@ def record_parameters(rows: list[tuple[Any, ...]]) -> tuple[str, dict[str, Any]]
         else:
             varying.append(i)
     chosen = tuple(varying)
-    values = list(zip(*(columns[i] for i in chosen), strict=True)) if chosen else [()] * len(rows)
+    parts = [columns[i] for i in chosen]
+    if RESULT in chosen:
+        encoded = [None if r is None else r.encode() for r in columns[RESULT]]
+        lengths = [-1 if r is None else len(r) for r in encoded]
+        starts = itertools.accumulate((max(n, 0) for n in lengths), initial=1)
+        k = chosen.index(RESULT)
+        parts[k : k + 1] = [tuple(starts)[: len(rows)], lengths]
+        params["results"] = b"".join(r for r in encoded if r is not None)
+    values = list(zip(*parts, strict=True)) if parts else [()] * len(rows)
     params["rows"] = orjson.dumps(values).decode()
     return record_statement(chosen), params
 

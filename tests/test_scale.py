@@ -512,9 +512,10 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
 
 
 def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
-    """Outcomes go to SQLite as one JSON array: costs, tokens, text and missing values come back unchanged."""
+    """Outcomes go to SQLite as one JSON array (and their results as one BLOB): costs, tokens, text and missing
+    values come back unchanged."""
     store = Store(tmp_path / "s.db")
-    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(5)), Job(model=MODEL, max_tokens=9), "r")
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(6)), Job(model=MODEL, max_tokens=9), "r")
     costs = [0.1, 1e-07, 0.30000000000000004, 123.45678901234568, None]
     texts = ['é \\u00e9 \\" ✓', "line\\nbreak", "", "\\u0000", "x"]  # JSON escapes inside the result
     outcomes = [
@@ -530,14 +531,26 @@ def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
         )
         for n, (cost, text) in enumerate(zip(costs, texts, strict=True), start=1)
     ]
+    # an item that goes back to pending (a retryable error) has no result: NULL among the group's results
+    outcomes.insert(2, Outcome("r", 6, "pending", usage={"input_tokens": 3, "output_tokens": 0}, cost_usd=0.5))
     store.record(outcomes)
     rows = db_rows(
         store.path,
-        "SELECT cost_usd, result, input_tokens, output_tokens, stop_reason, error_type FROM items ORDER BY line_no",
+        "SELECT line_no, cost_usd, result, typeof(result), input_tokens, output_tokens, stop_reason, error_type "
+        "FROM items ORDER BY line_no",
     )
     assert rows == [
-        (o.cost_usd, o.result, o.usage["input_tokens"], o.usage["output_tokens"], o.stop_reason, o.error_type)
-        for o in outcomes
+        (
+            o.line_no,
+            o.cost_usd,
+            o.result,
+            "null" if o.result is None else "text",
+            o.usage["input_tokens"],
+            o.usage["output_tokens"],
+            o.stop_reason,
+            o.error_type,
+        )
+        for o in sorted(outcomes, key=lambda o: o.line_no)
     ]
     store.close()
     assert_tallies_exact(tmp_path / "s.db")
