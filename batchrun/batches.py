@@ -31,6 +31,7 @@ import functools
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,53 @@ class Capped:
                     return
                 self.left -= worst
             yield line_no, size
+
+
+Members = dict[str, tuple[int, int, str]]  # custom_id as sent -> (line_no, attempts so far, model)
+
+
+def parse_results(lines: list[bytes]) -> list[dict[str, Any]]:
+    """Result lines as objects, each with its custom_id; a line that is not one is the API's fault."""
+    try:
+        parsed = [orjson.loads(line) for line in lines]
+    except orjson.JSONDecodeError as e:
+        raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
+    if not all(isinstance(p, dict) and isinstance(p.get("custom_id"), str) for p in parsed):
+        raise APIFailure(None, "api_error", "malformed line in the batch results: no custom_id", "ResultsFormat")
+    return parsed
+
+
+SWITCH_INTERVAL_S = 0.0002
+
+
+@contextlib.contextmanager
+def short_switches() -> Iterator[None]:
+    """Python's thread switch interval made short while results are stored: the store's thread takes the GIL
+    back after each statement, and with the default 5 ms it could wait that long each time while the event
+    loop's thread was judging (bench/scale.py's ingest phase at 100k: 3.53 s with 5 ms, 3.30-3.39 s with 0.2 ms)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+async def result_chunks(data: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
+    """The non-blank lines of a byte stream, `size` at a time."""
+    lines: list[bytes] = []
+    rest = b""
+    async for piece in data:
+        parts = (rest + piece).split(b"\n")
+        rest = parts.pop()
+        lines.extend(part for part in parts if part.strip())
+        if len(lines) >= size:
+            yield lines
+            lines = []
+    if rest.strip():
+        lines.append(rest)
+    if lines:
+        yield lines
 
 
 class ForeignBatch(Exception):
@@ -488,47 +536,59 @@ class BatchEngine:
         )
 
     async def _ingest(self, row: dict[str, Any], batch: MessageBatch, tally: Tally) -> None:
-        """Stream the results file: lines are parsed and stored by the store's thread, one transaction per
-        chunk, while the next chunk downloads; memory holds two chunks at most, never the file."""
-        loop = asyncio.get_running_loop()
+        """Stream the results file into the store, a chunk at a time (never the whole file in memory)."""
         started = batch.created_at.timestamp()
         seconds = (batch.ended_at.timestamp() - started) if batch.ended_at else 0.0
-        writing: asyncio.Future[Tally] | None = None
-
         tally.lines = 0  # lines of this download (a retry reads the whole file again)
-
-        async def flush(lines: list[bytes]) -> None:
-            nonlocal writing
-            if writing is not None:
-                done, writing = writing, None
-                self._add(tally, await done)
-            self._check_signal()
-            if lines:
-                writing = loop.run_in_executor(self._db_thread, self._write_chunk, row["seq"], lines, started, seconds)
-
-        try:
-            async with self.client.messages.batches.with_streaming_response.results(batch.id) as response:
-                lines: list[bytes] = []
-                rest = b""
-                async for data in response.iter_bytes():
-                    parts = (rest + data).split(b"\n")
-                    rest = parts.pop()
-                    lines.extend(part for part in parts if part.strip())
-                    if len(lines) >= INGEST_CHUNK:
-                        await flush(lines)
-                        lines = []
-                if rest.strip():
-                    lines.append(rest)
-                await flush(lines)
-        finally:
-            if writing is not None:  # a transaction under way is completed, never abandoned
-                self._add(tally, await writing)
+        async with self.client.messages.batches.with_streaming_response.results(batch.id) as response:
+            chunks = result_chunks(response.iter_bytes(), INGEST_CHUNK)
+            await self._store_results(row["seq"], chunks, started, seconds, tally)
         c = batch.request_counts
         expected = c.succeeded + c.errored + c.canceled + c.expired
         if tally.lines < expected:  # never let a cut download send items again: read the file again
             raise APIFailure(
                 None, "api_error", f"the results of {batch.id} ended after {tally.lines} of {expected} lines", "Short"
             )
+
+    async def _store_results(
+        self, seq: int, chunks: AsyncIterator[list[bytes]], started: float, seconds: float, tally: Tally
+    ) -> None:
+        """Judge and record a batch's result lines, one store transaction per chunk.
+
+        Three things overlap: reading the next chunk, judging a chunk on this thread, and the store's thread
+        writing the chunk before it. A chunk's items are looked up before the chunk ahead of it is written, so
+        neither thread waits for the other; memory holds three chunks at most. A transaction under way is
+        always completed, never abandoned."""
+        loop = asyncio.get_running_loop()
+        judged: set[int] = set()  # lines of this download: one the file repeats is not recorded twice
+        held: tuple[list[dict[str, Any]], asyncio.Future[Members]] | None = None
+        writing: asyncio.Future[Tally] | None = None
+
+        async def judge_and_write(parsed: list[dict[str, Any]], looked_up: asyncio.Future[Members]) -> None:
+            nonlocal writing
+            outcomes, part = self._judge_chunk(parsed, await looked_up, judged, started, seconds)
+            if writing is not None:
+                done, writing = writing, None
+                self._add(tally, await done)
+            self._check_signal()
+            times = BatchTimes(self.run_id, seq, started, seconds)
+            writing = loop.run_in_executor(self._db_thread, self._record_chunk, outcomes, times, part)
+
+        try:
+            with short_switches():
+                async for lines in chunks:
+                    parsed = parse_results(lines)
+                    looked_up = loop.run_in_executor(self._db_thread, self._members, seq, parsed)
+                    previous, held = held, (parsed, looked_up)
+                    if previous is not None:
+                        await judge_and_write(*previous)
+                if held is not None:
+                    await judge_and_write(*held)
+        finally:
+            if held is not None:
+                held[1].cancel()  # a look-up nobody will judge (a no-op once judged)
+            if writing is not None:
+                self._add(tally, await writing)
 
     def _add(self, tally: Tally, part: Tally) -> None:
         tally.succeeded += part.succeeded
@@ -542,24 +602,26 @@ class BatchEngine:
         if part.succeeded or part.failed:
             self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd, tokens=part.tokens)
 
-    def _write_chunk(self, seq: int, lines: list[bytes], started: float, seconds: float) -> Tally:
-        """On the store's thread: decide each result's outcome and record the chunk in one transaction."""
-        try:
-            parsed = [orjson.loads(line) for line in lines]
-            ids = [p["custom_id"] for p in parsed]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-            raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
+    def _members(self, seq: int, parsed: list[dict[str, Any]]) -> Members:
+        """On the store's thread: the items of the batch that the chunk's lines answer and that still wait."""
+        ids = [p["custom_id"] for p in parsed]
         row = self.store.batch(self.run_id, seq)
         if row["adopted"] and row["token"] and not any(i.startswith(row["token"] + "-") for i in ids):
             raise ForeignBatch(seq)
-        members = self.store.batch_members(self.run_id, seq, ids)
-        part = Tally(lines=len(lines))
+        return self.store.batch_members(self.run_id, seq, ids)
+
+    def _judge_chunk(
+        self, parsed: list[dict[str, Any]], members: Members, judged: set[int], started: float, seconds: float
+    ) -> tuple[list[Outcome], Tally]:
+        """Each result line's outcome, and their counts; a line for no waiting item (or repeated) is stray."""
+        part = Tally(lines=len(parsed))
         outcomes: list[Outcome] = []
-        for custom_id, line in zip(ids, parsed, strict=True):
-            member = members.pop(custom_id, None)
-            if member is None:
+        for line in parsed:
+            member = members.pop(line["custom_id"], None)
+            if member is None or member[0] in judged:
                 part.stray += 1
                 continue
+            judged.add(member[0])
             outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
             if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
@@ -579,7 +641,11 @@ class BatchEngine:
             else:
                 part.canceled += 1
             outcomes.append(outcome)
-        self.store.record(outcomes, BatchTimes(self.run_id, seq, started, seconds))
+        return outcomes, part
+
+    def _record_chunk(self, outcomes: list[Outcome], times: BatchTimes, part: Tally) -> Tally:
+        """On the store's thread: the chunk's outcomes in one transaction."""
+        self.store.record(outcomes, times)
         return part
 
     def _outcome(

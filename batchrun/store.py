@@ -1192,16 +1192,18 @@ class Store:
                 self.db.execute(statement, {**params, "now": time.time()})
                 self.db.execute("DELETE FROM tally_paused")
             self._retally(lines, 1)
-            self.db.conn.executemany(
-                "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, "
-                "retry_after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (o.run_id, o.line_no, *_attempt_values(a))
-                    for o in outcomes
-                    if not (o.via == "batch" and o.state == SUCCEEDED)
-                    for a in o.attempts
-                ],
-            )
+            attempts = [
+                (o.run_id, o.line_no, *_attempt_values(a))
+                for o in outcomes
+                if not (o.via == "batch" and o.state == SUCCEEDED)
+                for a in o.attempts
+            ]
+            if attempts:
+                self.db.conn.executemany(
+                    "INSERT INTO attempts (run_id, line_no, started_at, seconds, status, outcome, error_class, "
+                    "retry_after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    attempts,
+                )
             if batch is not None:
                 self.db.execute(
                     "UPDATE batches SET started_at = ?, seconds = ? WHERE run_id = ? AND seq = ?",

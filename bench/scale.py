@@ -8,9 +8,10 @@ Every phase runs in a fresh child process, measured with wait4 (wall, peak RSS, 
 
 - create: `prepare_run` of the ticket job (jobs/classify_tickets.toml: a 12.5 KB system prompt, a template) over
   a generated JSONL file: read, validate, hash, store. The input is read twice (its SHA-256, then its lines).
-- ingest: Message Batches results stored through `BatchEngine._write_chunk` (parse, match, `store.record`, one
-  transaction per 2,000 results), fed from generated result lines (the emulator's shape, a schema-valid answer and
-  usage) for 99% of the items; the last 1% stay pending (they are what `resume` sends).
+- ingest: Message Batches results stored through `BatchEngine._store_results`, the path a download takes
+  (split into lines, parse, match, judge, `store.record`, one transaction per 2,000 results), read from a file of
+  generated result lines (the emulator's shape, a schema-valid answer, tokens that differ) written before the
+  clock starts, for 99% of the items; the last 1% stay pending (they are what `resume` sends).
 - bytes per item: database bytes (file + WAL, after a checkpoint) over the items, against the item's own input
   line plus its stored result.
 - status: `batchrun status --json` with no RUN (every run) on a database holding `--status-runs` runs of this
@@ -106,9 +107,11 @@ def phase_create(db: str, items: str) -> None:
 
 
 def phase_ingest(db: str, done_share: str) -> None:
+    import asyncio
+
     import orjson
 
-    from batchrun.batches import INGEST_CHUNK, BatchEngine
+    from batchrun.batches import INGEST_CHUNK, BatchEngine, Tally, result_chunks
     from batchrun.job import Job
     from batchrun.store import Store
 
@@ -121,24 +124,35 @@ def phase_ingest(db: str, done_share: str) -> None:
     store.add_batch_plans(RUN, plans, time.time())
     engine = BatchEngine(store, RUN, Job.from_dict(run["job"]), None)
     rng = random.Random(7)
+    results = Path(f"{db}.results.jsonl")
     seconds = 0.0
     stored = 0
     for batch in store.batches(RUN):
         token, first, last = batch["token"], batch["first_line"], batch["last_line"]
-        upto = min(last, done)
-        for start in range(first, upto + 1, INGEST_CHUNK):
-            lines = [result_line(orjson, token, n, rng) for n in range(start, min(start + INGEST_CHUNK, upto + 1))]
-            began = time.perf_counter()
-            engine._write_chunk(batch["seq"], lines, time.time(), 1.0)
-            seconds += time.perf_counter() - began
-            stored += len(lines)
+        with results.open("wb") as f:  # the batch's results file as the API serves it (written untimed)
+            for n in range(first, min(last, done) + 1):
+                f.write(result_line(orjson, token, n, rng) + b"\n")
+        tally = Tally()
+        began = time.perf_counter()
+        chunks = result_chunks(file_pieces(results), INGEST_CHUNK)
+        asyncio.run(engine._store_results(batch["seq"], chunks, time.time(), 1.0, tally))
+        seconds += time.perf_counter() - began
+        stored += tally.succeeded
         store.release_batch(RUN, batch["seq"])
         store.close_batch(RUN, batch["seq"], status="ended")
+    results.unlink()
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     succeeded = store.counts(RUN)["succeeded"]
     if succeeded != stored:
         raise SystemExit(f"{stored} results given, {succeeded} stored as answers")
     print(f"seconds {seconds:.3f}\nstored {stored}")
+
+
+async def file_pieces(path: Path):
+    """A file's bytes a megabyte at a time, as a download's are."""
+    with path.open("rb") as f:
+        while piece := f.read(1 << 20):
+            yield piece
 
 
 def result_line(orjson, token: str, line: int, rng: random.Random) -> bytes:

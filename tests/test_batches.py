@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchrun import batches
 from batchrun.emulator.replies import expected_text
 from tests.conftest import (
     TEST_KEY,
@@ -29,6 +30,7 @@ from tests.conftest import (
     wait_until,
     write_jsonl,
 )
+from tests.test_scale import assert_tallies_exact
 
 MODEL = "claude-haiku-4-5"
 FAST = ["--poll-interval", "0.02"]
@@ -115,8 +117,13 @@ def test_2500_items_in_three_batches_all_succeed_in_input_order(workdir: Path, e
     assert "run r (batch, succeeded, on " in text and batches[0]["id"] in text
 
 
-def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir: Path, emulator) -> None:
+@pytest.mark.parametrize("chunk", [None, 37])
+def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(
+    workdir: Path, emulator, monkeypatch, chunk
+) -> None:
     # every request fails at most once, so one follow-up batch must finish the run
+    if chunk is not None:  # results stored in many transactions, judged and written at the same time
+        monkeypatch.setattr(batches, "INGEST_CHUNK", chunk)
     emulator.configure(batch_seconds=0.05, batch_p_errored=0.05, batch_p_expired=0.03, max_faults_per_request=1)
     items = write_jsonl(workdir / "items.jsonl", prompts(1000))
     env = cli_env(emulator.base_url)
@@ -147,6 +154,7 @@ def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(workdir:
     assert [r["custom_id"] for r in results] == [f"item-{i}" for i in range(1000)]
     assert all(r["result"]["type"] == "succeeded" for r in results)
     assert_replies_match_requests(results, db)
+    assert_tallies_exact(db)
 
 
 def test_invalid_params_fail_with_the_api_message_and_are_not_resent(workdir: Path, emulator) -> None:

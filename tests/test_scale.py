@@ -511,6 +511,44 @@ def test_batch_results_are_recorded_without_attempts_rows_and_with_exact_tallies
     assert_tallies_exact(tmp_path / "s.db")
 
 
+def test_result_lines_repeated_in_a_later_chunk_are_recorded_once(tmp_path: Path) -> None:
+    """A chunk's items are looked up before the chunk ahead of it is written: a line the file repeats in a later
+    chunk is stray, not recorded (or billed) twice."""
+    import asyncio
+
+    from batchrun.batches import BatchEngine, Tally, result_chunks
+
+    job = load_job(JOBS / "classify_tickets.toml").with_overrides(model=MODEL)
+    store = Store(tmp_path / "s.db")
+    new_run(store, write_jsonl(tmp_path / "t.jsonl", ticket_lines(9)), job, "r")
+    store.add_batch_plans("r", [(1, 9, 9, 0)], time.time())
+    token = store.batches("r")[0]["token"]
+    answer = '{"category":"bug","urgency":2,"sentiment":"neutral","summary":"x"}'
+
+    def line(n: int) -> bytes:
+        message = {
+            "model": MODEL,
+            "content": [{"type": "text", "text": answer}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": n, "output_tokens": 1},
+        }
+        return orjson.dumps({"custom_id": f"{token}-{n}", "result": {"type": "succeeded", "message": message}})
+
+    async def stream():  # two chunks: line 2 comes twice in the first, line 5 again in the second
+        yield b"\n".join(line(n) for n in (1, 2, 3, 4, 5, 2)) + b"\n"
+        yield b"\n".join(line(n) for n in (6, 7, 5, 8)) + b"\n"
+
+    engine = BatchEngine(store, "r", job, None)
+    tally = Tally()
+    asyncio.run(engine._store_results(1, result_chunks(stream(), 3), 7.0, 1.0, tally))
+    engine.close()
+    assert (tally.lines, tally.succeeded, tally.stray) == (10, 8, 2)
+    assert store.counts("r") == {"pending": 0, "in_flight": 1, "succeeded": 8, "failed": 0}
+    assert db_rows(store.path, "SELECT sum(input_tokens), max(attempts) FROM items") == [(36, 1)]
+    store.close()
+    assert_tallies_exact(tmp_path / "s.db")
+
+
 def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
     """Outcomes go to SQLite as one JSON array (and their results as one BLOB): costs, tokens, text and missing
     values come back unchanged."""
