@@ -144,6 +144,17 @@ def parse_results(lines: list[bytes]) -> list[dict[str, Any]]:
 SWITCH_INTERVAL_S = 0.0002
 
 
+def first_time(seen: bytearray, line: int) -> bool:
+    """True the first time `line` is seen: one byte per line number (a 100,000-line batch of a 1M-item run
+    holds 1 MB, where a set of its lines would hold about 8 MB), grown as needed."""
+    if line >= len(seen):
+        seen.extend(bytes(line + 1 - len(seen)))
+    if seen[line]:
+        return False
+    seen[line] = 1
+    return True
+
+
 @contextlib.contextmanager
 def short_switches() -> Iterator[None]:
     """Python's thread switch interval made short while results are stored: the store's thread takes the GIL
@@ -560,7 +571,7 @@ class BatchEngine:
         neither thread waits for the other; memory holds three chunks at most. A transaction under way is
         always completed, never abandoned."""
         loop = asyncio.get_running_loop()
-        judged: set[int] = set()  # lines of this download: one the file repeats is not recorded twice
+        judged = bytearray()  # a byte per line of this download: one the file repeats is not recorded twice
         held: tuple[list[dict[str, Any]], asyncio.Future[Members]] | None = None
         writing: asyncio.Future[Tally] | None = None
 
@@ -611,17 +622,16 @@ class BatchEngine:
         return self.store.batch_members(self.run_id, seq, ids)
 
     def _judge_chunk(
-        self, parsed: list[dict[str, Any]], members: Members, judged: set[int], started: float, seconds: float
+        self, parsed: list[dict[str, Any]], members: Members, judged: bytearray, started: float, seconds: float
     ) -> tuple[list[Outcome], Tally]:
         """Each result line's outcome, and their counts; a line for no waiting item (or repeated) is stray."""
         part = Tally(lines=len(parsed))
         outcomes: list[Outcome] = []
         for line in parsed:
             member = members.pop(line["custom_id"], None)
-            if member is None or member[0] in judged:
+            if member is None or not first_time(judged, member[0]):
                 part.stray += 1
                 continue
-            judged.add(member[0])
             outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
             if outcome.state == State.SUCCEEDED:
                 part.succeeded += 1
