@@ -69,6 +69,7 @@ RETRYABLE_RESULT_ERRORS = frozenset({"rate_limit_error", "overloaded_error", "ap
 CLOCK_SKEW_S = 600.0  # the plan's time is ours, a batch's created_at the API's: look this much further back
 LIST_PAGE = 100
 INGEST_CHUNK = 2000  # results per store transaction
+SWITCH_INTERVAL_S = 0.0002  # Python's thread switch interval while results are stored (see short_switches)
 BODY_PIECE = 1 << 20  # bytes of request body read from the store at a time
 MIN_POLL_S = 0.01
 POLL_GROWTH = 1.5
@@ -139,9 +140,6 @@ def parse_results(lines: list[bytes]) -> list[dict[str, Any]]:
     if not all(isinstance(p, dict) and isinstance(p.get("custom_id"), str) for p in parsed):
         raise APIFailure(None, "api_error", "malformed line in the batch results: no custom_id", "ResultsFormat")
     return parsed
-
-
-SWITCH_INTERVAL_S = 0.0002
 
 
 def first_time(seen: bytearray, line: int) -> bool:

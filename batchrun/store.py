@@ -707,12 +707,14 @@ RECORD_SET = (
 
 
 RESULT = RECORD_COLUMNS.index("result")
+_BIND_ONCE = {str, int, float, type(None)}  # the types a value bound once for a whole group may have
 
 
 @functools.lru_cache(maxsize=256)
 def record_statement(varying: tuple[int, ...]) -> str:
-    """RECORD for a group whose columns `varying` (indexes into RECORD_COLUMNS) are read from each row's JSON
-    (`:rows`, arrays of those columns' values in that order) and whose other columns are bound (`:c0`, `:c1`...).
+    """The statement that records a group whose columns `varying` (indexes into RECORD_COLUMNS) are read from
+    each row's JSON (`:rows`, arrays of those columns' values in that order) and whose other columns are bound
+    (`:c0`, `:c1`...).
     A varying result is not in the JSON (escaping and reading it back cost more than the rest of the row): the
     row holds its start and length in `:results`, the group's results as one UTF-8 BLOB (length -1: NULL)."""
     position = {column: k for k, column in enumerate(varying)}
@@ -755,9 +757,6 @@ def record_parameters(rows: list[tuple[Any, ...]]) -> tuple[str, dict[str, Any]]
     values = list(zip(*parts, strict=True)) if parts else [()] * len(rows)
     params["rows"] = orjson.dumps(values).decode()
     return record_statement(chosen), params
-
-
-_BIND_ONCE = {str, int, float, type(None)}
 
 
 # A chunk of new items in one statement (its work done without the GIL, so the reading thread keeps hashing): the
@@ -1066,13 +1065,13 @@ class Store:
                     part = parts.get(*new_part)
                 values.append((line, cid, model, len(own), part, source_id, kept))
             owns = [row[3] for row in rows]
-            starts = [0, *itertools.accumulate(map(len, owns))]
+            starts = itertools.accumulate(map(len, owns), initial=1)  # one more than there are rows
             self.db.execute(
                 INSERT_ITEMS,
                 {
                     "run_id": run_id,
                     "state": PENDING,
-                    "rows": orjson.dumps([(*v, s + 1) for v, s in zip(values, starts, strict=False)]).decode(),
+                    "rows": orjson.dumps([(*v, s) for v, s in zip(values, starts, strict=False)]).decode(),
                     "owns": b"".join(owns),
                     "hashes": b"".join(row[5] for row in rows),
                 },
