@@ -153,17 +153,29 @@ def first_time(seen: bytearray, line: int) -> bool:
     return True
 
 
+class _Switches:
+    """How many result downloads are being stored now, and the interval to give back when none is."""
+
+    depth = 0
+    before = 0.0
+
+
 @contextlib.contextmanager
 def short_switches() -> Iterator[None]:
     """Python's thread switch interval made short while results are stored: the store's thread takes the GIL
     back after each statement, and with the default 5 ms it could wait that long each time while the event
-    loop's thread was judging (bench/scale.py's ingest phase at 100k: 3.53 s with 5 ms, 3.30-3.39 s with 0.2 ms)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, SWITCH_INTERVAL_S))
+    loop's thread was judging (bench/scale.py's ingest phase at 100k: 3.53 s with 5 ms, 3.30-3.39 s with 0.2 ms).
+    Nested or overlapping uses give the interval back once, when the last ends."""
+    if _Switches.depth == 0:
+        _Switches.before = sys.getswitchinterval()
+        sys.setswitchinterval(min(_Switches.before, SWITCH_INTERVAL_S))
+    _Switches.depth += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        _Switches.depth -= 1
+        if _Switches.depth == 0:
+            sys.setswitchinterval(_Switches.before)
 
 
 async def result_chunks(data: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import sqlite3
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -127,8 +128,10 @@ def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(
     emulator.configure(batch_seconds=0.05, batch_p_errored=0.05, batch_p_expired=0.03, max_faults_per_request=1)
     items = write_jsonl(workdir / "items.jsonl", prompts(1000))
     env = cli_env(emulator.base_url)
+    switching = sys.getswitchinterval()
     proc = batchrun(submit_batch(items, "--run-id", "r", "-o", "out.jsonl"), cwd=workdir, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert sys.getswitchinterval() == switching  # shortened only while results were stored
     db = workdir / "batchrun.db"
     first, follow_up = status(workdir, env, "r")["batches"]
     counts = first["request_counts"]
