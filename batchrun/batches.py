@@ -576,18 +576,19 @@ class BatchEngine:
     ) -> None:
         """Judge and record a batch's result lines, one store transaction per chunk.
 
-        Three things overlap: reading the next chunk, judging a chunk on this thread, and the store's thread
-        writing the chunk before it. A chunk's items are looked up before the chunk ahead of it is written, so
+        Judging a chunk on this thread overlaps with the store's thread writing the chunk before it. The
+        store's thread parses each chunk and looks up its items before it writes the chunk ahead of it, so
         neither thread waits for the other; memory holds three chunks at most. A transaction under way is
         always completed, never abandoned."""
         loop = asyncio.get_running_loop()
         judged = bytearray()  # a byte per line of this download: one the file repeats is not recorded twice
-        held: tuple[list[dict[str, Any]], asyncio.Future[Members]] | None = None
+        held: asyncio.Future[tuple[list[dict[str, Any]], Members]] | None = None
         writing: asyncio.Future[Tally] | None = None
 
-        async def judge_and_write(parsed: list[dict[str, Any]], looked_up: asyncio.Future[Members]) -> None:
+        async def judge_and_write(looked_up: asyncio.Future[tuple[list[dict[str, Any]], Members]]) -> None:
             nonlocal writing
-            outcomes, part = self._judge_chunk(parsed, await looked_up, judged, started, seconds)
+            parsed, members = await looked_up
+            outcomes, part = self._judge_chunk(parsed, members, judged, started, seconds)
             if writing is not None:
                 done, writing = writing, None
                 self._add(tally, await done)
@@ -598,16 +599,15 @@ class BatchEngine:
         try:
             with short_switches():
                 async for lines in chunks:
-                    parsed = parse_results(lines)
-                    looked_up = loop.run_in_executor(self._db_thread, self._members, seq, parsed)
-                    previous, held = held, (parsed, looked_up)
+                    looked_up = loop.run_in_executor(self._db_thread, self._members, seq, lines)
+                    previous, held = held, looked_up
                     if previous is not None:
-                        await judge_and_write(*previous)
+                        await judge_and_write(previous)
                 if held is not None:
-                    await judge_and_write(*held)
+                    await judge_and_write(held)
         finally:
-            if held is not None:
-                held[1].cancel()  # a look-up nobody will judge (a no-op once judged)
+            if held is not None and not held.cancel() and not held.cancelled():
+                held.exception()  # a look-up nobody will judge: its failure, if any, is not the one to report
             if writing is not None:
                 self._add(tally, await writing)
 
@@ -623,13 +623,15 @@ class BatchEngine:
         if part.succeeded or part.failed:
             self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd, tokens=part.tokens)
 
-    def _members(self, seq: int, parsed: list[dict[str, Any]]) -> Members:
-        """On the store's thread: the items of the batch that the chunk's lines answer and that still wait."""
+    def _members(self, seq: int, lines: list[bytes]) -> tuple[list[dict[str, Any]], Members]:
+        """On the store's thread: the chunk's lines parsed, and the items of the batch they answer that still
+        wait."""
+        parsed = parse_results(lines)
         ids = [p["custom_id"] for p in parsed]
         row = self.store.batch(self.run_id, seq)
         if row["adopted"] and row["token"] and not any(i.startswith(row["token"] + "-") for i in ids):
             raise ForeignBatch(seq)
-        return self.store.batch_members(self.run_id, seq, ids)
+        return parsed, self.store.batch_members(self.run_id, seq, ids)
 
     def _judge_chunk(
         self, parsed: list[dict[str, Any]], members: Members, judged: bytearray, started: float, seconds: float
