@@ -121,26 +121,23 @@ def _usd(
     overrides: Prices | None,
     ttl: str,
 ) -> float | None:
+    """The cost of one usage given as plain numbers, shared by `cost` and `usage_cost` (no row built per reply)."""
     if via == "cache":
         return 0.0
-    price = _listed_price(model) if not overrides else _as_pair(price_for(model, overrides))
+    price = price_for(model, overrides)
     if price is None:
         return None
     if long_writes is None:
         long_writes = writes if ttl == "1h" else 0
-    per_token_in = price[0] / 1e6
+    per_token_in = price["input"] / 1e6
     usd = (
         tokens_in * per_token_in
-        + tokens_out * price[1] / 1e6
+        + tokens_out * price["output"] / 1e6
         + (writes - long_writes) * per_token_in * CACHE_WRITE["5m"]
         + long_writes * per_token_in * CACHE_WRITE["1h"]
         + cache_read * per_token_in * CACHE_READ
     )
     return usd * (BATCH_DISCOUNT if via == "batch" else 1.0)
-
-
-def _as_pair(price: dict[str, float] | None) -> tuple[float, float] | None:
-    return None if price is None else (price["input"], price["output"])
 
 
 def cache_writes_1h(usage: Mapping[str, Any]) -> int | None:
