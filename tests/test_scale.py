@@ -597,7 +597,7 @@ def test_a_group_of_outcomes_is_stored_exactly_as_given(tmp_path: Path) -> None:
 def test_values_a_whole_group_shares_are_stored_exactly_too(tmp_path: Path) -> None:
     """A column with one value across the group is bound once instead of read from each row's JSON: the same
     costs, tokens, texts and NULLs come back, and a column whose values differ only in type (0 and 0.0, 1 and
-    '1') keeps each row's own value."""
+    1.0) keeps each row's own value."""
     store = Store(tmp_path / "s.db")
     new_run(store, write_jsonl(tmp_path / "t.jsonl", prompts(6)), Job(model=MODEL, max_tokens=9), "r")
     shared = '{"type":"succeeded","text":"é \\u00e9 \\" ✓ line\\nbreak"}'
