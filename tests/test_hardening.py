@@ -140,6 +140,50 @@ def test_a_store_that_cannot_be_written_stops_the_run_with_one_line(workdir: Pat
     assert len(answers) == 200 and all(answers[c] == expected_text(params[c]) for c in answers)
 
 
+@pytest.mark.parametrize("failing", [61, 200])  # a chunk in the middle; the last chunk, whose write is awaited last
+def test_a_store_that_cannot_be_written_while_batch_results_are_stored_stops_with_one_line(
+    workdir: Path, emulator, monkeypatch, failing
+) -> None:
+    """The same failure while a batch's results are judged and written chunk by chunk: exit 3 and one line, the
+    chunks committed before stay, and resume collects the rest of the batch."""
+    from batchrun import batches
+    from tests.test_scale import assert_tallies_exact
+
+    monkeypatch.setattr(batches, "INGEST_CHUNK", 37)  # several chunks: those before the failing line commit
+    emulator.configure(batch_seconds=0.05)
+    items = write_jsonl(workdir / "items.jsonl", prompts(200))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--mode", "batch", "--model", MODEL, "--run-id", "r", "--poll-interval", "0.02"]
+    emulator.configure(api_key="the-right-key-1234")  # the run is created, nothing is sent
+    assert batchrun(args, cwd=workdir, env=env).returncode == 3
+    emulator.configure(api_key=None)
+    conn = sqlite3.connect(workdir / "batchrun.db")
+    conn.execute(
+        f"CREATE TRIGGER full_disk BEFORE UPDATE OF result ON items WHEN NEW.line_no >= {failing} "
+        "AND NEW.result IS NOT NULL BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    conn.commit()
+    conn.close()
+    stopped = batchrun(["resume", "r"], cwd=workdir, env=env, timeout=60)
+    assert stopped.returncode == 3, stopped.stderr
+    no_traceback(stopped)
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("batchrun: error: ") and "disk is full" in last and "free some space" in last, last
+    done_before = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'succeeded'")[0][0]
+    assert 0 < done_before < failing  # whole chunks before the failing one (a chunk is at least 37 lines)
+    conn = sqlite3.connect(workdir / "batchrun.db")
+    conn.execute("DROP TRIGGER full_disk")
+    conn.commit()
+    conn.close()
+    resumed = batchrun(["resume", "r", "-o", "out.jsonl"], cwd=workdir, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    params = stored_params(workdir / "batchrun.db")
+    answers = texts(workdir / "out.jsonl")
+    assert len(answers) == 200 and all(answers[c] == expected_text(params[c]) for c in answers)
+    assert emulator.stats()["batches_created"] == 1  # the batch's results were read again, not bought again
+    assert_tallies_exact(workdir / "batchrun.db")
+
+
 # the API misbehaves
 
 
