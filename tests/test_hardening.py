@@ -103,32 +103,26 @@ def test_batch_requests_carry_the_plan_token_and_results_keep_the_users_ids(work
 # the store fails under the writer
 
 
-def test_a_store_that_cannot_be_written_stops_the_run_with_one_line(workdir: Path, emulator) -> None:
-    """The writer's transaction fails (as on a full disk): the run stops at once instead of hanging, says why in one
-    line, exits 3; results committed before stay, and a resume once the store is sound finishes the run."""
-    items = write_jsonl(workdir / "items.jsonl", prompts(200))
-    env = cli_env(emulator.base_url)
-    args = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"]
-    # create the run without processing it: a wrong key stops it at the first request, every item stays pending
+def created_not_sent(args: list[str], workdir: Path, env: dict, emulator) -> None:
+    """Create the run without processing it: a wrong key stops it at the first request, every item stays pending."""
     emulator.configure(api_key="the-right-key-1234")
     assert batchrun(args, cwd=workdir, env=env).returncode == 3
     emulator.configure(api_key=None)
-    conn = sqlite3.connect(workdir / "batchrun.db")
+
+
+def fill_the_disk(db: Path, from_line: int) -> None:
+    """Every write of a result from this line on fails as on a full disk."""
+    conn = sqlite3.connect(db)
     conn.execute(
-        "CREATE TRIGGER full_disk BEFORE UPDATE OF result ON items WHEN NEW.line_no > 60 AND NEW.result IS NOT NULL "
-        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        f"CREATE TRIGGER full_disk BEFORE UPDATE OF result ON items WHEN NEW.line_no >= {from_line} "
+        "AND NEW.result IS NOT NULL BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
     )
     conn.commit()
     conn.close()
-    started = time.monotonic()
-    stopped = batchrun(["resume", "r"], cwd=workdir, env=env, timeout=60)
-    assert time.monotonic() - started < 30
-    assert stopped.returncode == 3, stopped.stderr
-    no_traceback(stopped)
-    assert "the store could not be written" in stopped.stderr and "database or disk is full" in stopped.stderr
-    done_before = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'succeeded'")[0][0]
-    assert 0 < done_before <= 60
-    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'in_flight'") == [(0,)]
+
+
+def free_the_disk_and_resume(workdir: Path, env: dict) -> None:
+    """The store is sound again: a resume finishes the run, every answer its own request's."""
     conn = sqlite3.connect(workdir / "batchrun.db")
     conn.execute("DROP TRIGGER full_disk")
     conn.commit()
@@ -138,6 +132,27 @@ def test_a_store_that_cannot_be_written_stops_the_run_with_one_line(workdir: Pat
     params = stored_params(workdir / "batchrun.db")
     answers = texts(workdir / "out.jsonl")
     assert len(answers) == 200 and all(answers[c] == expected_text(params[c]) for c in answers)
+
+
+def test_a_store_that_cannot_be_written_stops_the_run_with_one_line(workdir: Path, emulator) -> None:
+    """The writer's transaction fails (as on a full disk): the run stops at once instead of hanging, says why in one
+    line, exits 3; results committed before stay, and a resume once the store is sound finishes the run."""
+    items = write_jsonl(workdir / "items.jsonl", prompts(200))
+    env = cli_env(emulator.base_url)
+    created_not_sent(
+        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "4"], workdir, env, emulator
+    )
+    fill_the_disk(workdir / "batchrun.db", 61)
+    started = time.monotonic()
+    stopped = batchrun(["resume", "r"], cwd=workdir, env=env, timeout=60)
+    assert time.monotonic() - started < 30
+    assert stopped.returncode == 3, stopped.stderr
+    no_traceback(stopped)
+    assert "the store could not be written" in stopped.stderr and "database or disk is full" in stopped.stderr
+    done_before = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'succeeded'")[0][0]
+    assert 0 < done_before <= 60
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'in_flight'") == [(0,)]
+    free_the_disk_and_resume(workdir, env)
 
 
 @pytest.mark.parametrize("failing", [61, 200])  # a chunk in the middle; the last chunk, whose write is awaited last
@@ -154,16 +169,8 @@ def test_a_store_that_cannot_be_written_while_batch_results_are_stored_stops_wit
     items = write_jsonl(workdir / "items.jsonl", prompts(200))
     env = cli_env(emulator.base_url)
     args = ["submit", str(items), "--mode", "batch", "--model", MODEL, "--run-id", "r", "--poll-interval", "0.02"]
-    emulator.configure(api_key="the-right-key-1234")  # the run is created, nothing is sent
-    assert batchrun(args, cwd=workdir, env=env).returncode == 3
-    emulator.configure(api_key=None)
-    conn = sqlite3.connect(workdir / "batchrun.db")
-    conn.execute(
-        f"CREATE TRIGGER full_disk BEFORE UPDATE OF result ON items WHEN NEW.line_no >= {failing} "
-        "AND NEW.result IS NOT NULL BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-    )
-    conn.commit()
-    conn.close()
+    created_not_sent(args, workdir, env, emulator)
+    fill_the_disk(workdir / "batchrun.db", failing)
     stopped = batchrun(["resume", "r"], cwd=workdir, env=env, timeout=60)
     assert stopped.returncode == 3, stopped.stderr
     no_traceback(stopped)
@@ -171,15 +178,7 @@ def test_a_store_that_cannot_be_written_while_batch_results_are_stored_stops_wit
     assert last.startswith("batchrun: error: ") and "disk is full" in last and "free some space" in last, last
     done_before = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items WHERE state = 'succeeded'")[0][0]
     assert 0 < done_before < failing  # whole chunks before the failing one (a chunk is at least 37 lines)
-    conn = sqlite3.connect(workdir / "batchrun.db")
-    conn.execute("DROP TRIGGER full_disk")
-    conn.commit()
-    conn.close()
-    resumed = batchrun(["resume", "r", "-o", "out.jsonl"], cwd=workdir, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    params = stored_params(workdir / "batchrun.db")
-    answers = texts(workdir / "out.jsonl")
-    assert len(answers) == 200 and all(answers[c] == expected_text(params[c]) for c in answers)
+    free_the_disk_and_resume(workdir, env)
     assert emulator.stats()["batches_created"] == 1  # the batch's results were read again, not bought again
     assert_tallies_exact(workdir / "batchrun.db")
 
