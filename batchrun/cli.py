@@ -169,6 +169,15 @@ def see_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def csv_raw_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--csv-raw",
+        is_flag=True,
+        help="CSV output: write cells exactly as stored, without the ' that stops a spreadsheet running a cell "
+        "starting with = + - @ as a formula (for programs, not spreadsheets).",
+    )(fn)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options of every command that processes a run."""
     fn = see_options(fn)
@@ -199,6 +208,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(dir_okay=False),
             help="Write results here when the run ends.",
         ),
+        csv_raw_option,
     )(fn)
     return client_options(fn)
 
@@ -334,6 +344,7 @@ def submit(
     no_cache: bool,
     log_format: str,
     on_finish: str | None,
+    csv_raw: bool,
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
@@ -367,7 +378,7 @@ def submit(
             batch_size=flags["batch_size"],
             poll_interval=flags["poll_interval"],
         )
-        _process(store, run_id, options, target, quiet, output, log_format, on_finish)
+        _process(store, run_id, options, target, quiet, output, log_format, on_finish, csv_raw=csv_raw)
 
 
 @cli.command()
@@ -435,6 +446,7 @@ def retry(
 @see_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results collected so far here.")
+@csv_raw_option
 @db_option
 @handle_errors
 def cancel(
@@ -447,6 +459,7 @@ def cancel(
     db_path: str | None,
     log_format: str,
     on_finish: str | None,
+    csv_raw: bool,
 ) -> None:
     """Cancel RUN's open batches: what they finished is stored, the rest stays pending for `resume` (exit 3)."""
     from batchrun.settings import RunOptions
@@ -457,7 +470,7 @@ def cancel(
         check_run_output(store, run_id, output)
         target = _client_factory(stack, emulate, backend)
         options = RunOptions(timeout=timeout)
-        _process(store, run_id, options, target, quiet, output, log_format, on_finish, cancel=True)
+        _process(store, run_id, options, target, quiet, output, log_format, on_finish, cancel=True, csv_raw=csv_raw)
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
@@ -511,6 +524,7 @@ def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more
             given["output"],
             given["log_format"],
             given["on_finish"],
+            csv_raw=given["csv_raw"],
         )
 
 
@@ -525,6 +539,7 @@ def _process(
     on_finish: str | None = None,
     *,
     cancel: bool = False,
+    csv_raw: bool = False,
 ) -> None:
     """Process (or cancel) the run through the Python API's `process`, say how it ended, exit with its code."""
     import batchrun
@@ -533,7 +548,16 @@ def _process(
     progress = Progress(enabled=not quiet, log_format=log_format)
     say = functools.partial(_say, progress)
     result = batchrun.watched(
-        store, run_id, options, target, progress, output=output, on_finish=on_finish, say=say, cancel=cancel
+        store,
+        run_id,
+        options,
+        target,
+        progress,
+        output=output,
+        on_finish=on_finish,
+        say=say,
+        cancel=cancel,
+        csv_raw=csv_raw,
     )
     _report_ending(result, say)
 
@@ -579,8 +603,16 @@ def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
 
             traceback.print_exception(result.stop.error, file=sys.stderr)
     if result.results_path:
-        say(f"wrote {result.results_written} result line(s) to {result.results_path}")
+        say(f"wrote {result.results_written} {_written(result.results_path)} to {result.results_path}")
     sys.exit(result.exit_code)
+
+
+def _written(path: str, fmt: str | None = None) -> str:
+    """What an export of `path` holds: result lines (jsonl), or rows of a table."""
+    from batchrun.export import format_of
+
+    fmt = format_of(path, fmt)
+    return "result line(s)" if fmt == "jsonl" else f"{fmt} row(s)"
 
 
 def _client_factory(stack: ExitStack, emulate: bool, backend: str) -> Any:
@@ -698,9 +730,12 @@ def delete(run_id: str, force: bool, emulate: bool, backend: str, db_path: str |
     type=click.Choice(["jsonl", "csv", "parquet"]),
     help="jsonl: Message Batches result lines; csv, parquet: one row per item (default: from the -o extension).",
 )
+@csv_raw_option
 @db_option
 @handle_errors
-def results(run_id: str, output: str | None, only: str | None, fmt: str | None, db_path: str | None) -> None:
+def results(
+    run_id: str, output: str | None, only: str | None, fmt: str | None, csv_raw: bool, db_path: str | None
+) -> None:
     """Export RUN's results in input order: Message Batches result lines, or a CSV or Parquet table."""
     from batchrun.export import export_results, format_of, write_export
     from batchrun.runs import load_run
@@ -711,11 +746,10 @@ def results(run_id: str, output: str | None, only: str | None, fmt: str | None, 
     check_run_output(store, run_id, output)
     fmt = format_of(output, fmt)
     if output:
-        count = export_results(store, run_id, output, only, fmt)
-        what = "result line(s)" if fmt == "jsonl" else f"{fmt} row(s)"
-        click.echo(f"batchrun: wrote {count} {what} to {output}", err=True)
+        count = export_results(store, run_id, output, only, fmt, csv_raw)
+        click.echo(f"batchrun: wrote {count} {_written(output, fmt)} to {output}", err=True)
     else:
-        write_export(store, run_id, sys.stdout.buffer, only, fmt)
+        write_export(store, run_id, sys.stdout.buffer, only, fmt, csv_raw)
         sys.stdout.buffer.flush()
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,16 +32,28 @@ def write_results(store: Store, run_id: str, out: IO[bytes], only: str | None = 
     return count
 
 
-def export_results(store: Store, run_id: str, path: str | Path, only: str | None = None, fmt: str | None = None) -> int:
+def export_results(
+    store: Store,
+    run_id: str,
+    path: str | Path,
+    only: str | None = None,
+    fmt: str | None = None,
+    csv_raw: bool = False,
+) -> int:
     """Write the results file atomically (a reader never sees half a file), readable by its owner only; the
-    format is `fmt`, else the one the file's extension names (.csv, .parquet), else jsonl.
-
-    The file is written as `.NAME.tmp-PID` and renamed; temporaries that a killed export left in the directory
-    (their process is gone) are removed first.
-    """
+    format is `fmt`, else the one the file's extension names (.csv, .parquet), else jsonl."""
     fmt = format_of(path, fmt)
     if fmt == "parquet":
         _pyarrow()  # a missing extra is said before anything is written
+    with private_file(path) as out:
+        return write_export(store, run_id, out, only, fmt, csv_raw)
+
+
+@contextmanager
+def private_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A file written whole or not at all, readable by its owner only (0600): written as `.NAME.tmp-PID`, then
+    renamed over `path`; a failure (a full disk) leaves `path` as it was. Temporaries that a killed writer left
+    in the directory (their process is gone) are removed first."""
     path = Path(path)
     remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -48,12 +61,18 @@ def export_results(store: Store, run_id: str, path: str | Path, only: str | None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            count = write_export(store, run_id, out, only, fmt)
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a write that failed: say which file
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return count
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
@@ -110,7 +129,7 @@ FIXED_AFTER = (
 )
 INTEGER_COLUMNS = frozenset({"input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens"})
 PARQUET_ROWS = 10_000
-JSON_TYPES = {"integer": "int64", "number": "float64", "boolean": "bool", "string": "string"}
+JSON_TYPES = {"integer": "int64", "number": "float64", "boolean": "bool_", "string": "string"}
 
 
 def format_of(path: str | Path | None, given: str | None = None) -> str:
@@ -131,9 +150,10 @@ class Column:
 def table_columns(job: Job) -> list[Column]:
     """The columns of a table export, in order: custom_id, the original id, the kept columns, one per top-level
     property of the schema (or `text` for a job without one), then the item's outcome, tokens and cost. A kept
-    column or a property whose name a column before it took gets a prefix (`input_`, `answer_`)."""
+    column keeps its name unless a column of the table has it (then `input_`), a property unless a column before
+    it took it (then `answer_`)."""
     columns = [Column(name, "row", name) for name in FIXED_BEFORE]
-    taken = {*FIXED_BEFORE, *FIXED_AFTER, "text"}
+    taken = {*FIXED_BEFORE, *FIXED_AFTER} | ({"text"} if job.schema is None else set())
     for key in job.keep:
         name = key if key not in taken else f"input_{key}"
         taken.add(name)
@@ -147,14 +167,42 @@ def table_columns(job: Job) -> list[Column]:
         for key, spec in (properties or {}).items():
             name = key if key not in taken else f"answer_{key}"
             taken.add(name)
-            kind = spec.get("type") if isinstance(spec, dict) else None
-            columns.append(
-                Column(name, "data", key, JSON_TYPES.get(kind, "string") if isinstance(kind, str) else "string")
-            )
+            columns.append(Column(name, "data", key, arrow_type(spec)))
     for name in FIXED_AFTER:
         arrow = "int64" if name in INTEGER_COLUMNS else "float64" if name == "cost_usd" else "string"
         columns.append(Column(name, "row", name, arrow))
     return columns
+
+
+def arrow_type(spec: Any) -> str:
+    """The Parquet type of a schema property: its JSON type's (a nullable one too: ["integer", "null"], or anyOf
+    an integer and null); an enum's values' common type; anything else (objects, arrays, mixed types) as JSON
+    text."""
+    if not isinstance(spec, dict):
+        return "string"
+    if isinstance(spec.get("enum"), list) and spec["enum"]:
+        return _common_type([_json_type(v) for v in spec["enum"] if v is not None])
+    if "const" in spec:
+        return _common_type([_json_type(spec["const"])])
+    options = spec.get("anyOf") or spec.get("oneOf")
+    if isinstance(options, list):
+        return _common_type([arrow_type(o) for o in options if not (isinstance(o, dict) and o.get("type") == "null")])
+    kind = spec.get("type")
+    kinds = [k for k in kind if k != "null"] if isinstance(kind, list) else [kind]
+    return _common_type([JSON_TYPES.get(k, "string") if isinstance(k, str) else "string" for k in kinds])
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool_"
+    return "int64" if isinstance(value, int) else "float64" if isinstance(value, float) else "string"
+
+
+def _common_type(types: list[str]) -> str:
+    kinds = set(types)
+    if kinds == {"int64", "float64"}:
+        return "float64"
+    return kinds.pop() if len(kinds) == 1 else "string"
 
 
 def table_rows(store: Store, run_id: str, columns: list[Column], only: str | None = None) -> Iterator[list[Any]]:
@@ -184,21 +232,44 @@ def _flat(value: Any) -> Any:
     return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
-def write_csv(store: Store, run_id: str, job: Job, out: IO[bytes], only: str | None = None) -> int:
-    """A CSV table (header row, RFC 4180 quoting, UTF-8); null is an empty field, booleans are true/false."""
+def write_csv(store: Store, run_id: str, job: Job, out: IO[bytes], only: str | None = None, raw: bool = False) -> int:
+    """A CSV table (header row, RFC 4180 quoting, UTF-8); null is an empty field, booleans are true/false. A cell
+    a spreadsheet would run as a formula gets a leading `'` (see `neutralise`), unless `raw`."""
     columns = table_columns(job)
+    cell = _as_cell if raw else _as_safe_cell
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     try:
         writer = csv.writer(text)
-        writer.writerow([c.name for c in columns])
+        writer.writerow([cell(c.name) for c in columns])
         count = 0
         for values in table_rows(store, run_id, columns, only):
-            writer.writerow(["true" if v is True else "false" if v is False else v for v in values])
+            writer.writerow([cell(v) for v in values])
             count += 1
         text.flush()
     finally:
         text.detach()
     return count
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def neutralise(text: str) -> str:
+    """OWASP's rule against CSV formula injection: a cell starting with =, +, -, @, tab or carriage return is
+    prefixed with `'`, so a spreadsheet shows it as text instead of running it; a plain number (-2, +1.5e3)
+    stays as it is."""
+    if text.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _as_cell(value: Any) -> Any:
+    return "true" if value is True else "false" if value is False else value
+
+
+def _as_safe_cell(value: Any) -> Any:
+    return neutralise(value) if isinstance(value, str) else _as_cell(value)
 
 
 def write_parquet(store: Store, run_id: str, job: Job, out: IO[bytes], only: str | None = None) -> int:
@@ -227,6 +298,8 @@ def _arrow_table(pa: Any, schema: Any, columns: list[Column], rows: list[list[An
         values = [row[n] for row in rows]
         if column.arrow == "string":
             values = [v if v is None or isinstance(v, str) else _as_text(v) for v in values]
+        elif column.arrow == "int64":
+            values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]  # 3.0 is an integer
         arrays.append(pa.array(values, type=schema.field(n).type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -246,11 +319,15 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def write_export(store: Store, run_id: str, out: IO[bytes], only: str | None = None, fmt: str = "jsonl") -> int:
-    """Write the run's results to `out` in `fmt`: jsonl (the Message Batches result format), csv or parquet."""
+def write_export(
+    store: Store, run_id: str, out: IO[bytes], only: str | None = None, fmt: str = "jsonl", csv_raw: bool = False
+) -> int:
+    """Write the run's results to `out` in `fmt`: jsonl (the Message Batches result format), csv or parquet.
+    `csv_raw`: CSV cells exactly as stored, formulas not neutralised (for programs, not spreadsheets)."""
     if fmt == "jsonl":
         return write_results(store, run_id, out, only)
     run = store.get_run(run_id)
     job = Job.from_dict(run["job"]) if run else Job()
-    writer = write_csv if fmt == "csv" else write_parquet
-    return writer(store, run_id, job, out, only)
+    if fmt == "csv":
+        return write_csv(store, run_id, job, out, only, raw=csv_raw)
+    return write_parquet(store, run_id, job, out, only)

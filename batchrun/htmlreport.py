@@ -75,10 +75,14 @@ def gather(store: Store, run_id: str) -> ReportData:
 
 
 def write_report(store: Store, run_id: str, path: str | Path) -> Path:
-    """Write the report of `run_id` to `path`; returns the path."""
-    path = Path(path)
-    path.write_text(render(gather(store, run_id)), encoding="utf-8")
-    return path
+    """Write the report of `run_id` to `path` like the exports: whole or not at all, readable by its owner only
+    (it holds the run's prompts and answers); returns the path."""
+    from batchrun.export import private_file
+
+    text = render(gather(store, run_id)).encode()
+    with private_file(path) as out:
+        out.write(text)
+    return Path(path)
 
 
 def render(data: ReportData) -> str:
@@ -114,7 +118,7 @@ def summary(data: ReportData) -> str:
         ("cost_usd", "Cost (USD)", s["cost_usd"]),
     ]
     rows = "".join(
-        f"<tr><th>{_e(label)}</th><td data-key='{key}' data-value='{value}'>{_num(value, key)}</td></tr>"
+        f"<tr><th>{_e(label)}</th><td data-key='{_e(key)}' data-value='{_e(value)}'>{_e(_num(value, key))}</td></tr>"
         for key, label, value in cells
     )
     unpriced = s["unpriced_models"]
@@ -372,7 +376,7 @@ def line_chart(
         px = PAD_L + min(x, span) / span * plot_w
         y = PAD_T + plot_h
         parts.append(
-            f"<path class='mark-{kind}' d='M{px:.1f},{y - 9:.1f} l-4,8 h8 z' fill='{COLORS.get(kind, '#000')}' "
+            f"<path class='mark-{_e(kind)}' d='M{px:.1f},{y - 9:.1f} l-4,8 h8 z' fill='{COLORS.get(kind, '#000')}' "
             "opacity='0.75'/>"
         )
     return _svg(chart, WIDTH, HEIGHT, "".join(parts))
@@ -448,8 +452,8 @@ def _axes(span: float, top: float, y_label: str) -> str:
 
 def _svg(chart: str, width: int, height: int, inner: str) -> str:
     return (
-        f"<svg class='chart' data-chart='{chart}' xmlns='http://www.w3.org/2000/svg' width='{width}' "
-        f"height='{height}' viewBox='0 0 {width} {height}' role='img' aria-label='{chart}'>{inner}</svg>"
+        f"<svg class='chart' data-chart='{_e(chart)}' xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{height}' viewBox='0 0 {width} {height}' role='img' aria-label='{_e(chart)}'>{inner}</svg>"
     )
 
 

@@ -187,10 +187,12 @@ def process(
     cancel: bool = False,
     created: bool = False,
     ended: Callable[[], Any] | None = None,
+    csv_raw: bool = False,
 ) -> RunResult:
     """Process (or, `cancel`, cancel) a stored run, write its results if asked, then run the on-finish hook.
 
-    `ended` is called as soon as the work is over (before the export and the hook): progress closes there."""
+    `ended` is called as soon as the work is over (before the export and the hook): progress closes there.
+    `csv_raw`: a CSV `output` gets its cells as stored (no `'` before a formula: for programs, not spreadsheets)."""
     from batchrun.events import ignore
     from batchrun.runs import cancel_run, load_run, process_run
 
@@ -213,7 +215,7 @@ def process(
         from batchrun.export import export_results
 
         result.results_path = output
-        result.results_written = export_results(store, run_id, output)
+        result.results_written = export_results(store, run_id, output, csv_raw=csv_raw)
     _, job = load_run(store, run_id)
     command = on_finish or getattr(job, "on_finish", None)
     if command:
@@ -331,11 +333,13 @@ def submit(
     use_cache: bool = True,
     on_finish: str | None = None,
     log: str | None = "text",
+    csv_raw: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Create a run from `items` (a JSONL path, or an iterable of dicts) and process it; the same items and
     settings again continue that run. `settings` are job keys (model, max_tokens, system, mode, concurrency...).
-    `log`: "text", "json" or None (silent) progress lines on stderr."""
+    `log`: "text", "json" or None (silent) progress lines on stderr. `csv_raw`: a CSV `output` without the `'`
+    that keeps a spreadsheet from running a cell as a formula."""
     return _blocking(
         _submit,
         items,
@@ -350,6 +354,7 @@ def submit(
         on_finish=on_finish,
         log=log,
         settings=settings,
+        csv_raw=csv_raw,
     )
 
 
@@ -367,6 +372,7 @@ def _submit(
     on_finish: str | None,
     log: str | None,
     settings: dict[str, Any],
+    csv_raw: bool = False,
 ) -> RunResult:
     from batchrun.runs import prepare_run
 
@@ -391,6 +397,7 @@ def _submit(
             on_finish=on_finish,
             say=progress.write,
             created=created,
+            csv_raw=csv_raw,
         )
 
 
@@ -406,10 +413,11 @@ def resume(
     use_cache: bool = True,
     on_finish: str | None = None,
     log: str | None = "text",
+    csv_raw: bool = False,
 ) -> RunResult:
     """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
     options = _options(no_wait=no_wait, timeout=timeout, use_cache=use_cache)
-    return _blocking(_resume, run_id, db, output, emulate, backend, options, on_finish, log)
+    return _blocking(_resume, run_id, db, output, emulate, backend, options, on_finish, log, csv_raw)
 
 
 def _resume(
@@ -421,12 +429,23 @@ def _resume(
     options: RunOptions,
     on_finish: str | None,
     log: str | None,
+    csv_raw: bool = False,
 ) -> RunResult:
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(_store(db))
         target = client_factory(stack, emulate, backend, progress.write)
-        return watched(store, run_id, options, target, progress, output=output, on_finish=on_finish, say=progress.write)
+        return watched(
+            store,
+            run_id,
+            options,
+            target,
+            progress,
+            output=output,
+            on_finish=on_finish,
+            say=progress.write,
+            csv_raw=csv_raw,
+        )
 
 
 def status(run_id: str | None = None, *, db: str | os.PathLike[str] | None = None) -> Any:

@@ -190,3 +190,153 @@ def test_a_schema_jobs_fields_are_counted_beside_the_previous_run_of_the_job(wor
         )
         for value, n in rows:
             assert f"data-field='{name}' data-value='{value}'>{n:,}</td>" in text
+
+
+HOSTILE = "x'><script>alert(1)</script><img src=x onerror=alert(2)>\"<svg onload=alert(3)>"
+# what the report itself is made of; anything else (a <script>, an <img onerror>) came from the data
+REPORT_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span", "table", "tr", "th", "td",
+    "pre", "svg", "text", "line", "polyline", "rect", "path", "g", "details", "summary", "br",
+}  # fmt: skip
+
+
+class Markup(HTMLParser):
+    """Every tag and attribute of a page, and its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attributes: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.add(tag)
+        self.attributes |= {name for name, _ in attrs}
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def assert_inert(text: str) -> Markup:
+    """No script, and no tag or event attribute that the data could have brought in."""
+    assert "<script" not in text.lower()
+    markup = Markup()
+    markup.feed(text)
+    assert markup.tags <= REPORT_TAGS, markup.tags - REPORT_TAGS
+    assert not [name for name in markup.attributes if name.startswith("on")], markup.attributes
+    return markup
+
+
+def hostile_run(workdir: Path, emulator) -> dict:
+    """A schema job whose property names and enum values are hostile, with a hostile source id and kept column,
+    and an item that fails with the hostile text in its error message."""
+    schema = {
+        "type": "object",
+        "properties": {
+            HOSTILE: {"type": "boolean"},
+            "category": {"type": "string", "enum": [HOSTILE, f"{HOSTILE}2"]},
+            "level": {"type": "integer", "minimum": 1, "maximum": 3},
+        },
+        "required": [HOSTILE, "category", "level"],
+        "additionalProperties": False,
+    }
+    (workdir / "s.json").write_bytes(orjson.dumps(schema))
+    rows = [{"custom_id": f"i-{i}", "ticket": f"{HOSTILE}{i}", "prompt": f"q {i} {HOSTILE}"} for i in range(12)]
+    rows.append({"custom_id": "bad", "ticket": HOSTILE, "params": {"messages": [{"role": "user", "content": "x"}]}})
+    rows[-1]["params"][HOSTILE] = 1
+    items = write_jsonl(workdir / "items.jsonl", rows)
+    env = cli_env(emulator.base_url)
+    job = workdir / "job.toml"
+    job.write_text(f'model = "{MODEL}"\nmax_tokens = 300\nschema_file = "s.json"\nkeep = ["ticket"]\n')
+    proc = batchrun(["submit", str(items), "--job", str(job), "--run-id", "hostile", "-q"], cwd=workdir, env=env)
+    assert proc.returncode == 1, proc.stderr
+    return env
+
+
+def test_hostile_names_and_values_in_the_data_stay_text_in_the_report(workdir: Path, emulator) -> None:
+    env = hostile_run(workdir, emulator)
+    assert batchrun(["report", "hostile", "-o", "r.html"], cwd=workdir, env=env).returncode == 0
+    text = (workdir / "r.html").read_text()
+    markup = assert_inert(text)
+    shown = "".join(markup.text)
+    assert f"{HOSTILE}: Extra inputs are not permitted" in shown  # the error message, as text
+    assert f"\n{HOSTILE}\n" in "\n".join(markup.text)  # the field name as a heading
+    assert f"\n{HOSTILE}2\n" in "\n".join(markup.text)  # the field's values in the table
+    assert f"data-chart='field-{HOSTILE}'" not in text
+
+
+def test_every_string_of_a_report_can_be_hostile(workdir: Path, emulator) -> None:
+    """Whatever string the store hands the report (model names, run and batch ids, statuses, input path, error
+    types, field names and values, sample results), it is shown as text."""
+    from batchrun.htmlreport import gather, render
+    from batchrun.store import Store
+
+    env = hostile_run(workdir, emulator)
+    args = ["submit", str(workdir / "items.jsonl"), "--job", "job.toml", "--mode", "batch", "--poll-interval", "0.1"]
+    batchrun([*args, "--run-id", "b", "-q", "--new-run"], cwd=workdir, env=env)
+    store = Store(workdir / "batchrun.db")
+    try:
+        data = gather(store, "b")
+    finally:
+        store.close()
+    assert data.status["batches"] and data.status["by_model"] and data.failures and data.fields
+
+    def poison(value):
+        if isinstance(value, str):
+            return value if value.endswith(("_at", "Z")) or value[:4].isdigit() else HOSTILE + value
+        if isinstance(value, dict):
+            return {poison(k) if not isinstance(k, str) or k not in keys else k: poison(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(poison(v) for v in value)
+        return value
+
+    keys = {  # the dict keys the report looks up: they stay, their values are poisoned
+        *data.status, *data.status["counts"], *data.status["tokens"], *data.status["by_model"][0],
+        *data.status["batches"][0], *data.failures[0], "custom_id", "state", "result", "message", "content",
+        "type", "text", "error", "usage",
+    }  # fmt: skip
+    data.status = poison(data.status)
+    data.failures = poison(data.failures)
+    data.sample = poison(data.sample)
+    data.fields = {HOSTILE + name: (poison(now), poison(before)) for name, (now, before) in data.fields.items()}
+    data.previous_run = HOSTILE
+    assert_inert(render(data))
+
+
+def test_the_report_is_private_and_a_full_disk_leaves_the_previous_one(workdir: Path, emulator) -> None:
+    import os
+    import resource
+    import stat
+    import sys
+
+    items = bad_items(30, ())
+    for i in range(30):  # distinct long failures: a report larger than the file size limit below
+        items.append({"custom_id": f"bad-{i}", "params": {"messages": [{"role": "user", "content": "x"}]}})
+        items[-1]["params"][f"bogus_{i}_" + "y" * 3000] = 1
+    write_jsonl(workdir / "items.jsonl", items)
+    env = cli_env(emulator.base_url)
+    assert batchrun(["submit", "items.jsonl", "--model", MODEL, "--run-id", "r", "-q"], cwd=workdir, env=env).returncode
+    assert batchrun(["report", "r", "-o", "r.html"], cwd=workdir, env=env).returncode == 0
+    report = workdir / "r.html"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
+    before = report.read_bytes()
+    assert len(before) > 100_000
+    report.write_bytes(b"last night's report")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "report", "r", "-o", "r.html"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_files,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("batchrun: error: r.html: File too large (free some space")
+    assert len(proc.stderr.splitlines()) == 1
+    assert report.read_bytes() == b"last night's report"
+    assert sorted(os.listdir(workdir)) == sorted(["batchrun.db", "batchrun.db.locks", "items.jsonl", "r.html"])
