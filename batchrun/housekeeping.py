@@ -20,6 +20,7 @@ from batchrun.store import (
     Store,
     database_bytes,
     delete_run,
+    free_pages,
     open_batch_count,
     reclaim_space,
     run_summaries,
@@ -144,9 +145,10 @@ def _remove(store: Store, run_id: str, keep_results: bool, cancel: Any = None) -
 
 
 def _reclaim(store: Store, done: Removal) -> Removal:
-    """After removals; and once on a database made before incremental vacuum (an upgraded one holds the space its
-    requests took before they were stored once), which that first VACUUM switches to incremental."""
-    if done.removed or not vacuums_incrementally(store):
+    """After removals; once on a database made before incremental vacuum (an upgraded one holds the space its
+    requests took before they were stored once), which that first VACUUM switches to incremental; and whenever
+    free pages are left (a prune of a version whose incremental vacuum freed nothing)."""
+    if done.removed or not vacuums_incrementally(store) or free_pages(store):
         done.reclaim = reclaim_space(store)
     done.bytes_after = database_bytes(store)
     return done

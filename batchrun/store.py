@@ -1747,16 +1747,45 @@ def _drop_unused_parts(store: Store) -> None:
 def reclaim_space(store: Store) -> str:
     """Give the freed pages back to the file system; returns how: "incremental vacuum" on a database made with
     auto_vacuum=INCREMENTAL (every database made since m009), else "VACUUM", which rewrites the file once and
-    switches it to incremental, so later prunes are cheap."""
+    switches it to incremental, so later prunes are cheap.
+
+    The incremental vacuum is an ordinary write transaction (readers in WAL mode go on reading their snapshot;
+    another writer waits for it, or it for them, within the busy timeout). It runs through executescript: the
+    pragma frees one page per step, and a cursor's execute takes one step only."""
     if vacuums_incrementally(store):
-        store.db.execute("PRAGMA incremental_vacuum").fetchall()
+        retry_busy(lambda: _incremental_vacuum(store))
         how = "incremental vacuum"
     else:
         store.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        store.db.execute("VACUUM")
+        retry_busy(lambda: store.db.execute("VACUUM"))
         how = "VACUUM"
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    _checkpoint(store)
     return how
+
+
+def _checkpoint(store: Store, wait_s: float = 2.0) -> None:
+    """Copy the write-ahead log into the database file, which shrinks it to its pages, and empty the log. A
+    reader still on an older snapshot (a long export) is waited for `wait_s` only: then the part it does not
+    need is copied, and the last connection to close finishes the job."""
+    store.db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+    try:
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        store.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+
+
+def _incremental_vacuum(store: Store) -> None:
+    try:
+        store.db.conn.executescript("BEGIN IMMEDIATE; PRAGMA incremental_vacuum; COMMIT;")
+    except BaseException:
+        if store.db.conn.in_transaction:
+            store.db.execute("ROLLBACK")
+        raise
+
+
+def free_pages(store: Store) -> int:
+    """Pages the database file holds that no table uses (given back by `reclaim_space`)."""
+    return store._one("PRAGMA freelist_count")[0]
 
 
 def vacuums_incrementally(store: Store) -> bool:
