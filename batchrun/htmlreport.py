@@ -132,6 +132,7 @@ def throughput(data: ReportData) -> str:
     t0 = _t0(data)
     span = max([data.finished[-1], *(a[0] + a[1] for a in data.attempts)]) - t0
     step = _bucket(span)
+    span = max(span, step)  # all at once (answers from the response cache): one bucket wide
     counts = _histogram([t - t0 for t in data.finished], step, span)
     points = [(i * step, n / step) for i, n in enumerate(counts)]
     marks = [(a[0] + a[1] - t0, str(a[2])) for a in data.attempts if a[2] in (429, 529)]
@@ -168,13 +169,31 @@ def concurrency(data: ReportData) -> str:
 
 
 def latency(data: ReportData) -> str:
-    seconds = sorted(a[1] for a in data.attempts if a[3] == "succeeded")
-    if not seconds:
-        return "<h2>Request latency</h2><p class='empty'>No successful request on record.</p>"
-    bars = [(name, _percentile(seconds, q)) for name, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))]
-    bars.append(("max", seconds[-1]))
-    svg = bar_chart(bars, unit="s", chart="latency")
-    return f"<h2>Request latency</h2><p class='legend'>{len(seconds):,} successful requests.</p>{svg}"
+    """Online requests by percentile; Message Batches by batch (every item of a batch is answered when the batch
+    ends, so a percentile over its items would only repeat the batch's time)."""
+    seconds = sorted(a[1] for a in data.attempts if a[3] == "succeeded" and a[2] is not None)
+    parts = ["<h2>Request latency</h2>"]
+    if seconds:
+        bars = [(name, _percentile(seconds, q)) for name, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))]
+        bars.append(("max", seconds[-1]))
+        parts.append(f"<p class='legend'>Online: {len(seconds):,} successful requests, first byte sent to last")
+        parts.append(f" received.</p>{bar_chart(bars, unit='s', chart='latency')}")
+    took = [(f"batch {b['seq']}", _batch_seconds(b)) for b in data.status["batches"]]
+    took = [(label, t) for label, t in took if t is not None]
+    if took:
+        parts.append(
+            "<p class='legend'>Message Batches: latency is per batch, from its creation to its end (each of its "
+            f"items is answered when the batch ends). {len(took):,} batch(es).</p>"
+            f"{bar_chart(took, unit='s', chart='batch-latency', seconds=True)}"
+        )
+    if len(parts) == 1:
+        parts.append("<p class='empty'>No successful request on record.</p>")
+    return "".join(parts)
+
+
+def _batch_seconds(batch: dict[str, Any]) -> float | None:
+    start, end = _parse_time(batch["created_at"]), _parse_time(batch["ended_at"])
+    return (end - start).total_seconds() if start and end else None
 
 
 def tokens_and_cost(data: ReportData) -> str:
@@ -235,12 +254,34 @@ def failures(data: ReportData) -> str:
     rows = "".join(
         f"<tr><td>{f['items']:,}</td><td>{_e(f['error_type'])}</td><td>{_e(f['error_status'] or '')}</td>"
         f"<td>{_e(f['message'] or '')}</td><td>{_e(', '.join(f['ids']))}</td></tr>"
-        for f in data.failures
+        for f in grouped_failures(data.failures)
     )
     return (
         "<h2>Failures</h2><table><tr><th>Items</th><th>Type</th><th>Status</th><th>Message</th>"
         f"<th>Examples</th></tr>{rows}</table>"
     )
+
+
+GROUPED_BY_TYPE = ("refusal",)  # their message carries the reply's own text: one row per kind, not per reply
+
+
+def grouped_failures(rows: list[dict[str, Any]], examples: int = 3) -> list[dict[str, Any]]:
+    """The failure groups, refusals made one group (with the part of the message all of them share)."""
+    kept = [f for f in rows if f["error_type"] not in GROUPED_BY_TYPE]
+    for kind in GROUPED_BY_TYPE:
+        for status in dict.fromkeys(f["error_status"] for f in rows if f["error_type"] == kind):
+            same = [f for f in rows if f["error_type"] == kind and f["error_status"] == status]
+            heads = {(f["message"] or "").split(":", 1)[0] for f in same}
+            kept.append(
+                {
+                    "error_type": kind,
+                    "error_status": status,
+                    "message": heads.pop() if len(heads) == 1 else "",
+                    "items": sum(f["items"] for f in same),
+                    "ids": [i for f in same for i in f["ids"]][:examples],
+                }
+            )
+    return sorted(kept, key=lambda f: (-f["items"], f["error_type"] or ""))
 
 
 def retries(data: ReportData) -> str:
@@ -260,18 +301,28 @@ def batches(data: ReportData) -> str:
         if start is None:
             continue
         end = _parse_time(b["ended_at"]) or _parse_time(b["results_stored_at"]) or start
-        spans.append((f"{b['seq']} {b['id'] or ''}", start, end, b))
+        spans.append((f"batch {b['seq']}", start, end, b))
     table = "".join(
-        f"<tr><td>{b['seq']}</td><td>{_e(b['id'] or '-')}</td><td>{_e(b['processing_status'])}</td>"
-        f"<td>{b['requests']:,}</td><td>{_e(_counts(b['request_counts']))}</td><td>{_e(b['created_at'] or '')}</td>"
-        f"<td>{_e(b['ended_at'] or '')}</td></tr>"
+        f"<tr><td>{b['seq']}</td><td class='id'>{_e(b['id'] or '-')}</td><td>{_e(b['processing_status'])}</td>"
+        f"<td>{b['requests']:,}</td><td>{_e(_counts(b['request_counts']))}</td>"
+        f"<td>{_e(_clock(b['created_at']))}</td><td>{_e(_took(b))}</td></tr>"
         for b in rows
     )
     svg = timeline([(label, start, end) for label, start, end, _ in spans]) if spans else ""
     return (
-        f"<h2>Batches</h2>{svg}<table><tr><th>#</th><th>Id</th><th>Status</th><th>Requests</th><th>Counts</th>"
-        f"<th>Created</th><th>Ended</th></tr>{table}</table>"
+        f"<h2>Batches</h2>{svg}<table class='batches'><tr><th>#</th><th>Id</th><th>Status</th><th>Requests</th>"
+        f"<th>Counts</th><th>Created (UTC)</th><th>Took</th></tr>{table}</table>"
     )
+
+
+def _clock(value: str | None) -> str:
+    when = _parse_time(value)
+    return when.strftime("%Y-%m-%d %H:%M:%S") if when else ""
+
+
+def _took(batch: dict[str, Any]) -> str:
+    seconds = _batch_seconds(batch)
+    return "" if seconds is None else _duration(seconds)
 
 
 def field_distributions(data: ReportData) -> str:
@@ -279,24 +330,48 @@ def field_distributions(data: ReportData) -> str:
     labels from one night to the next is the first thing a data team asks about)."""
     if not data.fields:
         return ""
-    previous = f"the previous run, {_e(data.previous_run)}" if data.previous_run else "no previous run of this job"
-    parts = [f"<h2>Answers by field</h2><p>This run beside {previous}.</p>"]
+    if data.previous_run:
+        parts = [f"<h2>Answers by field</h2><p>This run beside the previous run, {_e(data.previous_run)}.</p>"]
+        head = "<tr><th>Value</th><th>This run</th><th>Share</th><th>Previous run</th><th>Share</th></tr>"
+    else:
+        parts = ["<h2>Answers by field</h2><p>The first run of this job: no previous run to compare with.</p>"]
+        head = "<tr><th>Value</th><th>Items</th><th>Share</th></tr>"
+    properties = (getattr(data.job, "schema", None) or {}).get("properties") or {}
     for name, (now, before) in data.fields.items():
         total_now, total_before = sum(now.values()) or 1, sum(before.values()) or 1
-        values = sorted(set(now) | set(before), key=lambda v: (-now.get(v, 0), str(v)))
+        values = field_order(properties.get(name), set(now) | set(before), now)
         rows = "".join(
             f"<tr><td>{_e(_label(v))}</td><td data-field='{_e(name)}' data-value='{_e(_label(v))}'>{now.get(v, 0):,}"
-            f"</td><td>{now.get(v, 0) / total_now:.0%}</td><td>{before.get(v, 0):,}</td>"
-            f"<td>{before.get(v, 0) / total_before:.0%}</td></tr>"
+            f"</td><td>{now.get(v, 0) / total_now:.0%}</td>"
+            + (
+                f"<td>{before.get(v, 0):,}</td><td>{before.get(v, 0) / total_before:.0%}</td>"
+                if data.previous_run
+                else ""
+            )
+            + "</tr>"
             for v in values
         )
         bars = [(_label(v), 100 * now.get(v, 0) / total_now) for v in values]  # this run; the table has both
-        parts.append(
-            f"<h3>{_e(name)}</h3>{bar_chart(bars, unit='%', chart=f'field-{name}')}"
-            "<table><tr><th>Value</th><th>This run</th><th>Share</th><th>Previous run</th><th>Share</th></tr>"
-            f"{rows}</table>"
-        )
+        chart = bar_chart(bars, unit="%", chart=f"field-{name}")
+        parts.append(f"<h3>{_e(name)}</h3>{chart}<table>{head}{rows}</table>")
     return "".join(parts)
+
+
+def field_order(spec: Any, values: set[Any], counts: dict[Any, int]) -> list[Any]:
+    """An ordered field's values in their order (integers ascending, false before true), an enum's in the
+    schema's order, anything else most frequent first; no value last."""
+    spec = spec if isinstance(spec, dict) else {}
+    present = [v for v in values if v is not None]
+    if spec.get("type") == "boolean" or set(present) <= {"true", "false", True, False}:
+        ordered = sorted(present, key=lambda v: v in ("true", True))
+    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        ordered = sorted(present)
+    elif isinstance(spec.get("enum"), list):
+        rank = {str(v): n for n, v in enumerate(spec["enum"])}
+        ordered = sorted(present, key=lambda v: (rank.get(str(v), len(rank)), str(v)))
+    else:
+        ordered = sorted(present, key=lambda v: (-counts.get(v, 0), str(v)))
+    return ordered + ([None] if None in values else [])
 
 
 def _label(value: Any) -> str:
@@ -357,7 +432,8 @@ def line_chart(
     chart: str,
     step: bool = False,
 ) -> str:
-    top = _nice_max(max((y for _, y in points), default=1.0))
+    y_ticks = ticks(max((y for _, y in points), default=1.0))
+    top = y_ticks[-1]
     plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
     span = max(span, 1e-9)
 
@@ -370,7 +446,7 @@ def line_chart(
             coords += [xy(x, y), xy(x2, y)]
     else:
         coords = [xy(x, y) for x, y in points]
-    parts = [_axes(span, top, y_label)]
+    parts = [_axes(span, y_ticks, y_label)]
     parts.append(f"<polyline fill='none' stroke='{COLORS['ok']}' stroke-width='1.8' points='{' '.join(coords)}'/>")
     for x, kind in marks:
         px = PAD_L + min(x, span) / span * plot_w
@@ -382,18 +458,20 @@ def line_chart(
     return _svg(chart, WIDTH, HEIGHT, "".join(parts))
 
 
-def bar_chart(bars: Sequence[tuple[str, float]], *, unit: str, chart: str, money: bool = False) -> str:
+def bar_chart(
+    bars: Sequence[tuple[str, float]], *, unit: str, chart: str, money: bool = False, seconds: bool = False
+) -> str:
     if not bars:
         return "<p class='empty'>Nothing to show.</p>"
     row_h, label_w = 26, 130
     height = PAD_T + row_h * len(bars) + 8
-    top = max((v for _, v in bars), default=0) or 1.0
+    top = 100.0 if unit == "%" else max((v for _, v in bars), default=0) or 1.0  # a share is drawn out of 100%
     plot_w = WIDTH - label_w - 120
     parts = []
     for i, (label, value) in enumerate(bars):
         y = PAD_T + i * row_h
         w = max(1.0, value / top * plot_w) if value > 0 else 0.5
-        shown = _usd(value) if money else f"{value:,.3g} {unit}" if isinstance(value, float) else f"{value:,} {unit}"
+        shown = _usd(value) if money else _duration(value) if seconds else f"{_number(value)} {unit}"
         parts.append(
             f"<text x='{label_w - 6}' y='{y + 16}' text-anchor='end'>{_e(label)}</text>"
             f"<rect x='{label_w}' y='{y + 4}' width='{w:.1f}' height='{row_h - 8}' fill='{COLORS['bar']}'/>"
@@ -406,7 +484,7 @@ def timeline(spans: Sequence[tuple[str, datetime, datetime]]) -> str:
     t0 = min(s for _, s, _ in spans)
     t1 = max(e for _, _, e in spans)
     total = max((t1 - t0).total_seconds(), 1.0)
-    row_h, label_w = 24, 200
+    row_h, label_w = 24, 90
     plot_w = WIDTH - label_w - PAD_R
     height = PAD_T + row_h * len(spans) + PAD_B
     parts = []
@@ -424,20 +502,20 @@ def timeline(spans: Sequence[tuple[str, datetime, datetime]]) -> str:
     return _svg("batches", WIDTH, height, "".join(parts))
 
 
-def _axes(span: float, top: float, y_label: str) -> str:
+def _axes(span: float, y_ticks: Sequence[float], y_label: str) -> str:
     plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
+    top = y_ticks[-1]
     parts = []
-    for i in range(5):
-        value = top * i / 4
+    for value in y_ticks:
         y = PAD_T + plot_h - value / top * plot_h
         parts.append(
             f"<line x1='{PAD_L}' x2='{WIDTH - PAD_R}' y1='{y:.1f}' y2='{y:.1f}' stroke='{COLORS['grid']}'/>"
-            f"<text x='{PAD_L - 6}' y='{y + 4:.1f}' text-anchor='end'>{value:,.3g}</text>"
+            f"<text x='{PAD_L - 6}' y='{y + 4:.1f}' text-anchor='end' class='y-tick'>{_number(value)}</text>"
         )
-    for i in range(6):
-        x = PAD_L + plot_w * i / 5
+    for t in time_ticks(span):
+        x = PAD_L + plot_w * t / span
         parts.append(
-            f"<text x='{x:.1f}' y='{HEIGHT - PAD_B + 16}' text-anchor='middle'>{_duration(span * i / 5)}</text>"
+            f"<text x='{x:.1f}' y='{HEIGHT - PAD_B + 16}' text-anchor='middle' class='x-tick'>{_duration(t)}</text>"
         )
     parts.append(
         f"<line x1='{PAD_L}' x2='{PAD_L}' y1='{PAD_T}' y2='{PAD_T + plot_h}' stroke='{COLORS['axis']}'/>"
@@ -448,6 +526,49 @@ def _axes(span: float, top: float, y_label: str) -> str:
         f"<text x='{WIDTH - PAD_R}' y='{HEIGHT - 2}' text-anchor='end'>time since the first request</text>"
     )
     return "".join(parts)
+
+
+def ticks(high: float, most: int = 5) -> list[float]:
+    """Round tick values from 0 to at least `high`: steps of 1, 2 or 5 times a power of ten (0.5, 20, 2,000),
+    at most `most` steps."""
+    if not high > 0:
+        return [0.0, 1.0]
+    step = 10.0 ** math.floor(math.log10(high / most))
+    for m in (1, 2, 5, 10):
+        if math.ceil(high / (m * step) - 1e-9) <= most:
+            step *= m
+            break
+    n = math.ceil(high / step - 1e-9)
+    return [_round(i * step) for i in range(n + 1)]
+
+
+TIME_STEPS = (
+    *(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30),
+    *(60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200),
+)
+
+
+def time_ticks(span: float, most: int = 6) -> list[float]:
+    """Round times (1s, 30s, 5m, 1h...) from 0 to at most `span`, about `most` of them."""
+    step = next((t for t in TIME_STEPS if span / t <= most), 86400 * math.ceil(span / 86400 / most))
+    return [_round(i * step) for i in range(int(span / step + 1e-9) + 1)]
+
+
+def _round(value: float) -> float:
+    return round(value, 9)
+
+
+def _number(value: float) -> str:
+    """A number as people write it: 2,000 or 250k or 1.2M, 0.25 or 3.5; never 2e+03."""
+    if value >= 10_000_000:
+        return f"{value / 1e6:,.0f}M"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.3g}M"
+    if value >= 100_000:
+        return f"{value / 1e3:,.0f}k"
+    if value >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def _svg(chart: str, width: int, height: int, inner: str) -> str:
@@ -480,16 +601,6 @@ def _histogram(times: Iterable[float], step: float, span: float) -> list[int]:
     return counts
 
 
-def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    magnitude = 10 ** math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 5, 10):
-        if value <= m * magnitude:
-            return m * magnitude
-    return 10 * magnitude
-
-
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     k = (len(sorted_values) - 1) * q / 100
     lo, hi = math.floor(k), math.ceil(k)
@@ -520,10 +631,10 @@ def _result_text(result: dict[str, Any]) -> str:
 
 def _duration(seconds: float) -> str:
     if seconds < 60:
-        return f"{seconds:.3g}s"
+        return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.0f}s"
     if seconds < 3600:
         return f"{seconds / 60:.3g}m"
-    return f"{seconds / 3600:.3g}h"
+    return f"{seconds / 3600:,.3g}h" if seconds < 360_000 else f"{seconds / 3600:,.0f}h"
 
 
 def _num(value: Any, key: str) -> str:
@@ -542,9 +653,10 @@ CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#222;max-width:800px;margin:24px auto;
 padding:0 12px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:14px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
+table{border-collapse:collapse;margin:8px 0;max-width:100%}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
 vertical-align:top}
 table.summary td{text-align:right}pre{margin:0;white-space:pre-wrap;max-width:520px}
+table.batches td.id{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 .meta,.legend{color:#555}.empty{color:#888;font-style:italic}.warn{color:#c92a2a}
 svg.chart{display:block;font-size:11px;fill:#333}
 """

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchrun.lock import lock_holder
-from batchrun.pricing import PRICES_SOURCE, PRICES_TAKEN, cost, total_cost
+from batchrun.pricing import PRICES_TAKEN, cost, total_cost
 from batchrun.runs import load_run
 from batchrun.store import Store
 
@@ -31,12 +31,21 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "cost_usd": None if unpriced else round(usd, 6),
         "unpriced_models": unpriced,
         "prices_taken": PRICES_TAKEN,
-        "prices_source": PRICES_SOURCE,
+        "prices_source": prices_source(job.prices),
         "by_model": [{**row, "cost_usd": _rounded(cost(row, job.prices, job.cache_ttl))} for row in usage],
         "failures": store.failures(run_id),
         "batches": batch_status(store, run_id),
         "deadline": deadline_status(store, run_id, job) if job.mode == "auto" else None,
     }
+
+
+def prices_source(overrides: dict[str, Any] | None) -> str:
+    """Where the run's prices come from, in the product's terms: the built-in table (and its date), and the
+    models the job's [prices] set."""
+    built_in = f"batchrun's built-in price table of {PRICES_TAKEN} (USD per million tokens, batch at half price)"
+    if not overrides:
+        return built_in
+    return f"the job's [prices] for {', '.join(sorted(overrides))}; {built_in} for any other model"
 
 
 def deadline_status(store: Store, run_id: str, job: Any) -> dict[str, Any] | None:
