@@ -471,13 +471,17 @@ def bar_chart(
     for i, (label, value) in enumerate(bars):
         y = PAD_T + i * row_h
         w = max(1.0, value / top * plot_w) if value > 0 else 0.5
-        shown = _usd(value) if money else _duration(value) if seconds else f"{_number(value)} {unit}"
+        shown = _usd(value) if money else _duration(value) if seconds else _number(value) + _unit(unit)
         parts.append(
             f"<text x='{label_w - 6}' y='{y + 16}' text-anchor='end'>{_e(label)}</text>"
             f"<rect x='{label_w}' y='{y + 4}' width='{w:.1f}' height='{row_h - 8}' fill='{COLORS['bar']}'/>"
             f"<text x='{label_w + w + 6:.1f}' y='{y + 16}'>{_e(shown)}</text>"
         )
     return _svg(chart, WIDTH, height, "".join(parts))
+
+
+def _unit(unit: str) -> str:
+    return unit if unit == "%" else f" {unit}"
 
 
 def timeline(spans: Sequence[tuple[str, datetime, datetime]]) -> str:
