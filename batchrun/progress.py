@@ -445,10 +445,10 @@ def describe_stop(stop: Stop) -> str:
         case StopReason.LIMIT:
             return f"--limit {d['limit']} reached: {d.get('left', '?')} item(s) left ({resume} sends the rest)"
         case StopReason.UNKNOWN_MODEL:
-            models = "; ".join(f"{m} ({message})" for m, message in d["models"].items())
+            models = "; ".join(f"{model_missing(m)} (the API said: {message})" for m, message in d["models"].items())
             return (
-                f"stopped: the API does not know the model {models}: its items were not sent and stay pending "
-                f"(fix the model id, e.g. in the job's model or routes, then submit with --new-run)"
+                f"stopped: {models}: its items were not sent and stay pending (fix the model id in the job's model "
+                "or routes, or --model, then submit with --new-run)"
             )
         case StopReason.INVALID_REQUESTS:
             return (
@@ -460,6 +460,11 @@ def describe_stop(stop: Stop) -> str:
         case StopReason.API_CALL_FAILED:
             return f"stopped: could not {d['what']}: {_api(d)} (batches keep processing; {resume} tries again)"
     return f"stopped: {stop.reason}"
+
+
+def model_missing(model: str) -> str:
+    """The words for a model the API answers 404 for, the same in a run and in a dry run."""
+    return f"model {model} does not exist (check the model name)"
 
 
 def _still_open(stop: Stop) -> str:

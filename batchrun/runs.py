@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
-from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
+from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.inputs import file_sha256, input_label, read_items
 from batchrun.job import Job
@@ -328,6 +328,8 @@ def finish(
                 stop.detail["spent"] = total_cost(store.usage(run_id), job.prices, job.cache_ttl)[0]
     if stop is not None and stop.reason == StopReason.BUG:
         exit_code = EXIT_FAILED_ITEMS
+    if stop is not None and stop.reason == StopReason.UNKNOWN_MODEL:
+        exit_code = EXIT_USAGE  # bad usage, not "try again later": a resume would only ask the API again
     open_batches = job.mode != "online" and bool(store.batches(run_id, open_only=True))
     if exit_code == EXIT_OK:
         status = "succeeded"

@@ -92,3 +92,36 @@ def test_the_key_redacted_from_an_error_the_api_echoes_in_another_case(workdir: 
     for text in (stored, (workdir / "out.jsonl").read_text(), proc.stderr):
         assert TEST_KEY.upper()[:30] not in text.upper() and TEST_KEY[8:20].upper() not in text.upper()
     assert "[redacted]" in stored
+
+
+# an unknown model
+
+
+def test_an_unknown_model_is_bad_usage_online_and_in_the_dry_run(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(30))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--model", "claude-made-up", "--run-id", "r"]
+    dry = batchrun([*args, "--dry-run"], cwd=workdir, env=env)
+    assert dry.returncode == 2, dry.stderr
+    assert "model claude-made-up does not exist (check the model name)" in dry.stderr
+    assert not (workdir / "batchrun.db").exists()
+    for _ in range(2):  # what cron does: the same command again, and it says the same, exit 2, nothing burnt
+        proc = batchrun([*args, "-o", "out.jsonl"], cwd=workdir, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert "model claude-made-up does not exist (check the model name)" in proc.stderr
+        assert "unexpected" not in proc.stderr
+        assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 30)]
+        assert not (workdir / "out.jsonl").exists()
+    assert emulator.stats()["by_status"].get("200", 0) == 0
+
+
+def test_an_unknown_model_raises_a_usage_error_from_the_python_api(workdir: Path, emulator, monkeypatch) -> None:
+    import batchrun as api
+    from batchrun.errors import UsageError
+
+    for key, value in cli_env(emulator.base_url).items():
+        monkeypatch.setenv(key, value)
+    result = api.submit(prompts(3), model="claude-made-up", db=str(workdir / "b.db"))
+    assert result.exit_code == 2 and result.pending == 3
+    with pytest.raises(UsageError, match="model claude-made-up does not exist"):
+        result.check()
