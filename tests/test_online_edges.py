@@ -86,7 +86,9 @@ def test_the_key_redacted_from_an_error_the_api_echoes_in_another_case(workdir: 
 
     items = write_jsonl(workdir / "items.jsonl", prompts(1))
     with FakeAPI(handler) as api:
-        proc = batchrun(["submit", str(items), "--model", MODEL, "-o", "out.jsonl"], cwd=workdir, env=cli_env(api.base_url))
+        proc = batchrun(
+            ["submit", str(items), "--model", MODEL, "-o", "out.jsonl"], cwd=workdir, env=cli_env(api.base_url)
+        )
     assert proc.returncode == 1, proc.stderr
     stored = orjson.dumps(db_rows(workdir / "batchrun.db", "SELECT error_message, result FROM items")).decode()
     for text in (stored, (workdir / "out.jsonl").read_text(), proc.stderr):
