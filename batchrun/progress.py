@@ -400,8 +400,8 @@ def describe_stop(stop: Stop) -> str:
             )
         case StopReason.OVERLOADED:
             return (
-                f"{d['items']} item(s) used up their attempts while the API was rate limiting or overloaded: they "
-                f"are pending, not failed ({resume} later)"
+                f"{d['items']} item(s) used up their attempts on the API's errors (rate limited, overloaded, failing "
+                f"or unreachable): they are pending, not failed ({resume} later)"
             )
         case StopReason.INTERRUPTED if d.get("batches"):
             return f"interrupted: no batch was canceled; they keep processing at Anthropic ({resume} collects them)"

@@ -127,3 +127,112 @@ def test_an_unknown_model_raises_a_usage_error_from_the_python_api(workdir: Path
     assert result.exit_code == 2 and result.pending == 3
     with pytest.raises(UsageError, match="model claude-made-up does not exist"):
         result.check()
+
+
+# the outage guard, on an injected clock
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_engine(tmp_path: Path, n: int, handler, clock: FakeClock, max_attempts: int = 2):
+    """An online run of `n` items, one worker, against a fake API whose handler moves `clock`: how it stopped and
+    the items' states by custom_id."""
+    import asyncio
+
+    from batchrun.api import make_client
+    from batchrun.inputs import read_items
+    from batchrun.job import load_job
+    from batchrun.online import Engine
+    from batchrun.store import Store
+    from tests.fakeapi import FakeAPI
+
+    job = load_job(None).with_overrides(model=MODEL, max_tokens=16, concurrency=1, max_attempts=max_attempts)
+    path = write_jsonl(tmp_path / "items.jsonl", prompts(n))
+    store = Store(tmp_path / "s.db")
+    run = {"id": "r", "input_path": str(path), "input_sha256": "r", "fingerprint": job.fingerprint()}
+    store.create_run({**run, "mode": "online", "job": job.to_dict(), "endpoint": "e"}, read_items(path, job))
+
+    async def go(base_url: str):
+        client = make_client(base_url=base_url, api_key=TEST_KEY)
+        try:
+            return await Engine(store, "r", job, client, clock=clock).run()
+        finally:
+            await client.close()
+
+    with FakeAPI(handler) as api:
+        stop = asyncio.run(go(api.base_url))
+    states = dict(db_rows(store.path, "SELECT custom_id, state FROM items"))
+    return stop, states
+
+
+def item_number(params: dict) -> int:
+    text = params["messages"][0]["content"]
+    text = text if isinstance(text, str) else text[0]["text"]
+    return int(text.split("Question number ")[1].split(":")[0])
+
+
+def error(status: int, kind: str):
+    from tests.fakeapi import json_response
+
+    return json_response({"type": "error", "error": {"type": kind, "message": kind}}, status)
+
+
+@pytest.mark.parametrize("step", [0.5, 20.0])  # a fast run, and a slow one (a success every 20 s)
+def test_one_item_using_up_its_attempts_in_a_healthy_run_does_not_stop_it(tmp_path: Path, step: float) -> None:
+    """Item 2 fails its two attempts with 529 while nothing else is sent (one worker): no success since its first
+    attempt, but the pool succeeded moments before, so the API is not down. The item waits; the run goes on."""
+    from batchrun.events import StopReason
+    from tests.fakeapi import json_response, message
+
+    clock = FakeClock()
+
+    async def handler(request, n, params):
+        clock.now += step
+        return error(529, "overloaded_error") if item_number(params) == 2 else json_response(message(params))
+
+    stop, states = run_engine(tmp_path, 8, handler, clock)
+    assert stop is not None and stop.reason == StopReason.OVERLOADED, stop
+    assert states == {f"item-{i}": "pending" if i == 2 else "succeeded" for i in range(8)}
+
+
+def test_a_500_storm_after_a_success_keeps_its_item_pending_until_the_pool_has_been_quiet_a_while(
+    tmp_path: Path,
+) -> None:
+    """From the 4th request on, every answer is a 500 and each takes 3 s of the clock: the first item to use up its
+    attempts is not burnt (failed) but waits; once nothing has succeeded for 10 s, the run stops as an outage."""
+    from batchrun.events import StopReason
+    from tests.fakeapi import json_response, message
+
+    clock = FakeClock()
+
+    async def handler(request, n, params):
+        if n <= 3:
+            clock.now += 0.1
+            return json_response(message(params))
+        clock.now += 3.0
+        return error(500, "api_error")
+
+    stop, states = run_engine(tmp_path, 8, handler, clock)
+    assert stop is not None and stop.reason == StopReason.OUTAGE, stop
+    assert [states[f"item-{i}"] for i in range(8)] == ["succeeded"] * 3 + ["pending"] * 5
+    assert clock.now - 1000.3 >= 10  # it stopped no earlier than 10 s after the last success
+
+
+def test_no_success_at_all_stops_the_run_at_the_first_item_out_of_attempts(tmp_path: Path) -> None:
+    from batchrun.events import StopReason
+
+    clock = FakeClock()
+
+    async def handler(request, n, params):
+        clock.now += 0.01
+        return error(503, "api_error")
+
+    stop, states = run_engine(tmp_path, 5, handler, clock)
+    assert stop is not None and stop.reason == StopReason.OUTAGE
+    assert set(states.values()) == {"pending"}

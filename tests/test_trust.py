@@ -292,7 +292,7 @@ def test_the_dry_run_says_in_one_line_that_a_model_is_unknown_or_the_api_unreach
         ["submit", str(items), "--model", "claude-made-up", "--dry-run"], cwd=workdir, env=cli_env(emulator.base_url)
     )
     assert unknown.returncode == 2, unknown.stderr
-    assert unknown.stderr.count("\n") == 1 and "404 not_found_error: model: claude-made-up" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1 and "model claude-made-up does not exist" in unknown.stderr
     dead = batchrun(
         ["submit", str(items), "--model", MODEL, "--dry-run"], cwd=workdir, env=cli_env("http://127.0.0.1:9")
     )
