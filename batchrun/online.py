@@ -433,14 +433,17 @@ class Engine:
                 break
 
     def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        """Items done, and what every reply committed here cost: the failed, invalid and cut ones are billed too
+        (so are the replies of an item that went back to pending), the way `status` counts them."""
         ok = sum(1 for o, _ in group if o.state == State.SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == State.FAILED)
         usd: float | None = 0.0
+        tokens = 0
         for o, _ in group:
-            if o.state == State.SUCCEEDED:
-                usd = add_cost(usd, usage_cost(o.model or "", o.via, o.usage, self.job.prices, self.job.cache_ttl))
-        tokens = sum(_tokens(o.usage) for o, _ in group if o.state == State.SUCCEEDED)
-        if ok or bad:
+            if o.usage:
+                usd = add_cost(usd, o.cost_usd)
+                tokens += _tokens(o.usage)
+        if ok or bad or tokens:
             self.events(
                 Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd, "tokens": tokens})
             )

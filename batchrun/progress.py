@@ -67,7 +67,7 @@ class Progress:
 
     def event(self, ev: Event) -> None:
         if ev.kind == "run_started":
-            self._start(ev.run_id, ev.detail["total"], ev.detail["done"])
+            self._start(ev.run_id, ev.detail)
         elif ev.kind == "notice":
             self.write(ev.detail["text"])
         elif ev.kind == "items_done":
@@ -84,10 +84,17 @@ class Progress:
             if text is not None:
                 self.write(text, event=ev.kind)
 
-    def _start(self, label: str, total: int, done: int) -> None:
+    def _start(self, label: str, d: dict[str, Any]) -> None:
+        """Every figure counts the whole run (what earlier commands did, then this one), as `status` does."""
+        total, done = d["total"], d["done"]
         self.label = label
         self.total = total
         self.start_done = self.done = done
+        self.succeeded = d.get("succeeded", 0)
+        self.failed = d.get("failed", 0)
+        self.tokens = d.get("tokens", 0)
+        self.usd = d.get("usd") or 0.0
+        self.unpriced = "usd" in d and d["usd"] is None
         self.started = self.last_line = self.last_done_at = self.clock()
         self.samples = deque([(self.started, done)])
         if self.enabled and self.tty:

@@ -236,3 +236,74 @@ def test_no_success_at_all_stops_the_run_at_the_first_item_out_of_attempts(tmp_p
     stop, states = run_engine(tmp_path, 5, handler, clock)
     assert stop is not None and stop.reason == StopReason.OUTAGE
     assert set(states.values()) == {"pending"}
+
+
+# what the progress lines count
+
+
+def last_progress(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if " done, " in line and " ok, " in line][-1]
+
+
+def status_of(workdir: Path, env: dict, run_id: str) -> dict:
+    proc = batchrun(["status", run_id, "--json"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)
+
+
+def assert_progress_agrees_with_status(line: str, status: dict) -> None:
+    t = status["tokens"]
+    tokens = t["input"] + t["output"] + t["cache_creation"] + t["cache_read"]
+    assert tokens > 0
+    assert f"; {tokens:,} tokens, cost ${status['cost_usd']:.4f}" in line, (line, status)
+    c = status["counts"]
+    done = c["succeeded"] + c["failed"]
+    assert f": {done:,}/{status['total']:,} done, {c['succeeded']:,} ok, {c['failed']:,} failed," in line, line
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_failed_and_cut_replies_are_billed_and_counted_by_the_progress_lines(workdir: Path, emulator, mode) -> None:
+    """Every reply is cut at max_tokens (the job does not accept that): every item fails, every reply was paid for.
+    The last progress line and `status` agree on the tokens and the cost to the cent."""
+    emulator.configure(p_truncated=1.0)
+    items = write_jsonl(workdir / "items.jsonl", prompts(12))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(
+        ["submit", str(items), "--model", MODEL, "--run-id", "r", "--mode", mode, "--poll-interval", "0.05"],
+        cwd=workdir,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr
+    status = status_of(workdir, env, "r")
+    assert status["counts"]["failed"] == 12 and status["cost_usd"] > 0
+    assert_progress_agrees_with_status(last_progress(proc.stderr), status)
+
+
+def test_after_a_resume_progress_and_the_summary_count_the_whole_run(workdir: Path, emulator) -> None:
+    """A first command does 5 of 12 items (--limit), a resume the rest: its progress lines start where the run
+    stands (ok, failed, tokens and cost of the first command included), and agree with `status` at the end."""
+    rows = prompts(12)
+    rows[1] = {"custom_id": "bad", "params": {"messages": [{"role": "user", "content": "x"}], "extra": 1}}
+    items = write_jsonl(workdir / "items.jsonl", rows)
+    env = cli_env(emulator.base_url)
+    first = batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r", "--limit", "5"], cwd=workdir, env=env)
+    assert first.returncode == 3, first.stderr
+    before = status_of(workdir, env, "r")
+    assert before["counts"]["succeeded"] == 4 and before["counts"]["failed"] == 1
+    again = batchrun(["resume", "r"], cwd=workdir, env=env)
+    assert again.returncode == 1, again.stderr
+    status = status_of(workdir, env, "r")
+    assert status["cost_usd"] > before["cost_usd"] > 0
+    assert_progress_agrees_with_status(last_progress(again.stderr), status)
+    assert "run r: 11 succeeded, 1 failed, 0 pending (whole run); this command: 7 request(s) sent" in again.stderr
+    assert f"cost so far ${status['cost_usd']:.4f} (whole run)" in again.stderr
+
+
+def test_summary_lines_use_thousands_separators_like_progress(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(1200))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r", "--limit", "2"], cwd=workdir, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert "2/1,200 done" in last_progress(proc.stderr)
+    summary = next(line for line in proc.stderr.splitlines() if "(whole run); this command:" in line)
+    assert "1,198 pending" in summary and "1198" not in summary
