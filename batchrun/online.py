@@ -217,11 +217,11 @@ class Engine:
 
     async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
         replies: list[Reply] = []
-        since = self.outage.clock()
+        sent_at: list[float] = []  # when each attempt was sent, on the outage watch's clock
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):
                 with attempt:
-                    reply = await self._attempt(item, attempts)
+                    reply = await self._attempt(item, attempts, sent_at)
                     replies.append(reply)
                     verdict = self._judged(reply, attempts)
         except StopRequested:
@@ -237,8 +237,8 @@ class Engine:
                 return self._billed(failed_outcome(self.run_id, item.line_no, failure, attempts), item, replies)
             elif failure.fatal:
                 self.stop(Stop(StopReason.FATAL_API, self.run_id, _failure_detail(failure)))
-            elif failure.retryable and self.outage.none_since(since):
-                self._no_success_anywhere(failure, since)
+            elif failure.retryable and sent_at and self.outage.none_since(sent_at[-1]):
+                self._no_success_anywhere(failure, sent_at[-1])
             elif failure.api_wide:
                 self.left_pending += 1
             else:
@@ -292,18 +292,18 @@ class Engine:
         return True
 
     def _no_success_anywhere(self, failure: APIFailure, since: float) -> None:
-        """Retries ran out on the API's error while nothing succeeded anywhere since this item's first attempt: not
-        the item's fault, so it waits for a resume instead of being burnt. When the whole pool has had no success
-        for a while (see outage.py), the API looks down, unreachable or failing for everyone: the run stops."""
+        """Retries ran out on the API's error while nothing succeeded anywhere since this item's last attempt was
+        sent: not shown to be the item's fault, so it waits for a resume instead of being burnt. Only when the
+        whole pool has had no success for a while (see outage.py) does the API look down: the run stops."""
         if self.outage.looks_down(since):
             self.stop(Stop(StopReason.OUTAGE, self.run_id, _failure_detail(failure, self.job.max_attempts)))
         else:
             self.left_pending += 1
 
-    async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
+    async def _attempt(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         led = await self._wait_turn(item.params)
         try:
-            reply = await self._send(item, attempts)
+            reply = await self._send(item, attempts, sent_at)
             self._watch_cache(item.params, reply)
             return reply
         finally:
@@ -339,7 +339,7 @@ class Engine:
         if notice is not None:
             self.events(Event("notice", self.run_id, {"text": notice}))
 
-    async def _send(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
+    async def _send(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         if item.params["model"] in self.dead_models:
             raise StopRequested
         budgeted = await self._reserve(item.params)
@@ -349,6 +349,7 @@ class Engine:
             self.budget.settle(budgeted, 0.0)
             raise
         started = time.time()
+        sent_at.append(self.outage.clock())
         try:
             reply = await send(self.client, item.params, self.request_timeout)
         except asyncio.CancelledError:

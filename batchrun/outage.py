@@ -1,7 +1,7 @@
 """When the API looks down: no success anywhere in the worker pool for a while, not one item using up its attempts.
 
 An item whose retries ran out on an error of the API (5xx, 429/529, no connection) while nothing succeeded
-anywhere since its first attempt is not burnt: it waits for a resume. The run stops as an outage only when, on
+anywhere since its last attempt was sent is not burnt: it waits for a resume. The run stops as an outage only when, on
 top of that, the whole pool has gone without a success for QUIET_S seconds (or for QUIET_GAPS times the usual gap
 between successes, in a slow run), or has not had one at all yet. A healthy run with a few unlucky items goes on.
 """
@@ -36,7 +36,8 @@ class OutageWatch:
         return self.last_success is not None
 
     def none_since(self, since: float) -> bool:
-        """No success anywhere in the pool after `since` (a clock reading, e.g. an item's first attempt)."""
+        """No success anywhere in the pool after `since` (a clock reading, e.g. when an item's last attempt was
+        sent)."""
         return self.last_success is None or self.last_success <= since
 
     def looks_down(self, since: float) -> bool:

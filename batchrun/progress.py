@@ -176,7 +176,8 @@ class Progress:
             self.log_line()
 
     def cost(self) -> str:
-        """What this session has spent; unknown, never $0, once an item's model has no price."""
+        """What the run has spent so far (every billed reply, earlier commands included); unknown, never $0, once
+        an item's model has no price."""
         if not self.unpriced:
             return f"${self.usd:.4f}"
         return f"unknown (${self.usd:.4f} + unpriced)" if self.usd else "unknown"

@@ -185,8 +185,9 @@ def error(status: int, kind: str):
 
 @pytest.mark.parametrize("step", [0.5, 20.0])  # a fast run, and a slow one (a success every 20 s)
 def test_one_item_using_up_its_attempts_in_a_healthy_run_does_not_stop_it(tmp_path: Path, step: float) -> None:
-    """Item 2 fails its two attempts with 529 while nothing else is sent (one worker): no success since its first
-    attempt, but the pool succeeded moments before, so the API is not down. The item waits; the run goes on."""
+    """Item 2 fails its two attempts with 529 while nothing else is sent (one worker): no success since its attempts
+    were sent, but the pool succeeded moments before (in the slow run: within a few of its usual gaps), so the API
+    is not down. The item waits for a resume; the run goes on."""
     from batchrun.events import StopReason
     from tests.fakeapi import json_response, message
 
