@@ -341,9 +341,13 @@ def redact(text: str, api_key: str | None) -> str:
 
 
 def _redact_one(text: str, secret: str) -> str:
-    low, key = text.lower(), secret.lower()
-    size = min(REDACT_PIECE, len(key))
-    pieces = {key[i : i + size] for i in range(len(key) - size + 1)}
+    low = text.lower()
+    size, pieces, probes = _key_pieces(secret.lower())
+    # a match of `size` characters covers a whole probe-long piece starting at a multiple of the probe's length:
+    # looking there first skips the full scan for almost every message (a batch may redact 100,000 of them)
+    step = len(next(iter(probes)))
+    if not any(low[i : i + step] in probes for i in range(0, len(low), step)):
+        return text
     spans: list[list[int]] = []
     for i in range(len(low) - size + 1):
         if low[i : i + size] in pieces:
@@ -354,3 +358,14 @@ def _redact_one(text: str, secret: str) -> str:
     for start, end in reversed(spans):
         text = text[:start] + "[redacted]" + text[end:]
     return text
+
+
+@functools.lru_cache(maxsize=4)
+def _key_pieces(key: str) -> tuple[int, frozenset[str], frozenset[str]]:
+    """The key's pieces of REDACT_PIECE characters (the whole key when shorter), and its pieces of half that
+    length (rounded up), the probes."""
+    size = min(REDACT_PIECE, len(key))
+    step = (size + 1) // 2
+    pieces = frozenset(key[i : i + size] for i in range(len(key) - size + 1))
+    probes = frozenset(key[i : i + step] for i in range(len(key) - step + 1))
+    return size, pieces, probes
