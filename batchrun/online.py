@@ -434,8 +434,8 @@ class Engine:
                 break
 
     def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
-        """Items done, and what every reply committed here cost: the failed, invalid and cut ones are billed too
-        (so are the replies of an item that went back to pending), the way `status` counts them."""
+        """Items done, and what every reply committed here cost: the failed, invalid and cut ones are billed too,
+        and so are the replies of an item that went back to pending (`status` counts those once the item ends)."""
         ok = sum(1 for o, _ in group if o.state == State.SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == State.FAILED)
         usd: float | None = 0.0
