@@ -183,9 +183,7 @@ async def send(client: AsyncAnthropic, params: dict[str, Any], deadline: float =
         try:
             async with asyncio.timeout(limit):
                 if streamed:
-                    async with client.messages.stream(**args) as stream:
-                        message = (await stream.get_final_message()).to_dict(mode="json")
-                        headers = stream.response.headers
+                    message, headers = await _streamed(client, args)
                 else:
                     raw = await client.messages.with_raw_response.create(**args)
                     headers = raw.headers
@@ -197,6 +195,40 @@ async def send(client: AsyncAnthropic, params: dict[str, Any], deadline: float =
     return Reply(message, headers, headers.get("request-id"))
 
 
+async def _streamed(client: AsyncAnthropic, args: dict[str, Any]) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """A streamed request's final Message. A gateway that answers with something other than an event stream (a
+    plain JSON body), or a stream that ends before its message is complete, is the API's fault, and retried: the
+    SDK would fail on it with a bare AssertionError."""
+    async with client.messages.stream(**args) as stream:
+        headers = stream.response.headers
+        kind = headers.get("content-type", "")
+        if not kind.startswith("text/event-stream"):
+            await stream.response.aread()
+            raise _malformed(
+                f"a streamed request was answered with {kind or 'no content type'}, not an event stream", headers
+            )
+        try:
+            message = (await stream.get_final_message()).to_dict(mode="json")
+        except AssertionError:
+            raise _malformed("the event stream ended without a message", headers) from None
+    problem = _message_problem(message)
+    if problem is not None:
+        raise _malformed(f"the event stream's message is not a Message: {problem}", headers)
+    return message, headers
+
+
+def _malformed(problem: str, headers: Mapping[str, str]) -> APIFailure:
+    return APIFailure(
+        200,
+        "api_error",
+        f"the API answered 200 with a body that is not a Message: {problem}",
+        "MalformedReply",
+        request_id=headers.get("request-id"),
+        headers=headers,
+        retryable=True,
+    )
+
+
 def _message(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
     """The reply as a dict, checked to be a Message: a 200 with another body is the API's fault, and retried."""
     try:
@@ -205,15 +237,7 @@ def _message(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
     except orjson.JSONDecodeError as e:
         problem = f"not JSON ({e})"
     if problem is not None:
-        raise APIFailure(
-            200,
-            "api_error",
-            f"the API answered 200 with a body that is not a Message: {problem}",
-            "MalformedReply",
-            request_id=headers.get("request-id"),
-            headers=headers,
-            retryable=True,
-        )
+        raise _malformed(problem, headers)
     return message
 
 
@@ -304,9 +328,44 @@ def _seconds(value: str, scale: float = 1.0) -> float | None:
     return min(MAX_RETRY_AFTER_S, seconds)
 
 
+REDACT_PIECE = 12  # a piece of the key this long or longer is redacted wherever it appears, in any case
+
+
 def redact(text: str, api_key: str | None) -> str:
-    """The API key never leaves the process: not in the store, results, logs or messages."""
+    """The API key never leaves the process: not in the store, results, logs or messages. Matched without regard
+    to case, and so is any piece of it of REDACT_PIECE characters or more (a gateway that echoes part of it)."""
     for secret in {api_key, os.environ.get("ANTHROPIC_API_KEY")}:
         if secret and len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
+            text = _redact_one(text, secret)
     return text
+
+
+def _redact_one(text: str, secret: str) -> str:
+    low = text.lower()
+    size, pieces, probes = _key_pieces(secret.lower())
+    # a match of `size` characters covers a whole probe-long piece starting at a multiple of the probe's length:
+    # looking there first skips the full scan for almost every message (a batch may redact 100,000 of them)
+    step = len(next(iter(probes)))
+    if not any(low[i : i + step] in probes for i in range(0, len(low), step)):
+        return text
+    spans: list[list[int]] = []
+    for i in range(len(low) - size + 1):
+        if low[i : i + size] in pieces:
+            if spans and i <= spans[-1][1]:
+                spans[-1][1] = i + size
+            else:
+                spans.append([i, i + size])
+    for start, end in reversed(spans):
+        text = text[:start] + "[redacted]" + text[end:]
+    return text
+
+
+@functools.lru_cache(maxsize=4)
+def _key_pieces(key: str) -> tuple[int, frozenset[str], frozenset[str]]:
+    """The key's pieces of REDACT_PIECE characters (the whole key when shorter), and its pieces of half that
+    length (rounded up), the probes."""
+    size = min(REDACT_PIECE, len(key))
+    step = (size + 1) // 2
+    pieces = frozenset(key[i : i + size] for i in range(len(key) - size + 1))
+    probes = frozenset(key[i : i + step] for i in range(len(key) - step + 1))
+    return size, pieces, probes

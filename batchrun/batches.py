@@ -620,7 +620,7 @@ class BatchEngine:
         tally.lines += part.lines
         tally.usd = add_cost(tally.usd, part.usd)
         tally.tokens += part.tokens
-        if part.succeeded or part.failed:
+        if part.succeeded or part.failed or part.tokens:
             self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd, tokens=part.tokens)
 
     def _members(self, seq: int, lines: list[bytes]) -> tuple[list[dict[str, Any]], Members]:
@@ -645,17 +645,18 @@ class BatchEngine:
                 part.stray += 1
                 continue
             outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
-            if outcome.state == State.SUCCEEDED:
-                part.succeeded += 1
+            if outcome.usage:  # every reply is billed: a cut, refused or invalid one as well as an answer
                 usd = (  # the item's cost, unless the reply names another model (priced by that one)
                     outcome.cost_usd
-                    if outcome.model == member[2]
+                    if outcome.model in (None, member[2])
                     else usage_cost(
                         outcome.model or "", outcome.via, outcome.usage, self.job.prices, self.job.cache_ttl
                     )
                 )
                 part.usd = add_cost(part.usd, usd)
                 part.tokens += sum(outcome.usage.get(k) or 0 for k in TOKEN_KEYS)
+            if outcome.state == State.SUCCEEDED:
+                part.succeeded += 1
             elif outcome.state == State.FAILED:
                 part.failed += 1
             elif outcome.attempts:

@@ -585,14 +585,14 @@ def _report_ending(result: Any, say: Callable[[str], Any]) -> None:
 
     c = result.counts
     t = result.status["tokens"]
-    say(
-        f"run {result.run_id}: {c['succeeded']} succeeded, {c['failed']} failed, "
-        f"{c['pending'] + c['in_flight']} pending; {result.sent} request(s) sent in {result.seconds:.1f}s"
+    say(  # the counts and the cost are the whole run's (as progress and `status` show them); the rest this command's
+        f"run {result.run_id}: {c['succeeded']:,} succeeded, {c['failed']:,} failed, "
+        f"{c['pending'] + c['in_flight']:,} pending (whole run); this command: {result.sent:,} request(s) sent in "
+        f"{result.seconds:.1f}s, {result.reused:,} item(s) from the response cache"
     )
     say(
-        f"cost so far {cost_text(result.status)}: {t['input']:,} input, {t['output']:,} output, "
-        f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens; "
-        f"{result.reused} item(s) from the response cache"
+        f"cost so far {cost_text(result.status)} (whole run): {t['input']:,} input, {t['output']:,} output, "
+        f"{t['cache_creation']:,} cache-write and {t['cache_read']:,} cache-read tokens"
     )
     if result.status.get("deadline"):
         say(deadline_ending(result.status["deadline"]))

@@ -16,6 +16,7 @@ from typing import Any
 
 from batchrun.caching import min_cacheable_tokens, prefix_key
 from batchrun.deadline import DEFAULT_LIMITS, DeadlineError, Work, capacity_of, make_plan, parse_deadline
+from batchrun.errors import UsageError
 from batchrun.inputs import read_items
 from batchrun.job import Job
 from batchrun.limiter import estimate_input_tokens
@@ -73,6 +74,18 @@ async def count_sample(client: Any, sample: list[dict[str, Any]]) -> list[int]:
     return list(await asyncio.gather(*(one(p) for p in sample)))
 
 
+class UnknownModel(UsageError):
+    """count_tokens answered 404 for a model: the run would stop at its first request the same way."""
+
+    def __init__(self, model: str, message: str) -> None:
+        from batchrun.progress import model_missing
+
+        super().__init__(
+            f"dry run: {model_missing(model)} (the API said: {message}); nothing was sent (fix the job's model or "
+            "routes, or --model)"
+        )
+
+
 def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> dict[str, Any]:
     models = tally(input_path, job)
     counted = asyncio.run(_count_all(models, make_client)) if make_client else {}
@@ -95,11 +108,18 @@ def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> di
 
 async def _count_all(models: dict[str, ModelTally], make_client: Callable[[], Any]) -> dict[str, float]:
     """Counted/estimated input tokens per model, from the sample."""
+    from batchrun.api import APIFailure
+
     client = make_client()
     try:
         ratios = {}
         for model, t in models.items():
-            counts = await count_sample(client, t.sample)
+            try:
+                counts = await count_sample(client, t.sample)
+            except APIFailure as failure:
+                if failure.status == 404 and failure.error_type == "not_found_error":
+                    raise UnknownModel(model, failure.message) from None
+                raise
             estimates = sum(estimate_input_tokens(p) for p in t.sample)
             ratios[model] = sum(counts) / max(1, estimates)
         return ratios

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, BatchrunError, RunFailed, RunNotFinished, UsageError
+from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, BatchrunError, RunFailed, RunNotFinished, UsageError
 
 if TYPE_CHECKING:
     from batchrun.events import Listener, Stop
@@ -59,6 +59,8 @@ class RunResult:
 
     def check(self) -> RunResult:
         """Raise RunFailed (exit 1) or RunNotFinished (exit 3) unless every item succeeded; returns self."""
+        if self.exit_code == EXIT_USAGE:
+            raise UsageError(self.stop_message or f"run {self.run_id}: bad usage")
         if self.exit_code == EXIT_NOT_FINISHED:
             raise RunNotFinished(self.stop_message or f"run {self.run_id}: {self.pending} item(s) still pending")
         if self.exit_code != EXIT_OK:
@@ -206,7 +208,7 @@ def process(
         if ended is not None:
             ended()
     result = _result(store, run_id, ending, created)
-    if output and result.exit_code == EXIT_NOT_FINISHED and not cancel:
+    if output and (result.exit_code == EXIT_NOT_FINISHED or result.pending) and not cancel:
         say(
             f"{output} not written: the run is not finished (`batchrun results {run_id} -o {output}` exports what "
             "is done so far)"

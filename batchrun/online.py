@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from batchrun.budget import Budget
 from batchrun.caching import CacheWatch, prefix_key
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
+from batchrun.outage import OutageWatch
 from batchrun.pricing import add_cost, usage_cost
 from batchrun.retry import retrying
 from batchrun.signals import on_signals
@@ -61,6 +63,7 @@ class Engine:
         budget: Budget | None = None,
         limit: int | None = None,
         cache_watch: CacheWatch | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -75,7 +78,7 @@ class Engine:
         self.gates: dict[str, asyncio.Event] = {}
         self.cache_watch = cache_watch or CacheWatch()
         self.stopped_by: Stop | None = None
-        self.last_success = 0.0
+        self.outage = OutageWatch(clock)
         self.interrupted = False
         self.left_pending = 0
         self.budget = budget or Budget(None, 0.0, job.prices)
@@ -214,10 +217,11 @@ class Engine:
 
     async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
         replies: list[Reply] = []
+        sent_at: list[float] = []  # when each attempt was sent, on the outage watch's clock
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):
                 with attempt:
-                    reply = await self._attempt(item, attempts)
+                    reply = await self._attempt(item, attempts, sent_at)
                     replies.append(reply)
                     verdict = self._judged(reply, attempts)
         except StopRequested:
@@ -233,8 +237,8 @@ class Engine:
                 return self._billed(failed_outcome(self.run_id, item.line_no, failure, attempts), item, replies)
             elif failure.fatal:
                 self.stop(Stop(StopReason.FATAL_API, self.run_id, _failure_detail(failure)))
-            elif self._looks_like_outage(failure, attempts):
-                self.stop(Stop(StopReason.OUTAGE, self.run_id, _failure_detail(failure, self.job.max_attempts)))
+            elif failure.retryable and sent_at and self.outage.none_since(sent_at[-1]):
+                self._no_success_anywhere(failure, sent_at[-1])
             elif failure.api_wide:
                 self.left_pending += 1
             else:
@@ -277,7 +281,7 @@ class Engine:
     def _invalid_streak(self, failure: APIFailure) -> bool:
         """The first INVALID_STREAK outcomes of the run all failed with the same invalid-request message: every item
         would, so the run stops there instead of sending the whole file. Returns whether this failure counts."""
-        if self.last_success or failure.status not in (400, 422):
+        if self.outage.any_success or failure.status not in (400, 422):
             return False
         if self.invalid_message not in (None, failure.message):
             self.invalid_streak = 0
@@ -287,16 +291,19 @@ class Engine:
             self.stop(Stop(StopReason.INVALID_REQUESTS, self.run_id, _failure_detail(failure, self.invalid_streak)))
         return True
 
-    def _looks_like_outage(self, failure: APIFailure, attempts: list[Attempt]) -> bool:
-        """Retries ran out and nothing succeeded anywhere since this item's last attempt began: the API is down,
-        unreachable or failing for everyone, however the storm started. Failing the item would only burn it; the
-        run stops and the item waits for a resume."""
-        return failure.retryable and bool(attempts) and self.last_success < attempts[-1].started_at
+    def _no_success_anywhere(self, failure: APIFailure, since: float) -> None:
+        """Retries ran out on the API's error while nothing succeeded anywhere since this item's last attempt was
+        sent: not shown to be the item's fault, so it waits for a resume instead of being burnt. Only when the
+        whole pool has had no success for a while (see outage.py) does the API look down: the run stops."""
+        if self.outage.looks_down(since):
+            self.stop(Stop(StopReason.OUTAGE, self.run_id, _failure_detail(failure, self.job.max_attempts)))
+        else:
+            self.left_pending += 1
 
-    async def _attempt(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
+    async def _attempt(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         led = await self._wait_turn(item.params)
         try:
-            reply = await self._send(item, attempts)
+            reply = await self._send(item, attempts, sent_at)
             self._watch_cache(item.params, reply)
             return reply
         finally:
@@ -332,7 +339,7 @@ class Engine:
         if notice is not None:
             self.events(Event("notice", self.run_id, {"text": notice}))
 
-    async def _send(self, item: ClaimedItem, attempts: list[Attempt]) -> Reply:
+    async def _send(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         if item.params["model"] in self.dead_models:
             raise StopRequested
         budgeted = await self._reserve(item.params)
@@ -342,6 +349,7 @@ class Engine:
             self.budget.settle(budgeted, 0.0)
             raise
         started = time.time()
+        sent_at.append(self.outage.clock())
         try:
             reply = await send(self.client, item.params, self.request_timeout)
         except asyncio.CancelledError:
@@ -379,7 +387,7 @@ class Engine:
         self.limiter.release(reservation, usage)
         self.limiter.observe(reply.headers)
         self.limiter.succeeded()
-        self.last_success = time.time()
+        self.outage.succeeded()
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
         return reply
 
@@ -426,14 +434,17 @@ class Engine:
                 break
 
     def _report(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        """Items done, and what every reply committed here cost: the failed, invalid and cut ones are billed too,
+        and so are the replies of an item that went back to pending (`status` counts those once the item ends)."""
         ok = sum(1 for o, _ in group if o.state == State.SUCCEEDED)
         bad = sum(1 for o, _ in group if o.state == State.FAILED)
         usd: float | None = 0.0
+        tokens = 0
         for o, _ in group:
-            if o.state == State.SUCCEEDED:
-                usd = add_cost(usd, usage_cost(o.model or "", o.via, o.usage, self.job.prices, self.job.cache_ttl))
-        tokens = sum(_tokens(o.usage) for o, _ in group if o.state == State.SUCCEEDED)
-        if ok or bad:
+            if o.usage:
+                usd = add_cost(usd, o.cost_usd)
+                tokens += _tokens(o.usage)
+        if ok or bad or tokens:
             self.events(
                 Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd, "tokens": tokens})
             )

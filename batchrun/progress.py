@@ -67,7 +67,7 @@ class Progress:
 
     def event(self, ev: Event) -> None:
         if ev.kind == "run_started":
-            self._start(ev.run_id, ev.detail["total"], ev.detail["done"])
+            self._start(ev.run_id, ev.detail)
         elif ev.kind == "notice":
             self.write(ev.detail["text"])
         elif ev.kind == "items_done":
@@ -84,10 +84,17 @@ class Progress:
             if text is not None:
                 self.write(text, event=ev.kind)
 
-    def _start(self, label: str, total: int, done: int) -> None:
+    def _start(self, label: str, d: dict[str, Any]) -> None:
+        """Every figure counts the whole run (what earlier commands did, then this one), as `status` does."""
+        total, done = d["total"], d["done"]
         self.label = label
         self.total = total
         self.start_done = self.done = done
+        self.succeeded = d.get("succeeded", 0)
+        self.failed = d.get("failed", 0)
+        self.tokens = d.get("tokens", 0)
+        self.usd = d.get("usd") or 0.0
+        self.unpriced = "usd" in d and d["usd"] is None
         self.started = self.last_line = self.last_done_at = self.clock()
         self.samples = deque([(self.started, done)])
         if self.enabled and self.tty:
@@ -169,7 +176,8 @@ class Progress:
             self.log_line()
 
     def cost(self) -> str:
-        """What this session has spent; unknown, never $0, once an item's model has no price."""
+        """What the run has spent so far (every billed reply, earlier commands included); unknown, never $0, once
+        an item's model has no price."""
         if not self.unpriced:
             return f"${self.usd:.4f}"
         return f"unknown (${self.usd:.4f} + unpriced)" if self.usd else "unknown"
@@ -400,8 +408,8 @@ def describe_stop(stop: Stop) -> str:
             )
         case StopReason.OVERLOADED:
             return (
-                f"{d['items']} item(s) used up their attempts while the API was rate limiting or overloaded: they "
-                f"are pending, not failed ({resume} later)"
+                f"{d['items']} item(s) used up their attempts on the API's errors (rate limited, overloaded, failing "
+                f"or unreachable): they are pending, not failed ({resume} later)"
             )
         case StopReason.INTERRUPTED if d.get("batches"):
             return f"interrupted: no batch was canceled; they keep processing at Anthropic ({resume} collects them)"
@@ -445,10 +453,10 @@ def describe_stop(stop: Stop) -> str:
         case StopReason.LIMIT:
             return f"--limit {d['limit']} reached: {d.get('left', '?')} item(s) left ({resume} sends the rest)"
         case StopReason.UNKNOWN_MODEL:
-            models = "; ".join(f"{m} ({message})" for m, message in d["models"].items())
+            models = "; ".join(f"{model_missing(m)} (the API said: {message})" for m, message in d["models"].items())
             return (
-                f"stopped: the API does not know the model {models}: its items were not sent and stay pending "
-                f"(fix the model id, e.g. in the job's model or routes, then submit with --new-run)"
+                f"stopped: {models}: its items were not sent and stay pending (fix the model id in the job's model "
+                "or routes, or --model, then submit with --new-run)"
             )
         case StopReason.INVALID_REQUESTS:
             return (
@@ -460,6 +468,11 @@ def describe_stop(stop: Stop) -> str:
         case StopReason.API_CALL_FAILED:
             return f"stopped: could not {d['what']}: {_api(d)} (batches keep processing; {resume} tries again)"
     return f"stopped: {stop.reason}"
+
+
+def model_missing(model: str) -> str:
+    """The words for a model the API answers 404 for, the same in a run and in a dry run."""
+    return f"model {model} does not exist (check the model name)"
 
 
 def _still_open(stop: Stop) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
-from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
+from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.inputs import file_sha256, input_label, read_items
 from batchrun.job import Job
@@ -168,10 +168,27 @@ def process_run(
         stop = None
         if counts[State.PENDING] + counts[State.IN_FLIGHT]:
             store.set_run_status(run_id, "running")
-            done = counts[State.SUCCEEDED] + counts[State.FAILED]
-            events(Event("run_started", run_id, {"total": sum(counts.values()), "done": done, "mode": job.mode}))
+            events(Event("run_started", run_id, started_detail(store, run_id, job, counts)))
             stop = asyncio.run(_engine(store, run_id, job, options, make_client, events))
         return finish(store, run_id, job, started, attempts_before, stop, reused)
+
+
+def started_detail(store: Store, run_id: str, job: Job, counts: dict[str, int]) -> dict[str, Any]:
+    """Where the whole run stands as a command takes it up: progress counts from there (one basis, the run)."""
+    from batchrun.pricing import total_cost
+
+    usage = store.usage(run_id)
+    usd, unpriced = total_cost(usage, job.prices, job.cache_ttl)
+    tokens = sum(row[k] or 0 for row in usage for k in ("input", "output", "cache_creation", "cache_read"))
+    return {
+        "total": sum(counts.values()),
+        "done": counts[State.SUCCEEDED] + counts[State.FAILED],
+        "succeeded": counts[State.SUCCEEDED],
+        "failed": counts[State.FAILED],
+        "tokens": tokens,
+        "usd": None if unpriced else usd,
+        "mode": job.mode,
+    }
 
 
 def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events: Listener) -> Job:
@@ -289,13 +306,7 @@ def cancel_run(store: Store, run_id: str, options: RunOptions, target: Any, even
     started = time.monotonic()
     attempts_before = store.attempt_count(run_id)
     counts = store.counts(run_id)
-    events(
-        Event(
-            "run_started",
-            run_id,
-            {"total": sum(counts.values()), "done": counts[State.SUCCEEDED] + counts[State.FAILED], "mode": job.mode},
-        )
-    )
+    events(Event("run_started", run_id, started_detail(store, run_id, job, counts)))
     stop = asyncio.run(cancel_batches(store, run_id, job, make_client(), events, timeout=options.timeout))
     pending = store.counts(run_id)[State.PENDING]
     if stop is None and pending:
@@ -328,6 +339,8 @@ def finish(
                 stop.detail["spent"] = total_cost(store.usage(run_id), job.prices, job.cache_ttl)[0]
     if stop is not None and stop.reason == StopReason.BUG:
         exit_code = EXIT_FAILED_ITEMS
+    if stop is not None and stop.reason == StopReason.UNKNOWN_MODEL:
+        exit_code = EXIT_USAGE  # bad usage, not "try again later": a resume would only ask the API again
     open_batches = job.mode != "online" and bool(store.batches(run_id, open_only=True))
     if exit_code == EXIT_OK:
         status = "succeeded"

@@ -208,8 +208,8 @@ def test_an_unknown_model_stops_after_one_request_and_its_items_stay_pending(wor
             ["submit", str(items), "--model", "claude-made-up", "--run-id", "r"], cwd=workdir, env=cli_env(api.base_url)
         )
         sent = api.requests
-    assert proc.returncode == 3, proc.stderr
-    assert "does not know the model claude-made-up" in proc.stderr
+    assert proc.returncode == 2, proc.stderr  # bad usage: cron must not resume it forever
+    assert "model claude-made-up does not exist (check the model name)" in proc.stderr
     assert sent <= 5
     assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 500)]
     print(f"unknown model: {sent} request(s) for 500 items")
@@ -292,7 +292,7 @@ def test_the_dry_run_says_in_one_line_that_a_model_is_unknown_or_the_api_unreach
         ["submit", str(items), "--model", "claude-made-up", "--dry-run"], cwd=workdir, env=cli_env(emulator.base_url)
     )
     assert unknown.returncode == 2, unknown.stderr
-    assert unknown.stderr.count("\n") == 1 and "404 not_found_error: model: claude-made-up" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1 and "model claude-made-up does not exist" in unknown.stderr
     dead = batchrun(
         ["submit", str(items), "--model", MODEL, "--dry-run"], cwd=workdir, env=cli_env("http://127.0.0.1:9")
     )
@@ -328,7 +328,7 @@ def test_a_batch_of_an_unknown_model_leaves_its_items_pending(workdir: Path, emu
         cwd=workdir,
         env=cli_env(emulator.base_url),
     )
-    assert proc.returncode == 3, proc.stderr
-    assert "does not know the model claude-made-up" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "model claude-made-up does not exist (check the model name)" in proc.stderr
     assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 20)]
     assert emulator.stats()["batches_created"] == 1

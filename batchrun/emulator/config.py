@@ -16,6 +16,7 @@ PROBABILITY_FIELDS = frozenset(
         "p_drop",
         "p_slow",
         "p_midstream_error",
+        "p_stream_as_json",
         "p_invalid_json",
         "p_missing_required",
         "p_truncated",
@@ -52,6 +53,8 @@ class EmulatorConfig:
     stream_event_ms: float = 0.0
     # After the 200 has begun: a streamed reply sends `event: error` (overloaded_error) after a few deltas.
     p_midstream_error: float = 0.0
+    # A gateway that ignores `stream: true`: a streamed request is answered with the Message as a plain JSON body.
+    p_stream_as_json: float = 0.0
     # The model's answer goes wrong (drawn per attempt from seed, request key and attempt number):
     # structured replies (output_config json_schema, forced tool) with invalid JSON or a required property
     # missing, and any reply cut at max_tokens.

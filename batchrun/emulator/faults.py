@@ -22,6 +22,7 @@ class FaultInjector:
         self.latency_rng = random.Random(config.seed + 1)
         self.faults: dict[str, int] = {}
         self.midstream: dict[str, int] = {}
+        self.as_json: dict[str, int] = {}
         self.answers: dict[str, int] = {}  # request key -> replies built so far (the attempt number)
 
     def pick(self, key: str) -> str | None:
@@ -47,6 +48,19 @@ class FaultInjector:
             self.midstream.pop(key, None)
             return False
         self.midstream[key] = count + 1
+        return True
+
+    def stream_as_json(self, key: str) -> bool:
+        """Whether this streamed request is answered with a plain JSON body (at most max_faults_per_request times
+        a key)."""
+        c = self.config
+        count = self.as_json.get(key, 0)
+        if not c.p_stream_as_json or count >= c.max_faults_per_request:
+            return False
+        if draw(c.seed, key, count, "stream_as_json") >= c.p_stream_as_json:
+            self.as_json.pop(key, None)
+            return False
+        self.as_json[key] = count + 1
         return True
 
     def reply_fault(self, key: str, params: dict) -> str | None:

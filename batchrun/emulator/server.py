@@ -270,6 +270,9 @@ async def _reply(
     emu.faults.succeeded(key)
     stats.message_usage(body["model"], message["usage"])
     headers = emu.ratelimit_headers()
+    if body.get("stream") and emu.faults.stream_as_json(key):
+        stats.injected["stream_as_json"] += 1
+        return json_response(message, headers=headers)
     if body.get("stream"):
         stats.streamed += 1
         fail = emu.faults.midstream_error(key)
