@@ -219,29 +219,32 @@ class Answer:
     custom_id: str
     ok: bool
     value: Any  # a schema job's data, a text job's text
-    cost: float | None
 
 
 def leg_answers(store: Store, leg: Leg) -> dict[str, Answer]:
-    """Each item's answer in the leg's run; an answer reused from the response cache is priced at what it cost
-    when it was bought (so the cost compares models, not cache hits)."""
-    run_id = leg.run_id or ""
+    """Each item's answer in the leg's run (a schema job's data, a text job's text)."""
     answers = {}
-    reused = set()
-    columns = ["custom_id", "state", "text", "data", "answered_by", "cost_usd"]
-    for custom_id, state, text, data, answered_by, cost_usd in answer_rows(store, run_id, columns):
+    for custom_id, state, text, data in answer_rows(store, leg.run_id or "", ["custom_id", "state", "text", "data"]):
         value = (orjson.loads(data) if data else None) if leg.job.schema is not None else text
-        answers[custom_id] = Answer(custom_id, state == "succeeded", value, cost_usd)
-        if answered_by == "cache":
-            reused.add(custom_id)
+        answers[custom_id] = Answer(custom_id, state == "succeeded", value)
+    return answers
+
+
+def leg_cost(store: Store, leg: Leg) -> float | None:
+    """What the leg's answers cost at the comparison's prices; an answer reused from the response cache is priced
+    at what it cost when it was bought (so the cost compares models, not cache hits). None: no known price."""
+    run_id = leg.run_id or ""
+    usd, unpriced = total_cost(store.usage(run_id), leg.job.prices, leg.job.cache_ttl)
+    if unpriced:
+        return None
+    reused = {cid for cid, by in answer_rows(store, run_id, ["custom_id", "answered_by"], "succeeded") if by == "cache"}
     if reused:
         via = "batch" if (store.get_run(run_id) or {}).get("mode") == "batch" else "online"
         for custom_id, _, result in store.iter_results(run_id, "succeeded"):
             if custom_id in reused:
                 usage = (orjson.loads(result).get("message") or {}).get("usage") or {}
-                cost = usage_cost(leg.model, via, usage, leg.job.prices, leg.job.cache_ttl)
-                answers[custom_id] = replace(answers[custom_id], cost=cost)
-    return answers
+                usd = _add_cost(usd, usage_cost(leg.model, via, usage, leg.job.prices, leg.job.cache_ttl))
+    return usd
 
 
 @dataclass
@@ -293,7 +296,6 @@ def compare_fields(
     for custom_id, ref in reference.items():
         mine = answers.get(custom_id)
         result.total += 1
-        result.cost_usd = _add_cost(result.cost_usd, mine.cost if mine is not None else 0.0)
         if mine is None or not (mine.ok and ref.ok):
             result.failed += 1
             continue
@@ -451,7 +453,7 @@ class Comparer:
         reference = leg_answers(self.store, reference_leg)
         results = []
         for leg in legs[:-1]:
-            result = ModelResult(leg.model, run_id=leg.run_id)
+            result = ModelResult(leg.model, run_id=leg.run_id, cost_usd=leg_cost(self.store, leg))
             answers = leg_answers(self.store, leg)
             if self.spec.judge is None:
                 compare_fields(result, answers, reference, fields, categorical, self.spec.tolerance)
@@ -468,9 +470,7 @@ class Comparer:
             results.append(result)
         rows = [r.to_dict(fields) for r in results]
         ids = [e["custom_id"] for r in results for e in r.examples]
-        ref_cost: float | None = 0.0
-        for answer in reference.values():
-            ref_cost = _add_cost(ref_cost, answer.cost)
+        ref_cost = leg_cost(self.store, reference_leg)
         return Comparison(
             reference=self.spec.reference,
             items=n,
