@@ -29,7 +29,7 @@ from batchrun.store import Store, answer_rows
 
 # What `compare --emulate` makes the emulator's models do (unless BATCHRUN_EMULATOR_ARGS says otherwise): each
 # gets this share of fields wrong against the reference, so an emulated comparison shows something to choose from.
-EMULATED_DIVERGENCE = "claude-haiku-4-5=0.1,claude-sonnet-4-6=0.02"
+EMULATED_DIVERGENCE = "claude-haiku-4-5=0.06,claude-sonnet-4-6=0.005"
 TEXT_FIELD = "text"  # the one "field" of a text job
 WHOLE_FIELD = "answer"  # the one "field" of a schema that is not an object with properties
 MAX_EXAMPLES = 5  # disagreements kept per model for the report

@@ -38,13 +38,13 @@ def tickets(n: int, what: str = "invoice") -> list[dict]:
     return [{"custom_id": f"t-{i}", "text": f"Ticket {i}: my {what} {i * 7} is wrong"} for i in range(n)]
 
 
-def write_job(workdir: Path, *, schema: bool = True, prices: str = "", name: str = "job.toml") -> Path:
+def write_job(workdir: Path, *, schema: bool = True, extra: str = "", name: str = "job.toml") -> Path:
     lines = ['model = "claude-opus-4-6"', "max_tokens = 200", "concurrency = 8", 'template = "Triage: {text}"']
     if schema:
         lines.append(f"schema_file = {orjson.dumps(str(workdir / 'schema.json')).decode()}")
         (workdir / "schema.json").write_bytes(orjson.dumps(SCHEMA))
     path = workdir / name
-    path.write_text("\n".join(lines) + "\n" + prices)
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -130,7 +130,7 @@ def test_the_recommendation_follows_the_prices(workdir: Path, emulator) -> None:
     assert orjson.loads(listed.stdout)["recommended"] == HAIKU
     # the job's own prices make Sonnet the cheaper one: the same runs, priced again, nothing sent again
     flipped = '[prices."claude-haiku-4-5"]\ninput = 30.0\noutput = 150.0\n'
-    job = write_job(workdir, prices=flipped, name="flipped.toml")
+    job = write_job(workdir, extra=flipped, name="flipped.toml")
     again = run_cli([*compare_args(items, job), "--json", "-q"], cwd=workdir, env=env)
     assert again.returncode == 0, again.stderr
     data = orjson.loads(again.stdout)
@@ -257,3 +257,31 @@ def test_python_api_takes_a_pydantic_schema_and_returns_the_same_data(
     parsed = list(batchrun.results(reference_run, db=workdir / "api.db").parsed(Ticket))
     assert len(parsed) == 10 and all(isinstance(t, Ticket) for t in parsed)
     assert emulator.stats()["by_status"]["200"] == 30
+
+
+def test_failed_items_are_counted_apart_and_batch_mode_answers_the_same(workdir: Path, emulator) -> None:
+    emulator.configure(model_divergence=DIVERGENCE, p_refusal=0.2)
+    n = 20
+    items = write_jsonl(workdir / "tickets.jsonl", tickets(n))
+    job = write_job(workdir, extra="poll_interval = 0.05\n")
+    db = workdir / "batchrun.db"
+    done = run_cli(
+        [*compare_args(items, job), "--json", "-q", "--mode", "batch"], cwd=workdir, env=cli_env(emulator.base_url)
+    )
+    assert done.returncode == 1, done.stderr  # items failed for good (refused): exit 1, the comparison is still made
+    report = orjson.loads(done.stdout)
+    runs = {model: run for run, model in db_rows(db, "SELECT DISTINCT run_id, model FROM items")}
+    failed = {
+        model: {
+            cid for (cid,) in db_rows(db, "SELECT custom_id FROM items WHERE run_id = ? AND state = 'failed'", (run,))
+        }
+        for model, run in runs.items()
+    }
+    assert db_rows(db, "SELECT DISTINCT via FROM items WHERE state = 'succeeded'") == [("batch",)]
+    params = stored_params(db)
+    for row, model in zip(report["models"], (HAIKU, SONNET), strict=True):
+        lost = failed[model] | failed[OPUS]
+        assert lost and row["failed"] == len(lost) and row["items"] == n - len(lost)
+        kept = {cid: by_model for cid, by_model in params.items() if cid not in lost}
+        expected = expected_row(kept, model)
+        assert row["agreement"] == expected["agreement"] and row["agreement_all"] == expected["agreement_all"]
