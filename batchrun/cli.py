@@ -865,7 +865,7 @@ def compare(
     )
     if as_json and result.finished:
         click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
-    else:
+    elif not as_json:
         click.echo(format_table(result, job_path))
     if report_path and result.finished:
         path = write_compare_report(result, report_path)

@@ -97,6 +97,10 @@ class Spec:
             problems.append(
                 f"--tolerance {', '.join(unknown)}: not a field of the schema (its fields: {', '.join(fields)})"
             )
+        if job.mode == "auto":
+            problems.append(
+                "the job's mode is auto: a comparison runs online or in batches (pass --mode online or batch)"
+            )
         if job.route_field is not None:
             problems.append("the job routes items to models (route_field): compare needs one model per run (remove it)")
         if self.max_cost is not None:

@@ -602,7 +602,11 @@ def _compare(
             return watched(store, leg.run_id, replace(options, settings=settings), target_, new_progress())
 
         comparer = Comparer(store, the_job, spec, prepare, run_leg, workdir, say)
-        return comparer.run(path)
+        try:
+            return comparer.run(path)
+        except BatchrunError:
+            store.discard()  # bad input: a database this command made, holding no run, is removed
+            raise
 
 
 async def acompare(items: ItemsArg, job: Any = None, **kwargs: Any) -> Any:

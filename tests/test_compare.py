@@ -285,3 +285,16 @@ def test_failed_items_are_counted_apart_and_batch_mode_answers_the_same(workdir:
         kept = {cid: by_model for cid, by_model in params.items() if cid not in lost}
         expected = expected_row(kept, model)
         assert row["agreement"] == expected["agreement"] and row["agreement_all"] == expected["agreement_all"]
+
+
+def test_bad_input_is_refused_before_anything_is_sent_or_stored(workdir: Path, emulator) -> None:
+    items = workdir / "tickets.jsonl"
+    items.write_text('{"custom_id": "a", "text": "fine"}\n{"custom_id": "b", "text": \n')
+    env = cli_env(emulator.base_url)
+    bad = run_cli(compare_args(items, write_job(workdir)), cwd=workdir, env=env)
+    assert bad.returncode == 2 and f"{items}:2: not valid JSON" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and "error: unexpected" not in bad.stderr
+    write_jsonl(items, tickets(3))
+    same = run_cli([*compare_args(items, write_job(workdir)), "--models", f"{HAIKU},{OPUS}"], cwd=workdir, env=env)
+    assert same.returncode == 2 and "names the reference" in same.stderr
+    assert not (workdir / "batchrun.db").exists() and emulator.stats()["by_status"] == {}
