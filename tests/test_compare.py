@@ -298,3 +298,14 @@ def test_bad_input_is_refused_before_anything_is_sent_or_stored(workdir: Path, e
     same = run_cli([*compare_args(items, write_job(workdir)), "--models", f"{HAIKU},{OPUS}"], cwd=workdir, env=env)
     assert same.returncode == 2 and "names the reference" in same.stderr
     assert not (workdir / "batchrun.db").exists() and emulator.stats()["by_status"] == {}
+
+
+def test_the_emulator_takes_model_divergence_as_a_flag_and_refuses_a_bad_share() -> None:
+    from batchrun.emulator.config import EmulatorConfig, config_from_argv, config_to_argv
+
+    config, _, _ = config_from_argv(["--model-divergence", "claude-haiku-4-5=0.25,claude-sonnet-4-6=0"])
+    assert config.model_divergence == {HAIKU: 0.25, SONNET: 0.0}
+    assert config_from_argv(config_to_argv(config))[0].model_divergence == config.model_divergence
+    for bad in ({HAIKU: 1.5}, {HAIKU: "x"}, "claude-haiku-4-5", [HAIKU]):
+        with pytest.raises(ValueError, match="model_divergence"):
+            EmulatorConfig(model_divergence=bad)
