@@ -589,12 +589,7 @@ def _compare(
         store = stack.enter_context(_store(db, create=True))
 
         def prepare(leg: Any) -> str:
-            try:
-                run_id, _ = prepare_run(store, leg.path, leg.job, target_.endpoint)
-            except BatchrunError:
-                store.discard()  # only a database this command made, holding no run
-                raise
-            return run_id
+            return prepare_run(store, leg.path, leg.job, target_.endpoint)[0]
 
         def run_leg(leg: Any, ceiling: float | None) -> RunResult:
             settings = leg.job.runtime_settings()
