@@ -151,7 +151,14 @@ class Leg:
 def sample_ids(path: str, job: Job, n: int | None) -> tuple[set[str] | None, int]:
     """The custom_ids of a deterministic sample of `n` items (those whose id hashes lowest), or None for all;
     and how many items the file has. The same file and n give the same sample on every machine."""
-    ids = [item.custom_id for item in read_items(path, job)]
+    ids = []
+    for item in read_items(path, job):
+        if item.params.get("model") != job.model:
+            raise UsageError(
+                f"{path}:{item.line_no}: the line names its own model ({item.params.get('model')}); a comparison "
+                "sends every item to each model in turn (remove the model from the line)"
+            )
+        ids.append(item.custom_id)
     if n is None or n >= len(ids):
         return None, len(ids)
     chosen = heapq.nsmallest(n, ids, key=lambda cid: hashlib.sha256(cid.encode()).hexdigest())

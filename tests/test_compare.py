@@ -294,6 +294,9 @@ def test_bad_input_is_refused_before_anything_is_sent_or_stored(workdir: Path, e
     bad = run_cli(compare_args(items, write_job(workdir)), cwd=workdir, env=env)
     assert bad.returncode == 2 and f"{items}:2: not valid JSON" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr and "error: unexpected" not in bad.stderr
+    write_jsonl(items, [*tickets(2), {"custom_id": "c", "text": "mine", "model": SONNET}])
+    own = run_cli(compare_args(items, write_job(workdir)), cwd=workdir, env=env)
+    assert own.returncode == 2 and f"{items}:3: the line names its own model" in own.stderr, own.stderr
     write_jsonl(items, tickets(3))
     same = run_cli([*compare_args(items, write_job(workdir)), "--models", f"{HAIKU},{OPUS}"], cwd=workdir, env=env)
     assert same.returncode == 2 and "names the reference" in same.stderr
@@ -309,3 +312,20 @@ def test_the_emulator_takes_model_divergence_as_a_flag_and_refuses_a_bad_share()
     for bad in ({HAIKU: 1.5}, {HAIKU: "x"}, "claude-haiku-4-5", [HAIKU]):
         with pytest.raises(ValueError, match="model_divergence"):
             EmulatorConfig(model_divergence=bad)
+
+
+def test_the_html_report_escapes_every_value_and_has_no_script() -> None:
+    from collections import Counter
+
+    from batchrun.comparereport import render_html
+    from batchrun.comparison import Comparison, ModelResult
+
+    evil = '<script>alert("x")</script>'
+    result = ModelResult(HAIKU, items=1, total=1, run_id="r-1")
+    result.agreed["kind"] = 0
+    result.confusion = {"kind": Counter({(evil, "b&b"): 1})}
+    result.examples = [{"custom_id": "c-1", "fields": ["kind"], "answer": {"kind": "b&b"}, "reference": {"kind": evil}}]
+    c = Comparison(OPUS, 1, ["kind"], [result], None, 0.9, reference_run_id="r-0", inputs={"c-1": evil})
+    page = render_html(c)
+    assert "<script" not in page.lower()
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 2 and "b&amp;b" in page
