@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -576,10 +575,6 @@ class Comparer:
 def judged_reference(reference: Mapping[str, Answer]) -> dict[str, Answer]:
     """The reference agrees with itself: what a judged model's answers are compared with."""
     return {cid: replace(a, value=True if a.ok else None) for cid, a in reference.items()}
-
-
-def share_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}" if math.isclose(value, round(value, 2)) else f"{value:.1%}"
 
 
 # the dry run
