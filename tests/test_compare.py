@@ -256,6 +256,8 @@ def test_python_api_takes_a_pydantic_schema_and_returns_the_same_data(
     reference_run = found.reference_run_id
     parsed = list(batchrun.results(reference_run, db=workdir / "api.db").parsed(Ticket))
     assert len(parsed) == 10 and all(isinstance(t, Ticket) for t in parsed)
+    assert [p.model_dump() for p in parsed] == [expected_output(params[f"t-{i}"][OPUS], DIVERGENCE) for i in range(10)]
+    assert params["t-0"][OPUS]["output_config"]["format"]["schema"] == Ticket.model_json_schema()  # what was sent
     assert emulator.stats()["by_status"]["200"] == 30
 
 
