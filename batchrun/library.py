@@ -90,6 +90,18 @@ class Results:
             for custom_id, _, result in store.iter_results(self.run_id, self.only):
                 yield {"custom_id": custom_id, "result": orjson.loads(result)}
 
+    def parsed(self, model: Any) -> Iterator[Any]:
+        """Each succeeded item's answer (a schema job's data) as an instance of `model`, a Pydantic model class."""
+        with _store(self.db) as store:
+            from batchrun.store import answer_rows
+
+            rows = list(answer_rows(store, self.run_id, ["data"], "succeeded"))
+        import orjson
+
+        for (data,) in rows:
+            if data:
+                yield model.model_validate(orjson.loads(data))
+
     def to_pandas(self) -> Any:
         """A DataFrame, one row per item: custom_id, type, text, model, tokens, error type and message."""
         try:
@@ -153,15 +165,22 @@ class Target(NamedTuple):
 
 
 def client_factory(
-    stack: contextlib.ExitStack, emulate: bool, backend: str = "aiohttp", say: Callable[[str], Any] | None = None
+    stack: contextlib.ExitStack,
+    emulate: bool,
+    backend: str = "aiohttp",
+    say: Callable[[str], Any] | None = None,
+    emulator_extra: str | None = None,
 ) -> Target:
-    """Decide where requests go before anything is sent; the emulator is used only when asked for."""
+    """Decide where requests go before anything is sent; the emulator is used only when asked for.
+    `emulator_extra`: flags added to the emulator's default ones (ignored when BATCHRUN_EMULATOR_ARGS is set)."""
     from batchrun.api import endpoint_of, make_client
 
     if emulate:
-        from batchrun.emulate import EMULATOR_KEY, emulator
+        from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, emulator
 
-        url = stack.enter_context(emulator())
+        chosen = os.environ.get("BATCHRUN_EMULATOR_ARGS")
+        args = None if chosen or not emulator_extra else f"{DEFAULT_ARGS} {emulator_extra}"
+        url = stack.enter_context(emulator(args))
         if say is not None:
             say(f"--emulate: requests go to the built-in API emulator at {url}; no request leaves this machine")
         return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
@@ -265,11 +284,22 @@ def _result(store: Store, run_id: str, ending: Any, created: bool) -> RunResult:
 
 
 def load_job_arg(job: str | os.PathLike[str] | Job | None, settings: Mapping[str, Any]) -> Job:
-    """A job given as a TOML path, a Job, or nothing; keyword settings (model=..., max_tokens=...) override it."""
+    """A job given as a TOML path, a Job, or nothing; keyword settings (model=..., max_tokens=...) override it.
+    `schema=` may be a Pydantic model class: its JSON Schema is sent."""
     from batchrun.job import Job, load_job
 
     base = job if isinstance(job, Job) else load_job(job)
+    settings = dict(settings)
+    if settings.get("schema") is not None:
+        settings["schema"] = json_schema_of(settings["schema"])
     return base.with_overrides(**settings)
+
+
+def json_schema_of(schema: Any) -> Any:
+    """A JSON Schema dict as is; a Pydantic model class as its JSON Schema."""
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        return schema.model_json_schema()
+    return schema
 
 
 def _options(**given: Any) -> RunOptions:
@@ -486,3 +516,148 @@ async def astatus(run_id: str | None = None, **kwargs: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(status, run_id, **kwargs)
+
+
+def compare(
+    items: ItemsArg,
+    job: str | os.PathLike[str] | Job | None = None,
+    *,
+    models: Iterable[str],
+    reference: str,
+    sample: int | None = None,
+    target: float = 0.9,
+    judge: str | None = None,
+    tolerance: Mapping[str, float] | None = None,
+    max_cost: float | None = None,
+    db: str | os.PathLike[str] | None = None,
+    emulate: bool = False,
+    backend: str = "aiohttp",
+    use_cache: bool = True,
+    log: str | None = "text",
+    **settings: Any,
+) -> Any:
+    """Run `items` (all, or a deterministic sample of `sample`) on each of `models` and on `reference`, each as a
+    normal run in the store, and compare every schema field of their answers with the reference's (a text job
+    needs `judge`). Returns a Comparison: `.to_dict()` is `compare --json`'s output, `.exit_code` the CLI's.
+    `max_cost` (USD) covers the whole comparison; `settings` are job keys (mode, concurrency, schema...)."""
+    return _blocking(
+        _compare,
+        items,
+        job,
+        models=tuple(models),
+        reference=reference,
+        sample=sample,
+        target=target,
+        judge=judge,
+        tolerance=dict(tolerance or {}),
+        max_cost=max_cost,
+        db=db,
+        emulate=emulate,
+        backend=backend,
+        options=_options(use_cache=use_cache),
+        log=log,
+        settings=settings,
+    )
+
+
+def compare_job(job: Any, settings: Mapping[str, Any], max_cost: float | None) -> tuple[Job, float | None]:
+    """The job the comparison's runs share, and the comparison's budget (the job's max_cost when none given)."""
+    the_job = load_job_arg(job, {k: v for k, v in settings.items() if k != "max_cost"})
+    budget = max_cost if max_cost is not None else the_job.max_cost
+    return replace(the_job, max_cost=None), budget
+
+
+def _compare(
+    items: ItemsArg,
+    job: Any,
+    *,
+    models: tuple[str, ...],
+    reference: str,
+    sample: int | None,
+    target: float,
+    judge: str | None,
+    tolerance: dict[str, float],
+    max_cost: float | None,
+    db: Any,
+    emulate: bool,
+    backend: str,
+    options: RunOptions,
+    log: str | None,
+    settings: dict[str, Any],
+    progress_factory: Callable[[], Any] | None = None,
+    say: Callable[[str], Any] | None = None,
+) -> Any:
+    import tempfile
+
+    from batchrun.comparison import EMULATED_DIVERGENCE, Comparer, Spec
+    from batchrun.runs import prepare_run
+
+    the_job, budget = compare_job(job, settings, max_cost)
+    spec = Spec(models, reference, sample, target, judge, tolerance, budget)
+    spec.check(the_job)
+    new_progress = progress_factory or (lambda: _progress(log))
+    say = say or new_progress().write
+    with contextlib.ExitStack() as stack:
+        target_ = client_factory(stack, emulate, backend, say, f"--model-divergence {EMULATED_DIVERGENCE}")
+        if emulate and not os.environ.get("BATCHRUN_EMULATOR_ARGS"):
+            say(
+                "--emulate: the emulator's models answer as the reference would, but for a set share of fields "
+                f"({EMULATED_DIVERGENCE.replace(',', ', ')}; BATCHRUN_EMULATOR_ARGS='--model-divergence ...' "
+                "sets others)"
+            )
+        path = stack.enter_context(_spooled(items))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-compare-")))
+        store = stack.enter_context(_store(db, create=True))
+
+        def prepare(leg: Any) -> str:
+            return prepare_run(store, leg.path, leg.job, target_.endpoint)[0]
+
+        def run_leg(leg: Any, ceiling: float | None) -> RunResult:
+            settings = leg.job.runtime_settings()
+            settings["max_cost"] = ceiling
+            return watched(store, leg.run_id, replace(options, settings=settings), target_, new_progress())
+
+        comparer = Comparer(store, the_job, spec, prepare, run_leg, workdir, say)
+        try:
+            return comparer.run(path)
+        except BatchrunError:
+            store.discard()  # bad input: a database this command made, holding no run, is removed
+            raise
+
+
+async def acompare(items: ItemsArg, job: Any = None, **kwargs: Any) -> Any:
+    """`compare` for async code, in a thread of its own."""
+    import asyncio
+
+    return await asyncio.to_thread(compare, items, job, **kwargs)
+
+
+def compare_plan(
+    items: ItemsArg,
+    job: Any = None,
+    *,
+    models: Iterable[str],
+    reference: str,
+    sample: int | None = None,
+    target: float = 0.9,
+    judge: str | None = None,
+    max_cost: float | None = None,
+    emulate: bool = False,
+    backend: str = "aiohttp",
+    **settings: Any,
+) -> str:
+    """`compare --dry-run`: what each run of the comparison would cost at most; nothing is sent (input tokens are
+    counted with count_tokens when a key or the emulator is at hand)."""
+    import tempfile
+
+    from batchrun.comparison import Spec, dry_run
+
+    the_job, budget = compare_job(job, settings, max_cost)
+    spec = Spec(tuple(models), reference, sample, target, judge, {}, budget)
+    spec.check(the_job)
+    with contextlib.ExitStack() as stack:
+        counting = emulate or bool(os.environ.get("ANTHROPIC_API_KEY"))
+        make_client = client_factory(stack, emulate, backend).make_client if counting else None
+        path = stack.enter_context(_spooled(items))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-compare-")))
+        return _blocking(dry_run, path, the_job, spec, make_client, workdir)

@@ -70,6 +70,7 @@ class Batch:
     order: list[int] = field(default_factory=list)  # indices by finish time
     retryable_errors: int = 0
     task: asyncio.Task | None = None
+    divergence: dict[str, float] = field(default_factory=dict)  # the config's model_divergence at create
 
     def __post_init__(self) -> None:
         self.order = sorted(range(len(self.items)), key=self.finish_at.__getitem__)
@@ -204,7 +205,13 @@ class BatchStore:
         times, late = processing_times(self.config, self.created, len(items))
         finish_at = [now + t for t in times]
         batch = Batch(
-            "msgbatch_" + secrets.token_hex(12), now, items, finish_at, late, self.config.batch_progress_counts
+            "msgbatch_" + secrets.token_hex(12),
+            now,
+            items,
+            finish_at,
+            late,
+            self.config.batch_progress_counts,
+            divergence=dict(self.config.model_divergence),
         )
         self.created += 1
         self.batches[batch.id] = batch
@@ -335,7 +342,13 @@ class BatchStore:
         self.cache.commit(use, time.monotonic())
         fault = self._reply_fault(request_key(params), params)
         message = build_message(
-            params, msg_id="", cache_creation=use.creation, cache_read=use.read, service_tier="batch", fault=fault
+            params,
+            msg_id="",
+            cache_creation=use.creation,
+            cache_read=use.read,
+            service_tier="batch",
+            fault=fault,
+            divergence=self.config.model_divergence,
         )
         self.stats.batch_usage(params["model"], message["usage"])
         if use is NO_CACHE and fault is None:
@@ -357,6 +370,7 @@ def result_line(batch: Batch, index: int) -> bytes:
             cache_ttl=outcome.cache_ttl,
             service_tier="batch",
             fault=outcome.fault,
+            divergence=batch.divergence,
         )
     elif outcome.kind == "errored":
         error = {"type": outcome.error_type, "message": outcome.error_message}

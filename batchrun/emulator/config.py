@@ -80,6 +80,9 @@ class EmulatorConfig:
     batch_p_errored: float = 0.0
     batch_p_expired: float = 0.0
     track_keys: bool = True
+    # Models that answer differently from the reference (see divergence.py): model id -> share of wrong answers,
+    # decided field by field from a hash of the question. Empty: every model answers as before (its own way).
+    model_divergence: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,6 +109,8 @@ class EmulatorConfig:
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     kind = str(type_name)
+    if kind == "dict[str, float]":
+        return _divergence(name, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{name}: expected a boolean, got {value!r}")
@@ -131,6 +136,28 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
     return value
 
 
+def _divergence(name: str, value: Any) -> dict[str, float]:
+    """`{"model": share}`, or its command-line form `model=share,model=share`."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"{name}: expected MODEL=SHARE[,MODEL=SHARE...], got {value!r}")
+        try:
+            value = {model.strip(): float(share) for model, _, share in pairs}
+        except ValueError:
+            raise ValueError(f"{name}: each share must be a number, got {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a table of model -> share, got {value!r}")
+    out = {}
+    for model, share in value.items():
+        if not isinstance(model, str) or isinstance(share, bool) or not isinstance(share, int | float):
+            raise ValueError(f"{name}: expected model -> share between 0 and 1, got {model!r}: {share!r}")
+        if not 0 <= share <= 1:
+            raise ValueError(f"{name}: the share of {model} must be between 0 and 1, got {share!r}")
+        out[model] = float(share)
+    return out
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -145,6 +172,8 @@ def config_to_argv(config: EmulatorConfig) -> list[str]:
             continue
         if isinstance(value, bool):
             argv.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
+        elif isinstance(value, dict):
+            argv += [_flag(f.name), ",".join(f"{k}={v}" for k, v in value.items())]
         else:
             argv += [_flag(f.name), str(value)]
     return argv
@@ -158,7 +187,7 @@ def build_arg_parser(prog: str = "python -m batchrun.emulator") -> argparse.Argu
         kind = str(f.type)
         if kind == "bool":
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction)
-        elif kind == "str | None":
+        elif kind in ("str | None", "dict[str, float]"):
             parser.add_argument(_flag(f.name), dest=f.name)
         else:
             parser.add_argument(_flag(f.name), dest=f.name, type=int if kind == "int" else float)

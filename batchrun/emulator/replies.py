@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
+from .divergence import TEXT, diverge_value, diverging_fields, question, share_of
 from .media import block_tokens
 from .schema_gen import generate
 
@@ -166,9 +168,13 @@ def wants_structured(params: dict) -> bool:
     return output_schema(params) is not None or forced_tool(params) is not None
 
 
-def expected_output(params: dict) -> Any:
+def expected_output(params: dict, divergence: Mapping[str, float] | None = None) -> Any:
     """The object the emulator answers a structured request with: the parsed JSON text for
     `output_config.format`, the tool_use `input` for a forced tool; None for a plain text request."""
+    if divergence:
+        reply = expected_reply(params, None, divergence)
+        last = reply.content[-1]
+        return last["input"] if last.get("type") == "tool_use" else orjson.loads(reply.text)
     tool = forced_tool(params)
     if tool is not None:
         return generate(tool["input_schema"], request_key(params))
@@ -241,11 +247,15 @@ def _apply_stop_sequences(text: str, tokens: int, stops: Any) -> tuple[str, int,
     return cut, max(1, min(tokens, _text_tokens(cut))), stop
 
 
-def expected_reply(params: dict, fault: str | None = None) -> Reply:
+def expected_reply(params: dict, fault: str | None = None, divergence: Mapping[str, float] | None = None) -> Reply:
     """The reply's content, output token count and stop reason; output_tokens <= max_tokens.
 
     `fault` is one of REPLY_FAULTS when the server's fault flags picked one for this attempt, else None.
+    `divergence` (the config's model_divergence): when not empty, models answer as the reference would, except
+    for their share of wrong answers (see divergence.py).
     """
+    if divergence:
+        return _diverged_reply(params, fault, divergence)
     key = request_key(params)
     max_tokens = params.get("max_tokens")
     room = max_tokens if isinstance(max_tokens, int) and max_tokens >= 1 else MAX_REPLY_TOKENS * 1000
@@ -272,6 +282,34 @@ def expected_reply(params: dict, fault: str | None = None) -> Reply:
         stop_reason = "stop_sequence"
     content.append({"type": "text", "text": text})
     return Reply(text, used + tokens, stop_reason, content, stop_sequence)
+
+
+def _diverged_reply(params: dict, fault: str | None, divergence: Mapping[str, float]) -> Reply:
+    reference = expected_reply(question(params), fault)
+    if fault is not None or share_of(params.get("model"), divergence) <= 0:
+        return reference
+    tool = forced_tool(params)
+    schema = tool["input_schema"] if tool is not None else output_schema(params)
+    if schema is None:
+        if TEXT not in diverging_fields(params, [TEXT], divergence) or reference.stop_reason == "max_tokens":
+            return reference
+        return expected_reply({**question(params), "model": params.get("model")}, fault)
+    content = list(reference.content)
+    last = content[-1]
+    if last.get("type") == "tool_use":
+        if reference.stop_reason != "tool_use":
+            return reference
+        value = diverge_value(params, schema, last["input"], divergence)
+        content[-1] = {**last, "input": value}
+        tokens = reference.output_tokens - _text_tokens(orjson.dumps(last["input"]).decode())
+        return reference._replace(content=content, output_tokens=tokens + _text_tokens(orjson.dumps(value).decode()))
+    if reference.stop_reason != "end_turn":
+        return reference
+    value = diverge_value(params, schema, orjson.loads(reference.text), divergence)
+    text = orjson.dumps(value).decode()
+    content[-1] = {**last, "text": text}
+    tokens = reference.output_tokens - _text_tokens(reference.text) + _text_tokens(text)
+    return reference._replace(text=text, content=content, output_tokens=tokens)
 
 
 def expected_text(params: dict) -> str:
@@ -311,9 +349,10 @@ def build_message(
     cache_ttl: str = "5m",
     service_tier: str = "standard",
     fault: str | None = None,
+    divergence: Mapping[str, float] | None = None,
 ) -> dict:
     """The full Message JSON for `params`; cache numbers come from the server's prompt cache."""
-    reply = expected_reply(params, fault)
+    reply = expected_reply(params, fault, divergence)
     usage = build_usage(
         params,
         reply.output_tokens,

@@ -261,7 +261,13 @@ async def _reply(
     if fault is not None:
         stats.injected[fault] += 1
     message = build_message(
-        body, msg_id=msg_id, cache_creation=use.creation, cache_read=use.read, cache_ttl=use.ttl, fault=fault
+        body,
+        msg_id=msg_id,
+        cache_creation=use.creation,
+        cache_read=use.read,
+        cache_ttl=use.ttl,
+        fault=fault,
+        divergence=emu.config.model_divergence,
     )
     try:
         await asyncio.sleep(emu.faults.latency_s() + extra_delay)
