@@ -92,6 +92,19 @@ class Judge:
             return Verdict(stop)
         return self._validate(stop, message)
 
+    def accepts_stored(self, result: str | bytes) -> tuple[bool, str | None]:
+        """Whether a stored succeeded result is an answer for this job, and the data to store with it: the
+        response cache serves another run's reply only when this job would have accepted it as a new reply."""
+        try:
+            stored = orjson.loads(result)
+        except (orjson.JSONDecodeError, TypeError):
+            return False, None
+        message = stored.get("message") if isinstance(stored, dict) else None
+        if not isinstance(message, dict):
+            return False, None
+        verdict = self(message)
+        return verdict.ok, verdict.stored_data() if verdict.ok else None
+
     def _validate(self, stop: str | None, message: dict[str, Any]) -> Verdict:
         if self.via_tool:
             blocks = [b for b in message.get("content") or [] if isinstance(b, dict) and b.get("type") == "tool_use"]

@@ -218,11 +218,21 @@ def _message(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _message_problem(message: Any) -> str | None:
+    """Why a reply is not a Message (None when it is one): the check of the online path and of batch results."""
     if not isinstance(message, dict) or message.get("type") != "message":
         return "no message object"
-    if not isinstance(message.get("content"), list):
+    content = message.get("content")
+    if not isinstance(content, list):
         return "content is not a list"
-    usage = message.get("usage")
+    for block in content:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            return "a content block is not a block object"
+        if block["type"] == "text" and not isinstance(block.get("text"), str):
+            return "a text block has no text"
+    return _usage_problem(message.get("usage"))
+
+
+def _usage_problem(usage: Any) -> str | None:
     if not isinstance(usage, dict):
         return "no usage object"
     for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):

@@ -375,6 +375,10 @@ def _batch_ended(run: str, d: dict[str, Any]) -> str:
         text += f"; {d['missing']} item(s) had no result: pending again"
     if d["stray"]:
         text += f"; {d['stray']} result(s) matched no item waiting in it: ignored"
+    if d.get("unreadable"):
+        text += (
+            f"; {d['unreadable']} result line(s) not readable as results (the API's fault): their items are sent again"
+        )
     return text
 
 

@@ -590,6 +590,29 @@ class _PartIds:
 # Written out in the queries they serve, so SQLite can use the partial indexes items_by_batch and items_by_state.
 IN_BATCH = "state = 'in_flight'"
 NOT_DONE = "state != 'succeeded'"
+# The response cache (Store.reuse_results): a pending item's identical requests that succeeded on its run's
+# endpoint (items_by_request finds them by the hash's first 8 characters).
+_REUSE_SOURCE = (
+    "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE substr(c.request_hash, 1, 8) = "
+    "substr(i.request_hash, 1, 8) AND c.request_hash = i.request_hash AND c.state = 'succeeded' "
+    "AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
+)
+REUSE_MATCHED = (
+    f"SELECT i.line_no FROM items i WHERE i.run_id = ? AND i.state = ? AND i.{NOT_DONE} "
+    f"AND EXISTS (SELECT 1 {_REUSE_SOURCE}) ORDER BY i.line_no"
+)
+REUSE_CANDIDATES = (
+    "SELECT i.line_no, c.run_id, c.result, c.stop_reason FROM items i JOIN items c ON substr(c.request_hash, 1, 8) "
+    "= substr(i.request_hash, 1, 8) AND c.request_hash = i.request_hash JOIN runs cr ON cr.id = c.run_id "
+    "WHERE i.run_id = ? AND c.state = 'succeeded' AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?) "
+    f"AND i.state = ? AND i.{NOT_DONE} AND i.line_no IN (SELECT value FROM json_each(?)) "
+    "ORDER BY i.line_no, c.run_id, c.line_no"
+)
+REUSE_UPDATE = (
+    "UPDATE items SET state = ?, via = 'cache', result = ?, answered_from = ?, updated_at = ?, stop_reason = ?, "
+    f"data = ?, cost_usd = coalesce(cost_usd, 0) WHERE run_id = ? AND line_no = ? AND state = ? AND {NOT_DONE}"
+)
+REUSE_CHUNK = 500
 # For the queries over succeeded items: the run's rows in line order (its primary key), not in custom_id order.
 BY_LINE = "line_no > 0"
 UNFINISHED = "EXISTS (SELECT 1 FROM run_tallies WHERE run_id = r.id AND state IN (?, ?) AND items > 0)"
@@ -1213,27 +1236,38 @@ class Store:
         for run_id, line_nos in lines.items():
             self.db.execute(RETALLY, {"sign": sign, "run_id": run_id, "lines": orjson.dumps(line_nos).decode()})
 
-    def reuse_results(self, run_id: str) -> int:
+    def reuse_results(self, run_id: str, accepts: Callable[[Any], tuple[bool, str | None]]) -> int:
         """Answer pending items from identical requests that already succeeded in this database, on the same
         endpoint: never pay twice, and never serve one endpoint's answer (the emulator's) to a run on another.
+
+        Only a reply this run's job accepts is served: `accepts(stored result)` judges it as a new reply would be
+        judged (stop reason, schema, truncation) and gives the data to store; the run that stored it may have
+        judged it otherwise (e.g. accept_truncated). Items without an identical request cost one indexed look-up,
+        as before; only the items that have one are judged, a chunk at a time.
 
         The reused result is the original reply; the item is billed nothing (via 'cache', zero tokens), and
         `answered_from` names the run it was copied from.
         """
-        source = (
-            "FROM items c JOIN runs cr ON cr.id = c.run_id WHERE substr(c.request_hash, 1, 8) = "  # items_by_request
-            "substr(items.request_hash, 1, 8) AND c.request_hash = items.request_hash AND c.state = 'succeeded' "
-            "AND cr.endpoint = (SELECT endpoint FROM runs WHERE id = ?)"
-        )
-        cur = self.db.execute(
-            f"UPDATE items SET state = ?, via = 'cache', result = (SELECT c.result {source} LIMIT 1), "
-            f"answered_from = (SELECT c.run_id {source} LIMIT 1), updated_at = ?, "
-            f"stop_reason = (SELECT c.stop_reason {source} LIMIT 1), data = (SELECT c.data {source} LIMIT 1), "
-            "cost_usd = coalesce(cost_usd, 0) "
-            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} AND EXISTS (SELECT 1 {source})",
-            [SUCCEEDED, run_id, run_id, time.time(), run_id, run_id, run_id, PENDING, run_id],
-        )
-        return cur.rowcount
+        matched = [line for (line,) in self.db.execute(REUSE_MATCHED, [run_id, PENDING, run_id])]
+        reused = 0
+        for at in range(0, len(matched), REUSE_CHUNK):
+            chunk = matched[at : at + REUSE_CHUNK]
+            with self._write():
+                reused += self._reuse_chunk(run_id, chunk, accepts)
+        return reused
+
+    def _reuse_chunk(self, run_id: str, lines: list[int], accepts: Callable[[Any], tuple[bool, str | None]]) -> int:
+        rows = self.db.execute(REUSE_CANDIDATES, [run_id, run_id, PENDING, orjson.dumps(lines).decode()]).fetchall()
+        now = time.time()
+        updates: dict[int, tuple[Any, ...]] = {}
+        for line_no, source_run, result, stop_reason in rows:
+            if line_no in updates:
+                continue
+            ok, data = accepts(result)
+            if ok:
+                updates[line_no] = (SUCCEEDED, result, source_run, now, stop_reason, data, run_id, line_no, PENDING)
+        self.db.conn.executemany(REUSE_UPDATE, list(updates.values()))
+        return len(updates)
 
     def retry_failed(self, run_id: str, error_type: str | None = None, changes: dict[str, Any] | None = None) -> int:
         """Failed items back to pending; their earlier errors stay in the attempts table.
