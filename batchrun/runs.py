@@ -164,7 +164,7 @@ def process_run(
             error_type = options.retry if isinstance(options.retry, str) else None
             retried = store.retry_failed(run_id, error_type, options.retry_changes)
             events(Event("retrying_failed", run_id, {"items": retried}))
-        reused = store.reuse_results(run_id, Judge(job).accepts_stored) if options.use_cache else 0
+        reused = store.reuse_results(run_id, Judge(job)) if options.use_cache else 0
         counts = store.counts(run_id)
         stop = None
         if counts[State.PENDING] + counts[State.IN_FLIGHT]:

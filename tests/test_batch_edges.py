@@ -187,3 +187,24 @@ def test_the_cache_serves_no_reply_that_fails_the_current_jobs_schema(workdir: P
         ("failed", "online", "invalid_output")
     ]
     assert_tallies_exact(db)
+
+
+def test_the_cache_still_serves_a_whole_reply_to_a_job_that_judges_otherwise(workdir: Path, emulator) -> None:
+    """A reply that ended on its own is an answer for both jobs: the strict job is served it from the cache
+    that the accepting job filled, without a request."""
+    env = cli_env(emulator.base_url)
+    write_jsonl(workdir / "items.jsonl", items(5))
+    roomy = workdir / "accepting.toml"
+    roomy.write_text(f'model = "{MODEL}"\nmax_tokens = 64\naccept_truncated = true\n')
+    first = batchrun(["submit", "items.jsonl", "--job", str(roomy), "--run-id", "a"], cwd=workdir, env=env)
+    assert first.returncode == 0, first.stderr
+    requests = emulator.stats()["requests"]
+    strict = ["submit", "items.jsonl", "--model", MODEL, "--max-tokens", "64", "--run-id", "b"]
+    second = batchrun(strict, cwd=workdir, env=env)
+    assert second.returncode == 0, second.stderr
+    db = workdir / "batchrun.db"
+    assert db_rows(db, "SELECT DISTINCT state, via, answered_from, stop_reason FROM items WHERE run_id = 'b'") == [
+        ("succeeded", "cache", "a", "end_turn")
+    ]
+    assert emulator.stats()["requests"] == requests
+    assert_tallies_exact(db)
