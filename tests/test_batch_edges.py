@@ -208,3 +208,21 @@ def test_the_cache_still_serves_a_whole_reply_to_a_job_that_judges_otherwise(wor
     ]
     assert emulator.stats()["requests"] == requests
     assert_tallies_exact(db)
+
+
+def test_cancel_and_resume_get_past_an_unreadable_line(workdir: Path, emulator) -> None:
+    """The batch ended with a cut line while no process waited: `cancel` stores the good results and leaves the
+    unreadable line's item pending (none in flight), and `resume` sends it and finishes the run."""
+    env = cli_env(emulator.base_url)
+    proc = run_spoiled(workdir, emulator, ["cut_json"], 6, "--no-wait")
+    assert proc.returncode == 3, proc.stderr
+    (batch_id,) = [i for (i,) in db_rows(workdir / "batchrun.db", "SELECT id FROM batches")]
+    emulator.advance_clock(3600)
+    canceled = batchrun(["cancel", "r"], cwd=workdir, env=env)
+    assert canceled.returncode == 3, canceled.stderr
+    assert "unexpected" not in canceled.stderr and batch_id in canceled.stderr
+    states = db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state ORDER BY 1")
+    assert states == [("pending", 1), ("succeeded", 5)]
+    resumed = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_each_item_answered_once(workdir, 6)
