@@ -226,3 +226,13 @@ def test_cancel_and_resume_get_past_an_unreadable_line(workdir: Path, emulator) 
     resumed = batchrun(["resume", "r", *FAST, "-o", "out.jsonl"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert_each_item_answered_once(workdir, 6)
+
+
+def test_delete_force_gets_past_an_unreadable_line(workdir: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    proc = run_spoiled(workdir, emulator, ["no_custom_id"], 4, "--no-wait")
+    assert proc.returncode == 3, proc.stderr
+    emulator.advance_clock(3600)
+    deleted = batchrun(["delete", "r", "--force"], cwd=workdir, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items") == [(0,)]
