@@ -1277,6 +1277,8 @@ class Store:
         The reused result is the original reply; the item is billed nothing (via 'cache', zero tokens), and
         `answered_from` names the run it was copied from.
         """
+        if not self.db.execute(REUSE_MATCHED + " LIMIT 1", [run_id, PENDING, run_id]).fetchall():
+            return 0  # no identical request (most runs): one look-up per pending item, as before
         alike = [
             other
             for other, schema, via, accept in self.db.execute(REUSE_JUDGING, [run_id])
