@@ -243,6 +243,11 @@ def _usage_problem(usage: Any) -> str | None:
             if value is None and key in OPTIONAL_COUNTS:
                 continue
             return f"usage.{key} is {value!r}, not a whole number"
+    breakdown = usage.get("cache_creation")
+    if breakdown is not None and (
+        type(breakdown) is not dict or any(type(v) is not int or v < 0 for v in breakdown.values())
+    ):
+        return "usage.cache_creation is not a breakdown of whole numbers"
     return None
 
 

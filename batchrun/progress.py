@@ -377,7 +377,8 @@ def _batch_ended(run: str, d: dict[str, Any]) -> str:
         text += f"; {d['stray']} result(s) matched no item waiting in it: ignored"
     if d.get("unreadable"):
         text += (
-            f"; {d['unreadable']} result line(s) not readable as results (the API's fault): their items are sent again"
+            f"; {d['unreadable']} result line(s) malformed (the API's fault): their items are sent again while "
+            "attempts remain"
         )
     return text
 

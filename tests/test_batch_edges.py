@@ -66,7 +66,9 @@ def test_a_result_whose_message_is_not_a_message_is_sent_again_not_stored(workdi
     proc = run_spoiled(workdir, emulator, BODY_KINDS)
     assert proc.returncode == 0, proc.stderr
     assert batch_sizes(workdir) == [10, 4]
-    assert "4 result line(s) not readable as results (the API's fault): their items are sent again" in proc.stderr
+    assert "4 result line(s) malformed (the API's fault): their items are sent again while attempts remain" in (
+        proc.stderr
+    )
     assert_each_item_answered_once(workdir, 10)
     assert stored_tokens(workdir) == billed_tokens(emulator)
     (attempts,) = db_rows(
@@ -82,7 +84,7 @@ def test_one_unreadable_line_does_not_block_the_batch(workdir: Path, emulator) -
     assert proc.returncode == 0, proc.stderr
     assert batch_sizes(workdir) == [10, 2]
     assert "2 item(s) had no result: pending again" in proc.stderr
-    assert "2 result line(s) not readable as results" in proc.stderr
+    assert "2 result line(s) malformed" in proc.stderr
     assert_each_item_answered_once(workdir, 10)
 
 
@@ -93,7 +95,7 @@ def test_result_lines_of_the_wrong_types_are_sent_again(workdir: Path, emulator)
     assert proc.returncode == 0, proc.stderr
     assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
     assert batch_sizes(workdir) == [10, 3]
-    assert "3 result line(s) not readable as results" in proc.stderr
+    assert "3 result line(s) malformed" in proc.stderr
     assert_each_item_answered_once(workdir, 10)
 
 
