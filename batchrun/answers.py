@@ -92,6 +92,25 @@ class Judge:
             return Verdict(stop)
         return self._validate(stop, message)
 
+    def judges_like(self, schema: Any, schema_via: str | None, accept_truncated: bool) -> bool:
+        """Whether a job with these settings judges every reply as this one does (its answers are this job's)."""
+        return _judging(schema, schema_via == "tool", accept_truncated) == _judging(
+            self.schema, self.via_tool, self.accept_truncated
+        )
+
+    def accepts_stored(self, result: str | bytes) -> tuple[bool, str | None]:
+        """Whether a stored succeeded result is an answer for this job, and the data to store with it: the
+        response cache serves another run's reply only when this job would have accepted it as a new reply."""
+        try:
+            stored = orjson.loads(result)
+        except (orjson.JSONDecodeError, TypeError):
+            return False, None
+        message = stored.get("message") if isinstance(stored, dict) else None
+        if not isinstance(message, dict):
+            return False, None
+        verdict = self(message)
+        return verdict.ok, verdict.stored_data() if verdict.ok else None
+
     def _validate(self, stop: str | None, message: dict[str, Any]) -> Verdict:
         if self.via_tool:
             blocks = [b for b in message.get("content") or [] if isinstance(b, dict) and b.get("type") == "tool_use"]
@@ -114,6 +133,11 @@ class Judge:
             problem = f"the reply fails the schema at {where}: {error.message}"
             return Verdict(stop, error_type=INVALID_OUTPUT, message=_cut(problem))
         return Verdict(stop, data=data, text=text)
+
+
+def _judging(schema: Any, via_tool: bool, accept_truncated: bool) -> tuple[Any, bool, bool]:
+    """What decides a verdict: the schema and how it is asked for; truncation is accepted only without a schema."""
+    return schema, schema is not None and via_tool, schema is None and bool(accept_truncated)
 
 
 def _refusal_message(message: dict[str, Any]) -> str:

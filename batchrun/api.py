@@ -242,20 +242,41 @@ def _message(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _message_problem(message: Any) -> str | None:
-    if not isinstance(message, dict) or message.get("type") != "message":
+    """Why a reply is not a Message (None when it is one): the check of the online path and of batch results.
+    Exact type checks (JSON gives plain dicts, lists, str and int; a bool is not a token count): it runs for every
+    batch result, so it is kept to about a microsecond."""
+    if type(message) is not dict or message.get("type") != "message":
         return "no message object"
-    if not isinstance(message.get("content"), list):
+    content = message.get("content")
+    if type(content) is not list:
         return "content is not a list"
-    usage = message.get("usage")
-    if not isinstance(usage, dict):
+    for block in content:
+        if type(block) is not dict or type(block.get("type")) is not str:
+            return "a content block is not a block object"
+        if block["type"] == "text" and type(block.get("text")) is not str:
+            return "a text block has no text"
+    return _usage_problem(message.get("usage"))
+
+
+def _usage_problem(usage: Any) -> str | None:
+    if type(usage) is not dict:
         return "no usage object"
-    for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+    for key in TOKEN_COUNTS:
         value = usage.get(key)
-        if value is None and key.startswith("cache"):
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if type(value) is not int or value < 0:
+            if value is None and key in OPTIONAL_COUNTS:
+                continue
             return f"usage.{key} is {value!r}, not a whole number"
+    breakdown = usage.get("cache_creation")
+    if breakdown is not None and (
+        type(breakdown) is not dict or any(type(v) is not int or v < 0 for v in breakdown.values())
+    ):
+        return "usage.cache_creation is not a breakdown of whole numbers"
     return None
+
+
+TOKEN_COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+OPTIONAL_COUNTS = frozenset(TOKEN_COUNTS[2:])
 
 
 @contextlib.contextmanager

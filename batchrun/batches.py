@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from batchrun.answers import Judge, failed_result, item_cost
-from batchrun.api import APIFailure, api_errors, redact
+from batchrun.api import APIFailure, _message_problem, _usage_problem, api_errors, redact
 from batchrun.budget import Budget, worst_cost
 from batchrun.errors import RunLocked
 from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
@@ -65,6 +65,7 @@ API_MAX_BYTES = 256_000_000
 # comma before the next one (the last has none, hence the -1).
 BODY_OVERHEAD = len(b'{"requests":[]}') - 1
 REQUEST_OVERHEAD = len(b'{"custom_id":"","params":},')
+MALFORMED = "MalformedResult"  # the error class of a result line of the wrong shape
 RETRYABLE_RESULT_ERRORS = frozenset({"rate_limit_error", "overloaded_error", "api_error", "timeout_error"})
 CLOCK_SKEW_S = 600.0  # the plan's time is ours, a batch's created_at the API's: look this much further back
 LIST_PAGE = 100
@@ -129,17 +130,28 @@ class Capped:
 
 
 Members = dict[str, tuple[int, int, str]]  # custom_id as sent -> (line_no, attempts so far, model)
+LookedUp = tuple[list[dict[str, Any]], int, Members]  # a chunk's good lines, its unreadable lines, its items
 
 
-def parse_results(lines: list[bytes]) -> list[dict[str, Any]]:
-    """Result lines as objects, each with its custom_id; a line that is not one is the API's fault."""
+def parse_results(lines: list[bytes]) -> tuple[list[dict[str, Any]], int]:
+    """The result lines that are objects with a custom_id, and how many lines are not (cut JSON, no custom_id:
+    the API's fault). Their items get no result from this batch, so they go back to pending when it is closed
+    and are sent again. A file that is all good lines costs what it did before: one comprehension, one check."""
     try:
         parsed = [orjson.loads(line) for line in lines]
-    except orjson.JSONDecodeError as e:
-        raise APIFailure(None, "api_error", f"malformed line in the batch results: {e}", "ResultsFormat") from None
-    if not all(isinstance(p, dict) and isinstance(p.get("custom_id"), str) for p in parsed):
-        raise APIFailure(None, "api_error", "malformed line in the batch results: no custom_id", "ResultsFormat")
-    return parsed
+    except orjson.JSONDecodeError:
+        parsed = [_loads_or_none(line) for line in lines]
+    if all(isinstance(p, dict) and isinstance(p.get("custom_id"), str) for p in parsed):
+        return parsed, 0
+    good = [p for p in parsed if isinstance(p, dict) and isinstance(p.get("custom_id"), str)]
+    return good, len(parsed) - len(good)
+
+
+def _loads_or_none(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def first_time(seen: bytearray, line: int) -> bool:
@@ -208,6 +220,7 @@ class Tally:
     again: int = 0  # retryable error or expired: pending for a follow-up
     canceled: int = 0
     stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
+    unreadable: int = 0  # lines that are not a result (the API's fault): their items are sent again
     lines: int = 0  # result lines read
     usd: float | None = 0.0  # cost of the results stored (batch price); None when a model has no price
     tokens: int = 0  # tokens of the results stored (input, output, cache writes and reads)
@@ -554,6 +567,7 @@ class BatchEngine:
             canceled=tally.canceled,
             missing=missing,
             stray=tally.stray,
+            unreadable=tally.unreadable,
         )
 
     async def _ingest(self, row: dict[str, Any], batch: MessageBatch, tally: Tally) -> None:
@@ -582,13 +596,12 @@ class BatchEngine:
         always completed, never abandoned."""
         loop = asyncio.get_running_loop()
         judged = bytearray()  # a byte per line of this download: one the file repeats is not recorded twice
-        held: asyncio.Future[tuple[list[dict[str, Any]], Members]] | None = None
+        held: asyncio.Future[LookedUp] | None = None
         writing: asyncio.Future[Tally] | None = None
 
-        async def judge_and_write(looked_up: asyncio.Future[tuple[list[dict[str, Any]], Members]]) -> None:
+        async def judge_and_write(looked_up: asyncio.Future[LookedUp]) -> None:
             nonlocal writing
-            parsed, members = await looked_up
-            outcomes, part = self._judge_chunk(parsed, members, judged, started, seconds)
+            outcomes, part = self._judge_chunk(*await looked_up, judged, started, seconds)
             if writing is not None:
                 done, writing = writing, None
                 self._add(tally, await done)
@@ -617,34 +630,43 @@ class BatchEngine:
         tally.again += part.again
         tally.canceled += part.canceled
         tally.stray += part.stray
+        tally.unreadable += part.unreadable
         tally.lines += part.lines
         tally.usd = add_cost(tally.usd, part.usd)
         tally.tokens += part.tokens
         if part.succeeded or part.failed or part.tokens:
             self.emit("items_done", succeeded=part.succeeded, failed=part.failed, usd=part.usd, tokens=part.tokens)
 
-    def _members(self, seq: int, lines: list[bytes]) -> tuple[list[dict[str, Any]], Members]:
-        """On the store's thread: the chunk's lines parsed, and the items of the batch they answer that still
-        wait."""
-        parsed = parse_results(lines)
+    def _members(self, seq: int, lines: list[bytes]) -> LookedUp:
+        """On the store's thread: the chunk's lines parsed (and how many are unreadable), and the items of the
+        batch they answer that still wait."""
+        parsed, unreadable = parse_results(lines)
         ids = [p["custom_id"] for p in parsed]
         row = self.store.batch(self.run_id, seq)
-        if row["adopted"] and row["token"] and not any(i.startswith(row["token"] + "-") for i in ids):
+        if ids and row["adopted"] and row["token"] and not any(i.startswith(row["token"] + "-") for i in ids):
             raise ForeignBatch(seq)
-        return parsed, self.store.batch_members(self.run_id, seq, ids)
+        return parsed, unreadable, self.store.batch_members(self.run_id, seq, ids)
 
     def _judge_chunk(
-        self, parsed: list[dict[str, Any]], members: Members, judged: bytearray, started: float, seconds: float
+        self,
+        parsed: list[dict[str, Any]],
+        unreadable: int,
+        members: Members,
+        judged: bytearray,
+        started: float,
+        seconds: float,
     ) -> tuple[list[Outcome], Tally]:
         """Each result line's outcome, and their counts; a line for no waiting item (or repeated) is stray."""
-        part = Tally(lines=len(parsed))
+        part = Tally(lines=len(parsed) + unreadable, unreadable=unreadable)
         outcomes: list[Outcome] = []
         for line in parsed:
             member = members.pop(line["custom_id"], None)
             if member is None or not first_time(judged, member[0]):
                 part.stray += 1
                 continue
-            outcome = self._outcome(*member, line.get("result") or {}, started, seconds)
+            outcome = self._outcome(*member, line.get("result"), started, seconds)
+            if outcome.attempts and outcome.attempts[0].error_class == MALFORMED:
+                part.unreadable += 1
             if outcome.usage:  # every reply is billed: a cut, refused or invalid one as well as an answer
                 usd = (  # the item's cost, unless the reply names another model (priced by that one)
                     outcome.cost_usd
@@ -671,20 +693,28 @@ class BatchEngine:
         self.store.record(outcomes, times)
         return part
 
-    def _outcome(
-        self, line_no: int, attempts: int, model: str, result: dict[str, Any], started: float, seconds: float
-    ) -> Outcome:
+    def _outcome(self, line_no: int, attempts: int, model: str, result: Any, started: float, seconds: float) -> Outcome:
         """One result line as the item's outcome, in the same result format as the online path."""
+        if not isinstance(result, dict):
+            return self._malformed(line_no, model, "result is not an object", {}, attempts, started, seconds)
         kind = result.get("type")
         last_try = attempts + 1 >= self.job.max_attempts
         if kind == "succeeded":
-            return self._answer(line_no, model, result.get("message") or {}, last_try, started, seconds)
+            message = result.get("message")
+            problem = _message_problem(message)
+            if problem is not None:
+                usage = message.get("usage") if isinstance(message, dict) else None
+                return self._malformed(line_no, model, problem, usage, attempts, started, seconds)
+            return self._answer(line_no, model, message, last_try, started, seconds)
         if kind == "errored":
-            envelope = result.get("error") or {}
-            error = envelope.get("error") or {}
+            envelope = result.get("error")
+            error = (envelope.get("error") or {}) if isinstance(envelope, dict) else None
+            if not isinstance(error, dict):
+                return self._malformed(line_no, model, "error is not an error object", {}, attempts, started, seconds)
             error_type = str(error.get("type") or "api_error")
             text = redact(str(error.get("message") or ""), self.api_key)
             request_id = envelope.get("request_id")
+            request_id = request_id if isinstance(request_id, str) else None
             attempt = Attempt(started, seconds, error_type, request_id=request_id)
             if error_type == "not_found_error":  # an unknown model: its items wait, they are not burnt
                 self.dead_models.setdefault(model, text)
@@ -719,6 +749,32 @@ class BatchEngine:
             )
         # canceled (or a type this version does not know): not processed, so no attempt is counted
         return Outcome(self.run_id, line_no, State.PENDING)
+
+    def _malformed(
+        self, line_no: int, model: str, problem: str, usage: Any, attempts: int, started: float, seconds: float
+    ) -> Outcome:
+        """A result line of the wrong shape: the API's fault, like a 200 that is not a Message online. The item is
+        sent again while attempts remain, else fails as an api_error. Tokens the line bills in a well-formed
+        usage are counted (the API charged them)."""
+        usage = usage if _usage_problem(usage) is None else {}
+        text = f"the batch result is not a valid result: {problem}"
+        outcome = Outcome(
+            self.run_id,
+            line_no,
+            State.PENDING,
+            via="batch",
+            usage=usage,
+            attempts=[Attempt(started, seconds, "api_error", error_class=MALFORMED)],
+            cost_usd=item_cost(model, "batch", usage, self.job) if usage else 0.0,
+        )
+        if attempts + 1 >= self.job.max_attempts:
+            outcome.state = State.FAILED
+            body = {"type": "error", "error": {"type": "api_error", "message": text}, "request_id": None}
+            outcome.result = orjson.dumps({"type": "errored", "error": body}).decode()
+            outcome.error_type = "api_error"
+            outcome.error_class = MALFORMED
+            outcome.error_message = text
+        return outcome
 
     def _answer(
         self, line_no: int, model: str, message: dict[str, Any], last_try: bool, started: float, seconds: float

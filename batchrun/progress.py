@@ -383,6 +383,11 @@ def _batch_ended(run: str, d: dict[str, Any]) -> str:
         text += f"; {d['missing']} item(s) had no result: pending again"
     if d["stray"]:
         text += f"; {d['stray']} result(s) matched no item waiting in it: ignored"
+    if d.get("unreadable"):
+        text += (
+            f"; {d['unreadable']} result line(s) malformed (the API's fault): their items are sent again while "
+            "attempts remain"
+        )
     return text
 
 

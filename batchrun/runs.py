@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchrun.answers import Judge
 from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
@@ -163,7 +164,7 @@ def process_run(
             error_type = options.retry if isinstance(options.retry, str) else None
             retried = store.retry_failed(run_id, error_type, options.retry_changes)
             events(Event("retrying_failed", run_id, {"items": retried}))
-        reused = store.reuse_results(run_id) if options.use_cache else 0
+        reused = store.reuse_results(run_id, Judge(job)) if options.use_cache else 0
         counts = store.counts(run_id)
         stop = None
         if counts[State.PENDING] + counts[State.IN_FLIGHT]:

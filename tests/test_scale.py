@@ -527,6 +527,7 @@ def test_result_lines_repeated_in_a_later_chunk_are_recorded_once(tmp_path: Path
 
     def line(n: int) -> bytes:
         message = {
+            "type": "message",
             "model": MODEL,
             "content": [{"type": "text", "text": answer}],
             "stop_reason": "end_turn",

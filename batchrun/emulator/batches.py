@@ -71,6 +71,7 @@ class Batch:
     retryable_errors: int = 0
     task: asyncio.Task | None = None
     divergence: dict[str, float] = field(default_factory=dict)  # the config's model_divergence at create
+    bad: dict[int, str] = field(default_factory=dict)  # index -> the BAD_LINES kind its result line gets
 
     def __post_init__(self) -> None:
         self.order = sorted(range(len(self.items)), key=self.finish_at.__getitem__)
@@ -200,6 +201,7 @@ class BatchStore:
         self.attempts: dict[str, int] = {}  # request key -> retryable failures so far
         self.answers: dict[str, int] = {}  # request key -> replies built so far (for reply faults)
         self.created = 0  # batches created since reset: seeds each batch's processing times
+        self.spoiled: set[str] = set()  # request keys whose result line was made malformed (batch_bad_lines)
 
     def create(self, items: list[tuple[str, Any]], now: float) -> Batch:
         times, late = processing_times(self.config, self.created, len(items))
@@ -213,11 +215,26 @@ class BatchStore:
             self.config.batch_progress_counts,
             divergence=dict(self.config.model_divergence),
         )
+        batch.bad = self._spoiled(items)
         self.created += 1
         self.batches[batch.id] = batch
         self.stats.batches_created += 1
         self.stats.batch_requests += len(items)
         return batch
+
+    def _spoiled(self, items: list[tuple[str, Any]]) -> dict[int, str]:
+        """Which result lines of a new batch the batch_bad_lines kinds spoil: one each, in order, on requests
+        never spoiled before."""
+        kinds = [k.strip() for k in (self.config.batch_bad_lines or "").split(",") if k.strip()]
+        bad: dict[int, str] = {}
+        for index, (_, params) in enumerate(items):
+            if len(bad) == len(kinds):
+                break
+            key = request_key(params)
+            if key not in self.spoiled:
+                self.spoiled.add(key)
+                bad[index] = kinds[len(bad)]
+        return bad
 
     async def get(self, batch_id: str, now: float) -> Batch:
         batch = self.batches.get(batch_id)
@@ -376,7 +393,34 @@ def result_line(batch: Batch, index: int) -> bytes:
         error = {"type": outcome.error_type, "message": outcome.error_message}
         request_id = "req_" + hashlib.sha256(f"{batch.id}:{index}:error".encode()).hexdigest()[:24]
         result["error"] = {"type": "error", "error": error, "request_id": request_id}
-    return orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
+    line = {"custom_id": custom_id, "result": result}
+    if index in batch.bad:
+        return spoil(batch.bad[index], line) + b"\n"
+    return orjson.dumps(line) + b"\n"
+
+
+# batch_bad_lines: what each kind does to a result line (those on the message apply to a succeeded result)
+BAD_LINES = {
+    "content_string": lambda line, m: m.update(content="just text"),
+    "block_number": lambda line, m: m.update(content=[5]),
+    "block_null": lambda line, m: m.update(content=[None]),
+    "text_without_text": lambda line, m: m.update(content=[{"type": "text"}]),
+    "tokens_string": lambda line, m: m["usage"].update(input_tokens="lots"),
+    "result_string": lambda line, m: line.update(result="garbage"),
+    "error_string": lambda line, m: line.update(result={"type": "errored", "error": "boom"}),
+    "no_custom_id": lambda line, m: line.pop("custom_id"),
+}
+
+
+def spoil(kind: str, line: dict[str, Any]) -> bytes:
+    """A result line made malformed the `kind` way; "cut_json" cuts its JSON in half."""
+    if kind == "cut_json":
+        data = orjson.dumps(line)
+        return data[: len(data) // 2]
+    message = line["result"].get("message")
+    if kind in BAD_LINES and (message is not None or kind in ("result_string", "error_string", "no_custom_id")):
+        BAD_LINES[kind](line, message)
+    return orjson.dumps(line)
 
 
 def result_chunks(batch: Batch, lines_per_chunk: int = 1000) -> Iterator[bytes]:

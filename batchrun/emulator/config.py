@@ -26,6 +26,18 @@ PROBABILITY_FIELDS = frozenset(
         "batch_p_tail",
     }
 )
+# The ways batch_bad_lines can spoil a result line (see batches.spoil).
+BAD_LINE_KINDS = (
+    "content_string",
+    "block_number",
+    "block_null",
+    "text_without_text",
+    "tokens_string",
+    "result_string",
+    "error_string",
+    "no_custom_id",
+    "cut_json",
+)
 # A Tier-4-like account (requests / input tokens / output tokens per minute), as the API's headers show one.
 DEFAULT_RPM, DEFAULT_ITPM, DEFAULT_OTPM = 4_000, 2_000_000, 400_000
 
@@ -79,6 +91,9 @@ class EmulatorConfig:
     batch_progress_counts: bool = False
     batch_p_errored: float = 0.0
     batch_p_expired: float = 0.0
+    # Malformed result lines (tests): comma-separated kinds of BAD_LINES, each spoiling one line of every batch
+    # created while it is set, the first whose request was never spoiled, so the item sent again comes back whole.
+    batch_bad_lines: str | None = None
     track_keys: bool = True
     # Models that answer differently from the reference (see divergence.py): model id -> share of wrong answers,
     # decided field by field from a hash of the question. Empty: every model answers as before (its own way).
@@ -118,6 +133,10 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
     if kind == "str | None":
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name}: expected a string or null, got {value!r}")
+        kinds = [k.strip() for k in (value or "").split(",") if k.strip()] if name == "batch_bad_lines" else []
+        unknown = [k for k in kinds if k not in BAD_LINE_KINDS]
+        if unknown:
+            raise ValueError(f"{name}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(BAD_LINE_KINDS)}")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name}: expected a number, got {value!r}")
