@@ -494,6 +494,12 @@ END
 """
 
 
+@migrations()
+def m012b_run_output(db: Database) -> None:
+    """The results file (-o) a run's submit or resume asked for: whichever command ends the run writes it."""
+    db.execute("ALTER TABLE runs ADD COLUMN output_path TEXT")
+
+
 def _hash_bytes(hex_digest: str) -> bytes:
     return bytes.fromhex(hex_digest)
 
@@ -970,6 +976,9 @@ class Store:
                 "SELECT DISTINCT model FROM run_tallies WHERE run_id = ? AND items > 0 ORDER BY model", [run_id]
             )
         ]
+
+    def set_run_output(self, run_id: str, path: str) -> None:
+        self.db.execute("UPDATE runs SET output_path = ? WHERE id = ?", [path, run_id])
 
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
