@@ -1031,7 +1031,7 @@ class Store:
             if not inserted:
                 return self._same_run(run)
             total, error = self._insert_items(run["id"], items)
-            _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
+            _raise_input_problems(error, self._duplicates(run["id"], run["input_path"], run["job"].get("id_field")))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
             self.db.execute(
                 "INSERT INTO run_tallies SELECT run_id, model, '', state, '', count(*), 0, 0, 0, 0, 0, "
@@ -1127,15 +1127,17 @@ class Store:
                 writing.result()
         return total, error
 
-    def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
+    def _duplicates(self, run_id: str, input_path: str, id_field: str | None = None) -> InputError | None:
         """Lines whose custom_id an earlier line already used, first ones first (found by the index, so memory
         does not grow with the file)."""
         if not self._one(
             "SELECT 1 FROM items WHERE run_id = ? GROUP BY custom_id HAVING count(*) > 1 LIMIT 1", [run_id]
         ):
             return None
+        from batchrun.inputs import duplicate_problem
+
         rows = self.db.execute(
-            "SELECT line_no, custom_id, first FROM (SELECT line_no, custom_id, "
+            "SELECT line_no, coalesce(source_id, custom_id), first FROM (SELECT line_no, custom_id, source_id, "
             "min(line_no) OVER (PARTITION BY custom_id) AS first FROM items WHERE run_id = ?) "
             "WHERE line_no > first ORDER BY line_no",
             [run_id],
@@ -1146,10 +1148,7 @@ class Store:
                 more += 1
                 continue
             lines.append(line)
-            problems.append(
-                f"{input_path}:{line}: duplicate custom_id {custom_id!r}, first used on line {first} "
-                "(give every line its own custom_id)"
-            )
+            problems.append(duplicate_problem(input_path, line, first, custom_id, id_field))
         return InputError(problems, more, lines)
 
     def set_run_status(self, run_id: str, status: str) -> None:
