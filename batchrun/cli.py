@@ -216,7 +216,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "-o",
             "--output",
             type=click.Path(dir_okay=False),
-            help="Write results here when the run ends.",
+            help="Write results here when the run ends; the run remembers it, so a later resume without -o (or "
+            "the same submit again) writes it when the run ends.",
         ),
     )(fn)
     return client_options(fn)
@@ -326,6 +327,8 @@ def import_sqlite_utils_without_pandas() -> None:
         sys.modules[name] = None  # type: ignore[assignment]  # `import pandas` raises ImportError
     try:
         import sqlite_utils  # noqa: F401
+    except ImportError:
+        pass  # a sqlite-utils that needs them after all: the store imports it the usual way
     finally:
         for name in hidden:
             if sys.modules.get(name, False) is None:
