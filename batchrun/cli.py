@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import io
 import os
 import sqlite3
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -47,7 +49,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"batchrun: error: {error}", err=True)
             sys.exit(error.exit_code)
         except BrokenPipeError:
-            raise
+            reader_gone(EXIT_NOT_FINISHED if fn.__name__ in PROCESSING_COMMANDS else 0)
         except OSError as e:
             click.echo(f"batchrun: error: {os_error_line(e)}", err=True)
             sys.exit(EXIT_NOT_FINISHED if e.errno in TRY_LATER_ERRNOS else EXIT_USAGE)
@@ -64,6 +66,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_FAILED_ITEMS)
 
     return wrapper
+
+
+PROCESSING_COMMANDS = frozenset({"submit", "resume", "retry", "cancel"})
+
+
+def reader_gone(code: int) -> NoReturn:
+    """The reader of our output went away (`batchrun results RUN | head -1`): stop quietly, without a traceback
+    and without Python's own complaint when it flushes the closed pipe at exit. A read command has done what was
+    asked (exit 0); a command processing a run may have stopped early (exit 3: resumable)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        fd = sys.stdout.fileno()  # not a real file in-process (CliRunner): nothing to redirect then
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    sys.exit(code)
 
 
 def debugging() -> bool:
@@ -124,7 +143,7 @@ def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--db",
         "db_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),  # a directory is refused by db_location, in the same words as BATCHRUN_DB=DIR
         default=None,
         help=f"SQLite store (default: $BATCHRUN_DB or ./{DEFAULT_DB}).",
     )(fn)
@@ -206,7 +225,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "-o",
             "--output",
             type=click.Path(dir_okay=False),
-            help="Write results here when the run ends.",
+            help="Write results here when the run ends; the run remembers it, so a later resume without -o (or "
+            "the same submit again) writes it when the run ends.",
         ),
         csv_raw_option,
     )(fn)
@@ -303,6 +323,26 @@ def cli(debug: bool) -> None:
     Exit codes: 0 all items succeeded, 1 some failed for good, 2 bad usage or input (nothing sent),
     3 not finished (resumable), 75 another batchrun holds the run.
     """
+    import_sqlite_utils_without_pandas()
+
+
+def import_sqlite_utils_without_pandas() -> None:
+    """sqlite-utils imports pandas and numpy whenever they are installed (0.5-1 s, most of a command's start-up),
+    for types batchrun never stores. A command imports it with them hidden; they stay importable afterwards, and a
+    process that has them already (a notebook) keeps them. Only the command line does this: one thread, at start."""
+    if "sqlite_utils" in sys.modules:
+        return
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import pandas` raises ImportError
+    try:
+        import sqlite_utils  # noqa: F401
+    except ImportError:
+        pass  # a sqlite-utils that needs them after all: the store imports it the usual way
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
 
 
 @cli.command()
@@ -641,9 +681,6 @@ def status(run_id: str | None, as_json: bool, db_path: str | None) -> None:
     from batchrun.report import format_status, run_status
 
     load_env()
-    if run_id is None and not db_location(db_path).exists():
-        click.echo('{"runs": []}' if as_json else "no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
-        return
     store = open_store(db_path)
     ids = [run_id] if run_id else store.run_ids()
     statuses = [run_status(store, i) for i in ids]
@@ -667,9 +704,6 @@ def runs_command(as_json: bool, db_path: str | None) -> None:
     from batchrun.housekeeping import format_runs, list_runs
     from batchrun.store import database_bytes
 
-    if not db_location(db_path).exists():
-        click.echo('{"runs": []}' if as_json else "no runs yet (`batchrun submit ITEMS.jsonl` starts one)")
-        return
     store = open_store(db_path)
     listed = list_runs(store)
     if as_json:
@@ -922,4 +956,4 @@ def main() -> None:
     try:
         cli()
     except BrokenPipeError:
-        sys.exit(EXIT_USAGE)
+        reader_gone(0)

@@ -8,6 +8,7 @@ import csv
 import gzip
 import hashlib
 import io
+import math
 import os
 import re
 import shutil
@@ -195,10 +196,44 @@ def read_items(path: str | Path, job: Job) -> Iterator[Item]:
 Entry = tuple[int, "Item | RenderError | None"]
 
 
+SUPPORTED_FORMATS = (
+    "JSONL (one JSON object per line: .jsonl, or any other name), CSV (.csv), TSV (.tsv, .tab) or Parquet "
+    "(.parquet, .pq); JSONL, CSV and TSV may be gzip-compressed (.gz)"
+)
+SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+SPREADSHEET_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # zip (xlsx, ods), OLE2 (xls)
+
+
+def _unsupported(path: str | Path, head: bytes) -> str | None:
+    """Why a file read as JSONL is in a format batchrun does not read (a spreadsheet, a zip, a JSON array), or None.
+    Said once for the file, instead of "not valid JSON" for each of its lines."""
+    suffix = Path(str(path).lower().removesuffix(".gz")).suffix
+    if suffix in SPREADSHEET_SUFFIXES or head.startswith(SPREADSHEET_MAGIC):
+        if suffix in SPREADSHEET_SUFFIXES:
+            return (
+                f"a {suffix} file is not a supported input format (save the sheet as CSV; supported: "
+                f"{SUPPORTED_FORMATS})"
+            )
+        return (
+            "a zip or Office file (not text) is not a supported input format (unzip it, or save a sheet as CSV; "
+            f"supported: {SUPPORTED_FORMATS})"
+        )
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if first.startswith(b"[") and (suffix == ".json" or first[1:].lstrip(b" \t\r").startswith((b"\n", b"{"))):
+        return (
+            "a JSON array is not a supported input format (write one object per line, JSONL: e.g. "
+            f"jq -c '.[]' FILE > items.jsonl; supported: {SUPPORTED_FORMATS})"
+        )
+    return None
+
+
 def _jsonl_entries(path: str | Path, job: Job) -> Iterator[Entry]:
     line_no = 0
     with open_input(path) as f:
         try:
+            problem = _unsupported(path, f.peek(SNIFF_BYTES)[:SNIFF_BYTES] if hasattr(f, "peek") else b"")
+            if problem:
+                raise InputError([f"{_display(path)}: {problem}"])
             for line_no, raw in enumerate(f, start=1):
                 try:
                     yield line_no, parse_line(raw, line_no, job)
@@ -351,12 +386,12 @@ def _parquet_rows(path: str | Path) -> Iterator[Any]:
 
 def row_item(row: dict[str, Any], row_no: int, job: Job) -> Item:
     """One table row to one item: its columns fill the job's template (or give prompt/messages/params)."""
-    custom_id, source_id = item_ids(row, row_no, job, f"row-{row_no}")
+    custom_id, source_id = item_ids(row, row_no, job, f"row-{row_no}", "row")
     kept = {k: row.get(k) for k in job.keep} if job.keep else None
     return Item(row_no, custom_id, render(row, job), source_id, kept)
 
 
-def item_ids(obj: dict[str, Any], n: int, job: Job, default: str) -> tuple[str, str | None]:
+def item_ids(obj: dict[str, Any], n: int, job: Job, default: str, unit: str = "line") -> tuple[str, str | None]:
     """(custom_id, the original id when it differs). With `id_field`, an id that is not a valid custom_id (an
     email, `3.14`, over 64 characters) is mapped to one, deterministically; the original is kept for export."""
     if job.id_field is None:
@@ -372,10 +407,27 @@ def item_ids(obj: dict[str, Any], n: int, job: Job, default: str) -> tuple[str, 
     value = obj.get(job.id_field)
     if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, dict | list):
         raise RenderError(f"no id in field {job.id_field!r} (give every row its id, or drop id_field)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RenderError(
+            f"the id in field {job.id_field!r} of {unit} {n} is missing or not a number ({value}: an empty cell read "
+            "as NaN, or an infinity; give every row its id, or drop id_field)"
+        )
     original = value if isinstance(value, str) else orjson.dumps(value).decode()
     if CUSTOM_ID.fullmatch(original):
         return original, None
     return safe_custom_id(original), original
+
+
+def duplicate_problem(path: str, n: int, first: int, value: str, id_field: str | None) -> str:
+    """A line or row whose id an earlier one used, named as the user knows it: their id field (id_field, else
+    custom_id), and rows for a table (CSV, TSV, Parquet), lines for JSONL."""
+    field = id_field or "custom_id"
+    if table_kind(path):
+        return (
+            f"{path}:{n}: duplicate {field} {value!r} in row {n}, first used in row {first} "
+            f"(give every row its own {field})"
+        )
+    return f"{path}:{n}: duplicate {field} {value!r}, first used on line {first} (give every line its own {field})"
 
 
 def safe_custom_id(original: str) -> str:

@@ -133,7 +133,13 @@ def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def db_location(db: str | os.PathLike[str] | None) -> Path:
-    return Path(db or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+    """The database a command uses: --db, else $BATCHRUN_DB, else ./batchrun.db; a directory is refused."""
+    path = Path(db or os.environ.get("BATCHRUN_DB") or DEFAULT_DB)
+    if path.is_dir():
+        from batchrun.store import store_error
+
+        raise store_error(IsADirectoryError(str(path)), path)
+    return path
 
 
 def open_store(db: str | os.PathLike[str] | None, create: bool = False) -> Store:
@@ -218,6 +224,8 @@ def process(
     from batchrun.runs import cancel_run, load_run, process_run
 
     say = say or (lambda text: None)
+    if not cancel:
+        output = remembered_output(store, run_id, output)
     try:
         if cancel:
             ending = cancel_run(store, run_id, options, target, events or ignore)
@@ -229,8 +237,8 @@ def process(
     result = _result(store, run_id, ending, created)
     if output and (result.exit_code == EXIT_NOT_FINISHED or result.pending) and not cancel:
         say(
-            f"{output} not written: the run is not finished (`batchrun results {run_id} -o {output}` exports what "
-            "is done so far)"
+            f"{output} not written: the run is not finished (`batchrun resume {run_id}` writes it when the run ends; "
+            f"`batchrun results {run_id} -o {output}` exports what is done so far)"
         )
     elif output:
         from batchrun.export import export_results
@@ -252,6 +260,23 @@ def process(
         )
         run_on_finish(command, variables, say)
     return result
+
+
+def remembered_output(store: Store, run_id: str, output: str | None) -> str | None:
+    """The results file of a command that processes a run. A given -o becomes the run's own (absolute, so a resume
+    from another directory writes the same file; recorded under the run's lock); without -o, the one an earlier
+    submit or resume of the run asked for, so a resume after an interruption still writes it."""
+    from batchrun.lock import RunLock
+    from batchrun.runs import load_run
+
+    run, _ = load_run(store, run_id)
+    if output is None:
+        return run.get("output_path")
+    path = os.path.abspath(output)
+    if path != run.get("output_path"):
+        with RunLock(store.path, run_id):
+            store.set_run_output(run_id, path)
+    return output
 
 
 def watched(store: Store, run_id: str, options: RunOptions, target: Target, progress: Any, **kwargs: Any) -> RunResult:
@@ -484,8 +509,6 @@ def status(run_id: str | None = None, *, db: str | os.PathLike[str] | None = Non
     """`status --json`: the run's dict, or, without a run id, a list of every run's."""
     from batchrun.report import run_status
 
-    if run_id is None and not db_location(db).exists():
-        return []
     with _store(db) as store:
         if run_id is not None:
             return run_status(store, run_id)

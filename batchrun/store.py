@@ -494,6 +494,12 @@ END
 """
 
 
+@migrations()
+def m012b_run_output(db: Database) -> None:
+    """The results file (-o) a run's submit or resume asked for: whichever command ends the run writes it."""
+    db.execute("ALTER TABLE runs ADD COLUMN output_path TEXT")
+
+
 def _hash_bytes(hex_digest: str) -> bytes:
     return bytes.fromhex(hex_digest)
 
@@ -1023,6 +1029,9 @@ class Store:
             )
         ]
 
+    def set_run_output(self, run_id: str, path: str) -> None:
+        self.db.execute("UPDATE runs SET output_path = ? WHERE id = ?", [path, run_id])
+
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
 
@@ -1074,7 +1083,7 @@ class Store:
             if not inserted:
                 return self._same_run(run)
             total, error = self._insert_items(run["id"], items)
-            _raise_input_problems(error, self._duplicates(run["id"], run["input_path"]))
+            _raise_input_problems(error, self._duplicates(run["id"], run["input_path"], run["job"].get("id_field")))
             self.db.execute("UPDATE runs SET total = ? WHERE id = ?", [total, run["id"]])
             self.db.execute(
                 "INSERT INTO run_tallies SELECT run_id, model, '', state, '', count(*), 0, 0, 0, 0, 0, "
@@ -1170,15 +1179,17 @@ class Store:
                 writing.result()
         return total, error
 
-    def _duplicates(self, run_id: str, input_path: str) -> InputError | None:
+    def _duplicates(self, run_id: str, input_path: str, id_field: str | None = None) -> InputError | None:
         """Lines whose custom_id an earlier line already used, first ones first (found by the index, so memory
         does not grow with the file)."""
         if not self._one(
             "SELECT 1 FROM items WHERE run_id = ? GROUP BY custom_id HAVING count(*) > 1 LIMIT 1", [run_id]
         ):
             return None
+        from batchrun.inputs import duplicate_problem
+
         rows = self.db.execute(
-            "SELECT line_no, custom_id, first FROM (SELECT line_no, custom_id, "
+            "SELECT line_no, coalesce(source_id, custom_id), first FROM (SELECT line_no, custom_id, source_id, "
             "min(line_no) OVER (PARTITION BY custom_id) AS first FROM items WHERE run_id = ?) "
             "WHERE line_no > first ORDER BY line_no",
             [run_id],
@@ -1189,10 +1200,7 @@ class Store:
                 more += 1
                 continue
             lines.append(line)
-            problems.append(
-                f"{input_path}:{line}: duplicate custom_id {custom_id!r}, first used on line {first} "
-                "(give every line its own custom_id)"
-            )
+            problems.append(duplicate_problem(input_path, line, first, custom_id, id_field))
         return InputError(problems, more, lines)
 
     def set_run_status(self, run_id: str, status: str) -> None:

@@ -74,11 +74,11 @@ def test_the_crash_hook_is_refused_in_process(tmp_path: Path) -> None:
 def test_a_forked_child_is_a_process_of_its_own(tmp_path: Path, emulator) -> None:
     env = cli_env(emulator.base_url)
     status = batchrun(["status"], cwd=tmp_path, env=env, subprocess=True)
-    assert status.returncode == 0 and status.stdout.startswith("no runs yet")
+    assert status.returncode == 2 and status.stderr.startswith("batchrun: error: no batchrun database at")
     # and `python -m batchrun` itself, the program exactly as cron starts it
     program = start_batchrun(["status"], cwd=tmp_path, env=env, fork=False)
-    out, _ = program.communicate(timeout=30)
-    assert program.returncode == 0 and out == status.stdout
+    _, err = program.communicate(timeout=30)
+    assert program.returncode == 2 and err == status.stderr
     emulator.configure(latency_ms=30_000)
     items = write_jsonl(tmp_path / "items.jsonl", prompts(3))
     child = start_batchrun(["submit", str(items), "--model", MODEL, "-q"], cwd=tmp_path, env=env)

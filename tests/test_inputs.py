@@ -158,9 +158,7 @@ def test_bad_job_file(submit, workdir: Path) -> None:
 def test_only_submit_creates_a_database(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BATCHRUN_DB", raising=False)
     runner = CliRunner()
-    assert runner.invoke(cli, ["status"]).output.startswith("no runs yet")
-    assert runner.invoke(cli, ["status", "--json"]).output.strip() == '{"runs": []}'
-    for args in (["resume", "r"], ["results", "r"], ["status", "r"], ["retry", "r"], ["doctor"]):
+    for args in (["resume", "r"], ["results", "r"], ["status"], ["status", "r"], ["runs"], ["retry", "r"], ["doctor"]):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2 and "no batchrun database at batchrun.db" in result.stderr, args
     assert not (workdir / "batchrun.db").exists()

@@ -206,7 +206,10 @@ def test_bad_rows_are_named_by_file_and_row_and_nothing_is_stored(emulator, work
     assert r.returncode == 2
     assert "bad.csv:2: the row has 3 field(s), the header 4" in r.stderr
     assert "bad.csv:3: no id in field 'ticket_id'" in r.stderr
-    assert "bad.csv:4: duplicate custom_id 'T-1', first used on line 1" in r.stderr
+    assert (
+        "bad.csv:4: duplicate ticket_id 'T-1' in row 4, first used in row 1 (give every row its own ticket_id)"
+        in r.stderr
+    )
     assert "Traceback" not in r.stderr and not (workdir / "batchrun.db").exists()
     (workdir / "cols.csv").write_text("id,body\n1,x\n")
     r = batchrun(["submit", "cols.csv", "--job", write_job(workdir)], cwd=workdir, env=cli_env(emulator.base_url))
