@@ -337,9 +337,11 @@ def submit(
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
+    from batchrun.emulate import refuse_no_wait
     from batchrun.job import load_job, load_schema, load_system
     from batchrun.runs import prepare_run
 
+    refuse_no_wait(emulate, no_wait and not dry_run)
     flags["system"] = load_system(flags["system"])
     flags["schema"] = load_schema(flags["schema"]) if flags["schema"] else None
     limit = flags.pop("limit")
@@ -361,7 +363,7 @@ def submit(
         given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,
-            settings=job.runtime_settings(),
+            settings=job.given_settings(k for k, v in flags.items() if v is not None),
             no_wait=no_wait,
             timeout=timeout,
             batch_size=flags["batch_size"],
@@ -388,6 +390,9 @@ def resume(
     **options: Any,
 ) -> None:
     """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
+    from batchrun.emulate import refuse_no_wait
+
+    refuse_no_wait(options["emulate"], no_wait)
     load_env()
     _run_command(
         db_path, run_id, options, no_wait=no_wait, timeout=timeout, batch_size=batch_size, poll_interval=poll_interval

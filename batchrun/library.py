@@ -353,6 +353,13 @@ def submit(
     )
 
 
+def _refuse_emulated_no_wait(emulate: bool, options: RunOptions) -> None:
+    if emulate and options.no_wait:
+        from batchrun.emulate import refuse_no_wait
+
+        refuse_no_wait(emulate, options.no_wait)
+
+
 def _submit(
     items: ItemsArg,
     job: Any,
@@ -370,6 +377,7 @@ def _submit(
 ) -> RunResult:
     from batchrun.runs import prepare_run
 
+    _refuse_emulated_no_wait(emulate, options)
     the_job = load_job_arg(job, settings)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
@@ -384,7 +392,7 @@ def _submit(
         return watched(
             store,
             run_id,
-            replace(options, settings=the_job.runtime_settings()),
+            replace(options, settings=the_job.given_settings(k for k, v in settings.items() if v is not None)),
             target,
             progress,
             output=output,
@@ -422,6 +430,7 @@ def _resume(
     on_finish: str | None,
     log: str | None,
 ) -> RunResult:
+    _refuse_emulated_no_wait(emulate, options)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(_store(db))

@@ -50,6 +50,7 @@ def prepare_run(
     pay again for every line the old run already has. So is an unfinished run of the same file on another
     endpoint: its answers and these would mix.
     """
+    check_job_alone(job)
     sha = file_sha256(input_path)
     fingerprint = job.fingerprint()
     input_path = input_label(input_path)
@@ -95,7 +96,38 @@ def prepare_run(
         "endpoint": endpoint,
     }
     store.create_run(run, read_items(input_path, job))
+    try:
+        check_new_run(store, run_id, job)
+    except UsageError:
+        _forget(store, run_id)
+        raise
     return run_id, True
+
+
+def check_job_alone(job: Job) -> None:
+    """What can be refused from the settings alone, before a run is looked for or created."""
+    if job.mode == "auto" and not job.deadline:
+        raise UsageError(
+            "this run is in mode auto and has no deadline (pass --deadline, e.g. --deadline 6h or --deadline 06:00, or "
+            'set deadline = "6h" in the job file)'
+        )
+
+
+def check_new_run(store: Store, run_id: str, job: Job) -> None:
+    """The checks that need the run's items (the models they name, the work they are): made as soon as the run
+    exists, so a refused run is removed again instead of being left pending for the next command to pick up."""
+    check_budget(store, run_id, job, "the run")
+    if job.mode == "auto":
+        check_deadline(store, run_id, job, new=True)
+
+
+def _forget(store: Store, run_id: str) -> None:
+    """Remove a run this command just created and then refused (unless another process already works on it)."""
+    from batchrun.errors import RunLocked
+    from batchrun.store import delete_run
+
+    with contextlib.suppress(RunLocked), RunLock(store.path, run_id):
+        delete_run(store, run_id)
 
 
 def check_endpoint(run: dict[str, Any], endpoint: str) -> None:
@@ -194,7 +226,7 @@ def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events:
     return new
 
 
-def check_budget(store: Store, run_id: str, job: Job) -> None:
+def check_budget(store: Store, run_id: str, job: Job, label: str | None = None) -> None:
     """A budget needs a price for every model of the run: an unknown price would make the ceiling meaningless."""
     if job.max_cost is None:
         return
@@ -203,13 +235,14 @@ def check_budget(store: Store, run_id: str, job: Job) -> None:
     unpriced = [m for m in store.models(run_id) if price_for(m, job.prices) is None]
     if unpriced:
         raise UsageError(
-            f"--max-cost needs the price of every model of run {run_id}; no price is known for {', '.join(unpriced)} "
+            f"--max-cost needs the price of every model of {label or 'run ' + run_id}; "
+            f"no price is known for {', '.join(unpriced)} "
             '(add them to the job\'s [prices] table, e.g. [prices."MODEL"] input = 3.0, output = 15.0 in USD per '
             "million tokens)"
         )
 
 
-def check_deadline(store: Store, run_id: str, job: Job) -> None:
+def check_deadline(store: Store, run_id: str, job: Job, *, new: bool = False) -> None:
     """Mode auto needs a deadline; one the run cannot meet even online from the start is refused before anything
     is sent, unless --force (then everything goes online at once)."""
     if not job.deadline:
@@ -224,7 +257,7 @@ def check_deadline(store: Store, run_id: str, job: Job) -> None:
 
     plan = run_plan(store, run_id, job, time.time())
     if not plan.feasible:
-        raise UsageError(refusal(plan, run_id))
+        raise UsageError(refusal(plan, None if new else run_id))
 
 
 async def _engine(

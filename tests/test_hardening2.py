@@ -1,0 +1,156 @@
+"""The second hardening round at the edges: a refused command stores nothing, a run never stays stuck behind a
+dead process or emulator, bad values of every kind are one line and exit 2, and the hook gets no secret."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import batchrun, cli_env, db_rows, prompts, write_jsonl
+
+MODEL = "claude-haiku-4-5"
+
+
+def one_line_exit_2(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("batchrun: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+# 1. a command refused after the run's items are read leaves no run behind
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--max-cost", "5", "--model", "claude-no-such-price"], "no price is known for claude-no-such-price"),
+        (["--mode", "auto"], "mode auto and has no deadline"),
+        (["--mode", "auto", "--deadline", "2020-01-01T00:00"], "cannot be met"),
+    ],
+)
+def test_a_refused_submit_stores_no_run(workdir: Path, emulator, flags: list[str], words: str) -> None:
+    env = cli_env(emulator.base_url)
+    first = write_jsonl(workdir / "first.jsonl", prompts(2, "first"))
+    ok = batchrun(["submit", first, "--model", MODEL, "-q"], cwd=workdir, env=env)
+    assert ok.returncode == 0, ok.stderr
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    args = ["submit", items, "--model", MODEL, "-q", *flags]
+    refused = batchrun(args, cwd=workdir, env=env)
+    assert words in one_line_exit_2(refused)
+    assert "batchrun resume" not in refused.stderr  # no run to resume
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM runs") == [(1,)]
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM items") == [(2,)]
+
+
+def test_a_refused_submit_on_a_new_database_leaves_no_database(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    args = ["submit", items, "--model", "claude-no-such-price", "--max-cost", "5", "--db", "new.db"]
+    one_line_exit_2(batchrun(args, cwd=workdir, env=cli_env(emulator.base_url)))
+    assert not (workdir / "new.db").exists()
+
+
+# 2. --emulate --no-wait would leave batches in an emulator that dies with the command
+
+
+@pytest.mark.parametrize("command", ["submit", "resume"])
+def test_emulate_with_no_wait_is_refused(workdir: Path, command: str) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    target = [items, "--model", MODEL, "--mode", "batch"] if command == "submit" else ["some-run"]
+    env = {k: v for k, v in cli_env("http://127.0.0.1:9").items() if k != "ANTHROPIC_API_KEY"}
+    proc = batchrun([command, *target, "--emulate", "--no-wait"], cwd=workdir, env=env)
+    assert "--emulate with --no-wait" in one_line_exit_2(proc)
+    assert not (workdir / "batchrun.db").exists()
+
+
+# 7. values too large for the store, the model or the calendar
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (
+            ["--rpm", "99999999999999999999999"],
+            "rpm = 99999999999999999999999: must be a whole number from 1 up",
+        ),
+        (["--itpm", str(2**63)], "itpm = "),
+        (["--max-tokens", "99999999999"], "claude-haiku-4-5 writes at most 64,000 output tokens"),
+        (["--max-tokens", "64001"], "claude-haiku-4-5 writes at most 64,000 output tokens"),
+        (["--mode", "auto", "--deadline", "99999999h"], "at most 366 days"),
+    ],
+)
+def test_values_out_of_range_are_refused_before_anything_is_stored(
+    workdir: Path, emulator, flags: list[str], words: str
+) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    proc = batchrun(["submit", items, "--model", MODEL, *flags], cwd=workdir, env=cli_env(emulator.base_url))
+    assert words in one_line_exit_2(proc)
+    assert not (workdir / "batchrun.db").exists()
+
+
+def test_a_line_asking_more_than_its_model_writes_is_named_by_its_line(workdir: Path, emulator) -> None:
+    rows = [{"custom_id": "ok", "prompt": "hi"}, {"custom_id": "big", "prompt": "hi", "max_tokens": 10**15}]
+    items = write_jsonl(workdir / "items.jsonl", rows)
+    proc = batchrun(["submit", items, "--model", MODEL], cwd=workdir, env=cli_env(emulator.base_url))
+    assert proc.returncode == 2, proc.stderr
+    assert "items.jsonl:2:" in proc.stderr and "at most 64,000 output tokens" in proc.stderr
+    assert emulator.stats()["requests"] == 0
+
+
+def test_the_models_maximum_is_accepted(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
+    proc = batchrun(
+        ["submit", items, "--model", MODEL, "--max-tokens", "64000"], cwd=workdir, env=cli_env(emulator.base_url)
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_status_survives_a_stored_deadline_out_of_range(workdir: Path, emulator) -> None:
+    """A deadline an older batchrun let into the store (or a hand edit) is shown as no plan, never a crash."""
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    done = batchrun(
+        ["submit", items, "--mode", "auto", "--deadline", "6h", "--model", MODEL, "-q"], cwd=workdir, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    (job,) = db_rows(workdir / "batchrun.db", "SELECT job FROM runs")[0]
+    for deadline in ("99999999h", 5):
+        bad = job.replace('"deadline":"6h"', f'"deadline":{orjson.dumps(deadline).decode()}')
+        assert bad != job
+        set_job(workdir / "batchrun.db", bad)
+        for args in (["status"], ["status", "--json"], ["runs"]):
+            proc = batchrun(args, cwd=workdir, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert "2 succeeded" in proc.stdout or '"succeeded": 2' in proc.stdout or "2/2" in proc.stdout
+
+
+def set_job(db: Path, job: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("UPDATE runs SET job = ?", [job])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# 9. a setting not given keeps what the run has stored
+
+
+def test_a_repeated_submit_keeps_the_stored_settings_it_is_not_given(workdir: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(4))
+    base = ["submit", items, "--model", MODEL, "--limit", "1"]
+    first = batchrun([*base, "--concurrency", "40", "--max-cost", "5"], cwd=workdir, env=env)
+    assert first.returncode == 3, first.stderr
+    again = batchrun(base, cwd=workdir, env=env)
+    assert again.returncode == 3, again.stderr
+    assert "from now on" not in again.stderr
+    (job,) = db_rows(workdir / "batchrun.db", "SELECT job FROM runs")[0]
+    stored = orjson.loads(job)
+    assert (stored["concurrency"], stored["max_cost"]) == (40, 5)
+    changed = batchrun([*base, "--concurrency", "12"], cwd=workdir, env=env)
+    assert "from now on concurrency = 12" in changed.stderr and "max_cost" not in changed.stderr
