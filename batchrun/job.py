@@ -8,7 +8,7 @@ import hashlib
 import math
 import string
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ MAX_ATTEMPTS = 100
 MAX_RATE = 10**12  # per minute: above any account's limits, and far inside the store's 64-bit integers
 MAX_BATCH_SIZE = 100_000  # the Message Batches API's limits
 MAX_BATCH_BYTES = 256_000_000
+MAX_SCHEMA_BYTES = 32 * 1024 * 1024  # the API's request limit: a larger schema could never be sent
+MAX_DEPTH = 200  # levels of nesting in a line or a schema: orjson writes at most 255
 SCHEMA_VIAS = ("json_schema", "tool")
 ANSWER_TOOL = "answer"  # the name of the forced tool a `schema_via = "tool"` job sends
 LATER_KEYS: dict[str, Any] = {
@@ -319,10 +321,134 @@ def _schema(value: Any) -> str | None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
+    if too_deep(value, MAX_DEPTH):
+        return f"is nested more than {MAX_DEPTH} levels deep (no reply could be checked against it)"
+    size = len(orjson.dumps(value))
+    if size > MAX_SCHEMA_BYTES:
+        return f"is {size:,} bytes: more than the API's 32 MB request limit (make the schema smaller)"
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as e:
         return f"is not a valid JSON Schema (Draft 2020-12): {e.message}"
+    cycle = _ref_cycle(value)
+    if cycle:
+        return f"refers to itself without end ({cycle}): no reply could ever be checked against it"
+    return _unusable(Draft202012Validator(value))
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether objects and lists sit more than `limit` levels inside each other (orjson stops at 255)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+IN_PLACE_ONE = ("not", "if", "then", "else", "$ref", "$dynamicRef")
+SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SUBSCHEMA_ONE = (
+    "items",
+    "contains",
+    "additionalProperties",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+)
+
+
+def _ref_cycle(schema: dict[str, Any]) -> str | None:
+    """A chain of `$ref`s (through allOf/anyOf/oneOf/not/if/then/else) that comes back to where it started
+    without going into the instance: validating anything against it never ends (`{"$ref": "#"}`)."""
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: Any, path: str) -> str | None:
+        if not isinstance(node, dict) or state.get(id(node)) == 2:
+            return None
+        if state.get(id(node)) == 1:
+            return path
+        state[id(node)] = 1
+        for key, target, where in _in_place(schema, node):
+            found = visit(target, f"{path} -> {key} {where}" if path else f"{key} {where}")
+            if found:
+                return found
+        state[id(node)] = 2
+        return None
+
+    for node in _subschemas(schema):
+        found = visit(node, "")
+        if found:
+            return found
+    return None
+
+
+def _in_place(root: dict[str, Any], node: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """The schemas that apply at the same place of the instance as `node`."""
+    for key in IN_PLACE_LISTS:
+        for n, sub in enumerate(node.get(key) or () if isinstance(node.get(key), list) else ()):
+            yield key, sub, f"[{n}]"
+    for key in IN_PLACE_ONE:
+        sub = node.get(key)
+        if key in ("$ref", "$dynamicRef"):
+            if isinstance(sub, str):
+                yield key, _pointer(root, sub), repr(sub)
+        elif isinstance(sub, dict):
+            yield key, sub, ""
+
+
+def _pointer(root: dict[str, Any], ref: str) -> Any:
+    """The part of the schema a local `$ref` ("#", "#/$defs/x") names; None for any other reference."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every schema inside `schema`, itself first."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        yield node
+        for key in SUBSCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        for key in (*SUBSCHEMA_ONE, *IN_PLACE_LISTS, "prefixItems"):
+            sub = node.get(key)
+            stack.extend(sub if isinstance(sub, list) else [sub])
+
+
+def _unusable(validator: Any) -> str | None:
+    """What a reply would meet: a reference that cannot be resolved, or one that recurses without end."""
+    from referencing.exceptions import Unresolvable
+
+    for sample in ({}, [], "", 0, None):
+        try:
+            validator.is_valid(sample)
+        except RecursionError:
+            return "refers to itself without end: no reply could ever be checked against it"
+        except Unresolvable as e:
+            return f"has a $ref that cannot be resolved ({e}; use a local reference such as #/$defs/name)"
     return None
 
 

@@ -154,3 +154,66 @@ def test_a_repeated_submit_keeps_the_stored_settings_it_is_not_given(workdir: Pa
     assert (stored["concurrency"], stored["max_cost"]) == (40, 5)
     changed = batchrun([*base, "--concurrency", "12"], cwd=workdir, env=env)
     assert "from now on concurrency = 12" in changed.stderr and "max_cost" not in changed.stderr
+
+
+# 5. a schema no reply could be checked against is refused when the job loads
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"$ref": "#"}, "refers to itself without end"),
+        (
+            {"$ref": "#/$defs/a", "$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"$ref": "#/$defs/a"}}},
+            "refers to itself without end",
+        ),
+        ({"type": "object", "description": "x" * (33 * 1024 * 1024)}, "more than the API's 32 MB request limit"),
+    ],
+    ids=["self", "through-defs", "too-big"],
+)
+def test_a_schema_that_cannot_work_is_refused_before_anything_is_sent(
+    workdir: Path, emulator, schema: dict, words: str
+) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    (workdir / "s.json").write_bytes(orjson.dumps(schema))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(["submit", items, "--model", MODEL, "--schema", "s.json"], cwd=workdir, env=env)
+    assert words in one_line_exit_2(proc)
+    assert emulator.stats()["requests"] == 0
+    assert not (workdir / "batchrun.db").exists()
+
+
+def test_a_job_files_schema_table_with_a_cycle_is_refused(workdir: Path, emulator) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    (workdir / "job.toml").write_text(f'model = "{MODEL}"\n[schema]\n"$ref" = "#"\n')
+    proc = batchrun(["submit", items, "--job", "job.toml"], cwd=workdir, env=cli_env(emulator.base_url))
+    assert "refers to itself without end" in one_line_exit_2(proc)
+
+
+def test_a_recursive_tree_schema_is_still_accepted(workdir: Path, emulator) -> None:
+    """Recursion that goes into the instance (a tree's children) ends with the reply: it is a valid schema."""
+    tree = {
+        "$defs": {"node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}},
+        "$ref": "#/$defs/node",
+    }
+    from batchrun.job import _schema
+
+    assert _schema(tree) is None
+
+
+# 6. a line nested deeper than the store can write
+
+
+def test_a_line_nested_600_deep_is_named_by_its_line(workdir: Path, emulator) -> None:
+    deep = "[" * 600 + "]" * 600
+    params = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "metadata": "X"}
+    line = orjson.dumps({"custom_id": "deep", "params": params}).decode().replace('"X"', deep)
+    deep_messages = orjson.dumps({"custom_id": "m", "messages": [{"role": "user", "content": "X"}]}).decode()
+    deep_messages = deep_messages.replace('"X"', deep)
+    (workdir / "items.jsonl").write_text('{"custom_id": "ok", "prompt": "hi"}\n' + line + "\n" + deep_messages + "\n")
+    proc = batchrun(["submit", "items.jsonl", "--model", MODEL], cwd=workdir, env=cli_env(emulator.base_url))
+    assert proc.returncode == 2, proc.stderr
+    assert "items.jsonl:2: nested more than 200 levels deep" in proc.stderr
+    assert "items.jsonl:3: nested more than 200 levels deep" in proc.stderr
+    assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
+    assert emulator.stats()["requests"] == 0
