@@ -279,9 +279,9 @@ def open_store(db_path: str | None, create: bool = False) -> Any:
 
 
 def load_env() -> None:
-    from dotenv import load_dotenv
+    from batchrun.hooks import load_env as load
 
-    load_dotenv(Path.cwd() / ".env", override=False)
+    load(Path.cwd() / ".env")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -217,3 +217,69 @@ def test_a_line_nested_600_deep_is_named_by_its_line(workdir: Path, emulator) ->
     assert "items.jsonl:3: nested more than 200 levels deep" in proc.stderr
     assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
     assert emulator.stats()["requests"] == 0
+
+
+# 11. the on-finish hook: at every end, and without what batchrun read from .env
+
+
+def hook_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_the_hook_gets_no_variable_batchrun_read_from_dotenv(workdir: Path, emulator) -> None:
+    secret = "sk-ant-api03-ONLY-IN-DOTENV-0123456789"
+    (workdir / ".env").write_text(f"ANTHROPIC_API_KEY={secret}\nDOTENV_ONLY=from-the-file\nEXPORTED=from-the-file\n")
+    env = {k: v for k, v in cli_env(emulator.base_url).items() if k != "ANTHROPIC_API_KEY"}
+    env["EXPORTED"] = "exported"
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    proc = batchrun(["submit", items, "--model", MODEL, "-q", "--on-finish", "env > hook.env"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr  # the key from .env was used for the requests
+    seen = hook_env(workdir / "hook.env")
+    assert secret not in (workdir / "hook.env").read_text()
+    assert "ANTHROPIC_API_KEY" not in seen and "DOTENV_ONLY" not in seen
+    assert seen["EXPORTED"] == "exported" and seen["BATCHRUN_EXIT_CODE"] == "0"
+
+
+def test_an_exported_key_is_the_users_own_environment(workdir: Path, emulator) -> None:
+    (workdir / ".env").write_text("ANTHROPIC_API_KEY=sk-ant-from-dotenv\n")
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
+    env = cli_env(emulator.base_url)
+    proc = batchrun(["submit", items, "--model", MODEL, "-q", "--on-finish", "env > hook.env"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert hook_env(workdir / "hook.env")["ANTHROPIC_API_KEY"] == env["ANTHROPIC_API_KEY"]
+
+
+def test_the_hook_runs_when_the_run_ends_with_an_unexpected_error(
+    workdir: Path, emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug cannot be made on purpose: one is injected where the store is read, after the run is created."""
+    from batchrun.store import Store
+
+    def broken(self, run_id: str) -> int:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(Store, "reuse_results", broken)
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    hook = "env | grep ^BATCHRUN_ > hook.env"
+    proc = batchrun(
+        ["submit", items, "--model", MODEL, "--on-finish", hook], cwd=workdir, env=cli_env(emulator.base_url)
+    )
+    assert proc.returncode == 1 and "injected bug" in proc.stderr, proc.stderr
+    seen = hook_env(workdir / "hook.env")
+    assert seen["BATCHRUN_EXIT_CODE"] == "1" and seen["BATCHRUN_PENDING"] == "2"
+
+
+def test_the_hook_runs_when_a_resume_is_refused_under_the_lock(workdir: Path, emulator) -> None:
+    """A usage error met while processing (the mode cannot change under open batches) ends the run too: exit 2."""
+    env = cli_env(emulator.base_url)
+    emulator.configure(batch_seconds=30)
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    hook = "echo $BATCHRUN_EXIT_CODE > code"
+    opened = batchrun(
+        ["submit", items, "--model", MODEL, "--mode", "batch", "--timeout", "0", "-q"], cwd=workdir, env=env
+    )
+    assert opened.returncode == 3, opened.stderr
+    (run_id,) = db_rows(workdir / "batchrun.db", "SELECT id FROM runs")[0]
+    proc = batchrun(["resume", run_id, "--mode", "online", "--on-finish", hook], cwd=workdir, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert (workdir / "code").read_text().strip() == "2"
