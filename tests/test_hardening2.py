@@ -283,3 +283,28 @@ def test_the_hook_runs_when_a_resume_is_refused_under_the_lock(workdir: Path, em
     proc = batchrun(["resume", run_id, "--mode", "online", "--on-finish", hook], cwd=workdir, env=env)
     assert proc.returncode == 2, proc.stderr
     assert (workdir / "code").read_text().strip() == "2"
+
+
+# 4. `runs` says what the lock says
+
+
+def test_runs_shows_a_run_whose_process_died_as_interrupted(workdir: Path, emulator) -> None:
+    from batchrun.lock import RunLock
+
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    assert batchrun(["submit", items, "--model", MODEL, "--limit", "1", "-q"], cwd=workdir, env=env).returncode == 3
+    (run_id,) = db_rows(workdir / "batchrun.db", "SELECT id FROM runs")[0]
+    conn = sqlite3.connect(workdir / "batchrun.db")  # what a process killed while sending leaves behind
+    try:
+        conn.execute("UPDATE runs SET status = 'running'")
+        conn.commit()
+    finally:
+        conn.close()
+    listed = batchrun(["runs", "--json"], cwd=workdir, env=env)
+    (run,) = orjson.loads(listed.stdout)["runs"]
+    assert run["status"].startswith("interrupted"), run["status"]
+    assert "interrupted" in batchrun(["runs"], cwd=workdir, env=env).stdout
+    with RunLock(workdir / "batchrun.db", run_id):
+        (run,) = orjson.loads(batchrun(["runs", "--json"], cwd=workdir, env=env).stdout)["runs"]
+        assert run["status"].startswith("running (pid "), run["status"]
