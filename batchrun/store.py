@@ -9,6 +9,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -863,7 +864,8 @@ class Store:
         sees it without its tables, and of processes creating it at once one wins and the others open its file.
         Returns whether this process created it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        # one name per thread too: two threads of a process making the database must not share (and unlink) it
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{threading.get_ident()}")
         tmp.unlink(missing_ok=True)
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         try:

@@ -308,3 +308,33 @@ def test_runs_shows_a_run_whose_process_died_as_interrupted(workdir: Path, emula
     with RunLock(workdir / "batchrun.db", run_id):
         (run,) = orjson.loads(batchrun(["runs", "--json"], cwd=workdir, env=env).stdout)["runs"]
         assert run["status"].startswith("running (pid "), run["status"]
+
+
+# 10. two threads of one process making the same new database
+
+
+def test_two_threads_submitting_to_a_new_database_both_work(workdir: Path, emulator, monkeypatch) -> None:
+    import threading
+
+    import batchrun as api
+
+    for k, v in cli_env(emulator.base_url).items():
+        monkeypatch.setenv(k, v)
+    files = [write_jsonl(workdir / f"{name}.jsonl", prompts(3, name)) for name in ("a", "b")]
+    results: dict[str, object] = {}
+    start = threading.Barrier(2)
+
+    def submit(path: Path) -> None:
+        start.wait()
+        try:
+            results[path.stem] = api.submit(path, db=workdir / "new.db", model=MODEL, log=None)
+        except Exception as e:  # the test reports it
+            results[path.stem] = e
+
+    threads = [threading.Thread(target=submit, args=(f,)) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {k: getattr(v, "exit_code", v) for k, v in results.items()} == {"a": 0, "b": 0}
+    assert db_rows(workdir / "new.db", "SELECT count(*) FROM items WHERE state = 'succeeded'") == [(6,)]
