@@ -338,3 +338,58 @@ def test_two_threads_submitting_to_a_new_database_both_work(workdir: Path, emula
         t.join(60)
     assert {k: getattr(v, "exit_code", v) for k, v in results.items()} == {"a": 0, "b": 0}
     assert db_rows(workdir / "new.db", "SELECT count(*) FROM items WHERE state = 'succeeded'") == [(6,)]
+
+
+# 8. a database a newer batchrun has migrated
+
+
+def mark_newer(db: Path, version: str | None) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('batchrun', 'm999_future', 'x')"
+        )
+        if version:
+            conn.execute("INSERT INTO batchrun_versions VALUES ('m999_future', ?)", [version])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", ["7.3.1", None])
+def test_a_database_of_a_newer_batchrun_is_refused_before_anything_is_written(
+    workdir: Path, emulator, version: str | None
+) -> None:
+    import hashlib
+
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    assert batchrun(["submit", items, "--model", MODEL, "--limit", "1", "-q"], cwd=workdir, env=env).returncode == 3
+    (run_id,) = db_rows(workdir / "batchrun.db", "SELECT id FROM runs")[0]
+    mark_newer(workdir / "batchrun.db", version)
+    before = hashlib.sha256((workdir / "batchrun.db").read_bytes()).hexdigest()
+    commands = [
+        ["submit", items, "--model", MODEL],
+        ["resume", run_id],
+        ["retry", run_id],
+        ["status"],
+        ["status", run_id],
+        ["runs"],
+        ["results", run_id],
+        ["report", run_id],
+        ["doctor"],
+        ["prune", "--older-than", "0s"],
+        ["delete", run_id],
+        ["cancel", run_id],
+    ]
+    for args in commands:
+        proc = batchrun(args, cwd=workdir, env=env)
+        line = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.stdout
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+        assert "was upgraded by a newer batchrun" in proc.stderr + proc.stdout, (args, proc.stderr)
+        assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
+        if version:
+            assert "upgrade batchrun to 7.3.1 or later" in proc.stderr + proc.stdout, line
+    after = hashlib.sha256((workdir / "batchrun.db").read_bytes()).hexdigest()
+    assert after == before
+    assert emulator.stats()["requests"] == 1  # the first submit's one item, nothing since
