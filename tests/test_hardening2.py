@@ -4,12 +4,14 @@ dead process or emulator, bad values of every kind are one line and exit 2, and 
 from __future__ import annotations
 
 import sqlite3
+import subprocess as sp
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import batchrun, cli_env, db_rows, prompts, write_jsonl
+from tests.conftest import batchrun, cli_env, db_rows, items_in_state, prompts, start_batchrun, wait_until, write_jsonl
 
 MODEL = "claude-haiku-4-5"
 
@@ -393,3 +395,68 @@ def test_a_database_of_a_newer_batchrun_is_refused_before_anything_is_written(
     after = hashlib.sha256((workdir / "batchrun.db").read_bytes()).hexdigest()
     assert after == before
     assert emulator.stats()["requests"] == 1  # the first submit's one item, nothing since
+
+
+# 3. the emulator of `--emulate` stops when the command that started it is killed
+
+
+def emulators_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"batchrun.emulator" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the emulator through /proc")
+def test_the_emulator_stops_when_the_command_is_killed(workdir: Path) -> None:
+    items = write_jsonl(workdir / "items.jsonl", prompts(2))
+    env = {k: v for k, v in cli_env("http://127.0.0.1:9").items() if k != "ANTHROPIC_API_KEY"}
+    env["BATCHRUN_EMULATOR_ARGS"] = "--latency-ms 60000"  # the command waits for replies until it is killed
+    child = start_batchrun(["submit", items, "--model", MODEL, "--emulate", "-q"], cwd=workdir, env=env)
+    found: list[int] = []
+    wait_until(lambda: found.extend(emulators_of(child.pid)) or found, timeout=30)
+    wait_until(lambda: items_in_state(workdir / "batchrun.db", "in_flight") == 2, timeout=30)
+    child.kill()
+    child.wait(10)
+    wait_until(lambda: not alive(found[0]), timeout=15)
+
+
+def test_the_lifeline_alone_stops_an_emulator_started_from_a_thread(workdir: Path) -> None:
+    """Started from a thread, the emulator gets no PR_SET_PDEATHSIG (it would fire when that thread ends): the
+    lifeline pipe is what stops it when its parent is killed."""
+    script = (
+        "import threading, time\n"
+        "from batchrun.emulator.process import EmulatorProcess\n"
+        "started = []\n"
+        "t = threading.Thread(target=lambda: started.append(EmulatorProcess()))\n"
+        "t.start(); t.join()\n"
+        "print(started[0].proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = sp.Popen([sys.executable, "-c", script], cwd=workdir, stdout=sp.PIPE, text=True)
+    try:
+        emulator_pid = int(proc.stdout.readline())
+        assert alive(emulator_pid)
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not alive(emulator_pid), timeout=15)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
