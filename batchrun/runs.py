@@ -183,13 +183,12 @@ def process_run(
     check_endpoint(run, endpoint)
     started = time.monotonic()
     with RunLock(store.path, run_id):
+        # checked before the settings are stored: a refused setting must not stay with the run for every resume
+        check_run(store, run_id, load_run(store, run_id)[1].with_overrides(**options.settings))
         job = _apply_settings(store, run_id, options.settings, events)
         if run.get("endpoint") is None:
             store.set_run_endpoint(run_id, endpoint)
         job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
-        check_budget(store, run_id, job)
-        if job.mode == "auto":
-            check_deadline(store, run_id, job)
         attempts_before = store.attempt_count(run_id)
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
@@ -204,6 +203,12 @@ def process_run(
             events(Event("run_started", run_id, {"total": sum(counts.values()), "done": done, "mode": job.mode}))
             stop = asyncio.run(_engine(store, run_id, job, options, make_client, events))
         return finish(store, run_id, job, started, attempts_before, stop, reused)
+
+
+def check_run(store: Store, run_id: str, job: Job) -> None:
+    check_budget(store, run_id, job)
+    if job.mode == "auto":
+        check_deadline(store, run_id, job)
 
 
 def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events: Listener) -> Job:

@@ -460,3 +460,18 @@ def test_the_lifeline_alone_stops_an_emulator_started_from_a_thread(workdir: Pat
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def test_a_refused_resume_setting_is_not_kept_with_the_run(workdir: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    unpriced = "claude-opus-4-7"  # served by the emulator, not in batchrun's price table
+    first = batchrun(["submit", items, "--model", unpriced, "--limit", "1", "-q"], cwd=workdir, env=env)
+    assert first.returncode == 3, first.stderr
+    (run_id,) = db_rows(workdir / "batchrun.db", "SELECT id FROM runs")[0]
+    refused = batchrun(["resume", run_id, "--max-cost", "5"], cwd=workdir, env=env)
+    assert f"no price is known for {unpriced}" in one_line_exit_2(refused)
+    (job,) = db_rows(workdir / "batchrun.db", "SELECT job FROM runs")[0]
+    assert orjson.loads(job)["max_cost"] is None
+    again = batchrun(["resume", run_id, "-q"], cwd=workdir, env=env)
+    assert again.returncode == 0, again.stderr
