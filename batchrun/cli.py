@@ -424,6 +424,12 @@ def retry(
     """Put permanently failed items back to pending and process them again (under the run's lock: a retry that
     cannot proceed changes nothing). With --max-tokens or --model those items become new requests; the other
     items of the run, and the old attempts, are left as they were."""
+    if retry_max_tokens is not None:
+        from batchrun.models import max_tokens_problem
+
+        problem = max_tokens_problem(retry_model, retry_max_tokens)
+        if problem:
+            raise UsageError(f"--max-tokens {retry_max_tokens}: {problem}")
     load_env()
     changes = {k: v for k, v in (("max_tokens", retry_max_tokens), ("model", retry_model)) if v is not None}
     _run_command(db_path, run_id, options, retry=error_type or True, retry_changes=changes or None)

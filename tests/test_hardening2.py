@@ -475,3 +475,14 @@ def test_a_refused_resume_setting_is_not_kept_with_the_run(workdir: Path, emulat
     assert orjson.loads(job)["max_cost"] is None
     again = batchrun(["resume", run_id, "-q"], cwd=workdir, env=env)
     assert again.returncode == 0, again.stderr
+
+
+def test_retry_with_more_tokens_than_any_model_writes_is_refused(workdir: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
+    assert batchrun(["submit", items, "--model", MODEL, "-q"], cwd=workdir, env=env).returncode == 0
+    (run_id,) = db_rows(workdir / "batchrun.db", "SELECT id FROM runs")[0]
+    proc = batchrun(["retry", run_id, "--max-tokens", "99999999999999999999999"], cwd=workdir, env=env)
+    assert "no model writes more than 1,000,000 output tokens" in one_line_exit_2(proc)
+    proc = batchrun(["retry", run_id, "--max-tokens", "70000", "--model", MODEL], cwd=workdir, env=env)
+    assert "writes at most 64,000 output tokens" in one_line_exit_2(proc)
