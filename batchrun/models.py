@@ -7,6 +7,8 @@ model's, which keeps a typo such as 99999999999 out of the store and off the wir
 
 from __future__ import annotations
 
+import functools
+
 from batchrun.pricing import base_model_id
 
 K = 1000
@@ -30,6 +32,7 @@ MAX_OUTPUT: dict[str, int] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def max_output(model: str | None) -> int | None:
     """The model's published maximum of output tokens, None when batchrun does not know the model."""
     if not isinstance(model, str):
@@ -42,7 +45,7 @@ def max_output(model: str | None) -> int | None:
 
 def max_tokens_problem(model: str | None, max_tokens: int) -> str | None:
     """Why `max_tokens` is too many for `model` (its published maximum, or the ceiling), None when it is not."""
-    known = max_output(model)
+    known = max_output(model) if isinstance(model, str) else None
     if known is not None and max_tokens > known:
         return f"{model} writes at most {known:,} output tokens (give max_tokens {known:,} or less)"
     if max_tokens > MAX_TOKENS_CEILING:

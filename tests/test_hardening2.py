@@ -486,3 +486,13 @@ def test_retry_with_more_tokens_than_any_model_writes_is_refused(workdir: Path, 
     assert "no model writes more than 1,000,000 output tokens" in one_line_exit_2(proc)
     proc = batchrun(["retry", run_id, "--max-tokens", "70000", "--model", MODEL], cwd=workdir, env=env)
     assert "writes at most 64,000 output tokens" in one_line_exit_2(proc)
+
+
+def test_the_python_api_refuses_emulate_with_no_wait_too(workdir: Path) -> None:
+    import batchrun as api
+    from batchrun.errors import UsageError
+
+    items = write_jsonl(workdir / "items.jsonl", prompts(1))
+    with pytest.raises(UsageError, match="--emulate with --no-wait"):
+        api.submit(items, db=workdir / "x.db", model=MODEL, mode="batch", emulate=True, no_wait=True, log=None)
+    assert not (workdir / "x.db").exists()
