@@ -50,7 +50,6 @@ def prepare_run(
     pay again for every line the old run already has. So is an unfinished run of the same file on another
     endpoint: its answers and these would mix.
     """
-    check_job_alone(job)
     sha = file_sha256(input_path)
     fingerprint = job.fingerprint()
     input_path = input_label(input_path)
@@ -86,6 +85,7 @@ def prepare_run(
                 "or pass --new-run to start a new run from the changed file)"
             )
         run_id = default_run_id(input_path, sha, fingerprint + endpoint)
+    check_job_alone(job)  # a run found above keeps its stored settings (its deadline, say): only a new one is checked
     run = {
         "id": run_id,
         "input_path": str(input_path),

@@ -496,3 +496,13 @@ def test_the_python_api_refuses_emulate_with_no_wait_too(workdir: Path) -> None:
     with pytest.raises(UsageError, match="--emulate with --no-wait"):
         api.submit(items, db=workdir / "x.db", model=MODEL, mode="batch", emulate=True, no_wait=True, log=None)
     assert not (workdir / "x.db").exists()
+
+
+def test_a_repeated_auto_submit_without_deadline_continues_with_the_stored_one(workdir: Path, emulator) -> None:
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(3))
+    base = ["submit", items, "--model", MODEL, "--mode", "auto", "--limit", "1", "-q"]
+    assert batchrun([*base, "--deadline", "6h"], cwd=workdir, env=env).returncode == 3
+    again = batchrun(base, cwd=workdir, env=env)
+    assert again.returncode == 3, again.stderr
+    assert db_rows(workdir / "batchrun.db", "SELECT count(*) FROM runs") == [(1,)]
