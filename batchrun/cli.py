@@ -309,9 +309,9 @@ def open_store(db_path: str | None, create: bool = False) -> Any:
 
 
 def load_env() -> None:
-    from dotenv import load_dotenv
+    from batchrun.hooks import load_env as load
 
-    load_dotenv(Path.cwd() / ".env", override=False)
+    load(Path.cwd() / ".env")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -388,9 +388,11 @@ def submit(
     **flags: Any,
 ) -> None:
     """Create a run from ITEMS (JSONL) and process it; the same file and settings again continue that run."""
+    from batchrun.emulate import refuse_no_wait
     from batchrun.job import load_job, load_schema, load_system
     from batchrun.runs import prepare_run
 
+    refuse_no_wait(emulate, no_wait and not dry_run)
     flags["system"] = load_system(flags["system"])
     flags["schema"] = load_schema(flags["schema"]) if flags["schema"] else None
     limit = flags.pop("limit")
@@ -412,7 +414,7 @@ def submit(
         given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,
-            settings=job.runtime_settings(),
+            settings=job.given_settings(k for k, v in flags.items() if v is not None),
             no_wait=no_wait,
             timeout=timeout,
             batch_size=flags["batch_size"],
@@ -439,6 +441,9 @@ def resume(
     **options: Any,
 ) -> None:
     """Continue an interrupted run: send only what has no result yet (batch mode: collect the batches)."""
+    from batchrun.emulate import refuse_no_wait
+
+    refuse_no_wait(options["emulate"], no_wait)
     load_env()
     _run_command(
         db_path, run_id, options, no_wait=no_wait, timeout=timeout, batch_size=batch_size, poll_interval=poll_interval
@@ -470,6 +475,12 @@ def retry(
     """Put permanently failed items back to pending and process them again (under the run's lock: a retry that
     cannot proceed changes nothing). With --max-tokens or --model those items become new requests; the other
     items of the run, and the old attempts, are left as they were."""
+    if retry_max_tokens is not None:
+        from batchrun.models import max_tokens_problem
+
+        problem = max_tokens_problem(retry_model, retry_max_tokens)
+        if problem:
+            raise UsageError(f"--max-tokens {retry_max_tokens}: {problem}")
     load_env()
     changes = {k: v for k, v in (("max_tokens", retry_max_tokens), ("model", retry_model)) if v is not None}
     _run_command(db_path, run_id, options, retry=error_type or True, retry_changes=changes or None)

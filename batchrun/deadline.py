@@ -31,6 +31,7 @@ TYPICAL_BATCH_S = 3600.0  # most batches end within an hour (the API's documenta
 DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 366 * 86400  # a deadline further off than this is a typo: batches end within a day anyway
 DEADLINE_HELP = "an ISO time (2025-06-01T06:00, 06:00) or a duration from the run's start (6h, 90m, 90s, 1h30m)"
 
 
@@ -43,7 +44,10 @@ def parse_deadline(text: str, start: float) -> float:
     a zone is local time; a time of day alone is its next occurrence after `start`."""
     text = text.strip()
     if DURATION.fullmatch(text):
-        return start + sum(float(n) * UNIT_S[unit] for n, unit in DURATION_PART.findall(text))
+        seconds = sum(float(n) * UNIT_S[unit] for n, unit in DURATION_PART.findall(text))
+        if seconds > MAX_DURATION_S:
+            raise DeadlineError(f"{text!r} is more than {MAX_DURATION_S // 86400} days away (give a nearer deadline)")
+        return start + seconds
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -71,7 +75,7 @@ def deadline_problem(value: Any) -> str | None:
     try:
         parse_deadline(value, 0.0)
     except DeadlineError:
-        return f"must be {DEADLINE_HELP}"
+        return f"must be {DEADLINE_HELP}, at most {MAX_DURATION_S // 86400} days after the run's start"
     return None
 
 
@@ -222,7 +226,10 @@ def describe_plan(p: dict[str, Any]) -> str:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # a value no deadline check would let in, read from an old store
+        return "(out of range)"
 
 
 def duration(seconds: float) -> str:

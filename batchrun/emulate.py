@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from batchrun.emulator.config import config_from_argv
 from batchrun.emulator.process import EmulatorProcess
+from batchrun.errors import UsageError
 
 # What --emulate imitates unless BATCHRUN_EMULATOR_ARGS says otherwise: a Tier 4 account, 0.1-0.5 s replies.
 DEFAULT_ARGS = "--rpm 4000 --itpm 2000000 --otpm 400000 --latency-ms 300 --latency-jitter-ms 200"
@@ -20,3 +21,13 @@ def emulator(extra_args: str | None = None) -> Iterator[str]:
     config, _, _ = config_from_argv((extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or DEFAULT_ARGS).split())
     with EmulatorProcess(config) as process:
         yield process.base_url
+
+
+def refuse_no_wait(emulate: bool, no_wait: bool) -> None:
+    """The emulator lives as long as the command: batches left in it by --no-wait could never be collected,
+    cancelled or deleted."""
+    if emulate and no_wait:
+        raise UsageError(
+            "--emulate with --no-wait: the batches would live in an emulator that stops with this command, so the "
+            "run could never finish (drop --no-wait to wait for them, or leave out --emulate)"
+        )

@@ -1,7 +1,9 @@
 """`--on-finish CMD` (job key `on_finish`): a command run when a run stops, for any reason, told how it ended.
 
-The command gets the process's environment plus the BATCHRUN_* variables below; batchrun never adds the API key
-to them. Its failure is reported in one line and never changes the run's exit code.
+The command gets the environment batchrun was started with plus the BATCHRUN_* variables below: a variable
+batchrun read from `.env` (the API key kept there, for one) is not passed on, unless the user exported it too.
+It runs at every end of a run, an unexpected error included; its failure is reported in one line and never
+changes the run's exit code.
 """
 
 from __future__ import annotations
@@ -14,6 +16,27 @@ from pathlib import Path
 from typing import Any
 
 HOOK_TIMEOUT_S = 300.0
+_from_dotenv: dict[str, str] = {}  # what load_env put into os.environ from .env, by this command
+
+
+def load_env(path: Path) -> None:
+    """Read `.env` into os.environ where the environment does not set a variable already (python-dotenv's
+    load_dotenv without override), and remember which variables came from it."""
+    from dotenv import dotenv_values
+
+    _from_dotenv.clear()
+    if not path.is_file():
+        return
+    for key, value in dotenv_values(path).items():
+        if value is not None and key not in os.environ:
+            os.environ[key] = value
+            _from_dotenv[key] = value
+
+
+def hook_environment(variables: Mapping[str, str]) -> dict[str, str]:
+    """The environment the command runs with: the process's, less what batchrun loaded from .env, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if _from_dotenv.get(k) != v}
+    return {**env, **variables}
 
 
 def finish_env(
@@ -45,7 +68,7 @@ def run_on_finish(
 
     Its standard output goes to our standard error, so a results stream on stdout stays clean.
     """
-    env = {**os.environ, **variables}
+    env = hook_environment(variables)
     try:
         out: int | None = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):

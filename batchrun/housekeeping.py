@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchrun.errors import RunLocked, UsageError
-from batchrun.lock import RunLock
+from batchrun.lock import RunLock, lock_holder
 from batchrun.pricing import total_cost
 from batchrun.store import (
     Store,
@@ -65,7 +65,7 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
                 "input_path": row["input_path"],
                 "mode": row["mode"],
                 "endpoint": row["endpoint"],
-                "status": row["status"],
+                "status": live_status(store, row["id"], row["status"]),
                 "total": row["total"],
                 "counts": row["counts"],
                 "cost_usd": None if unpriced else round(usd, 6),
@@ -76,6 +76,14 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
             }
         )
     return listed
+
+
+def live_status(store: Store, run_id: str, recorded: str) -> str:
+    """What the run's lock says: "running" only while a process holds it; one that died left it interrupted."""
+    holder = lock_holder(store.path, run_id)
+    if holder:
+        return f"running ({holder})"
+    return "interrupted (its process died)" if recorded == "running" else recorded
 
 
 def format_runs(runs: list[dict[str, Any]], db_bytes: int) -> str:

@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from batchrun.errors import InputError, UsageError
-from batchrun.job import Job, RenderError, render
+from batchrun.job import MAX_DEPTH, Job, RenderError, render, too_deep
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # always used with fullmatch: "$" would let a final "\n" in
 MAX_PROBLEMS = 20
@@ -437,6 +437,15 @@ def safe_custom_id(original: str) -> str:
     return f"{readable or 'id'}-{digest}"
 
 
+def check_depth(obj: Any) -> None:
+    """A line nested deeper than MAX_DEPTH could not be written to the store or sent (orjson stops at 255)."""
+    if too_deep(obj, MAX_DEPTH):
+        raise RenderError(
+            f"nested more than {MAX_DEPTH} levels deep (objects and lists inside each other); no request needs "
+            "that many: flatten the line's params or messages"
+        )
+
+
 def parse_line(raw: bytes, line_no: int, job: Job) -> Item | None:
     """One line to one item, or None for a blank line; RenderError says what is wrong."""
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -455,6 +464,8 @@ def parse_line(raw: bytes, line_no: int, job: Job) -> Item | None:
         raise RenderError(f"not valid JSON: {e} (each line must be one complete JSON object)") from None
     if not isinstance(obj, dict):
         raise RenderError(f"expected a JSON object, got {type(obj).__name__} (wrap the line in {{...}})")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # only then can it be nested too deep: look closer
+        check_depth(obj)
     custom_id, source_id = item_ids(obj, line_no, job, derived_custom_id(line_no))
     kept = {k: obj.get(k) for k in job.keep} if job.keep else None
     return Item(line_no, custom_id, render(obj, job), source_id, kept)

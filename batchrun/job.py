@@ -8,7 +8,7 @@ import hashlib
 import math
 import string
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import orjson
 from batchrun.caching import cached_system
 from batchrun.deadline import DEFAULT_MARGIN_S, deadline_problem
 from batchrun.errors import UsageError
+from batchrun.models import max_tokens_problem
 from batchrun.pricing import check_prices
 
 MODES = ("online", "batch", "auto")
@@ -38,8 +39,11 @@ RUNTIME_KEYS = (
 )
 MAX_CONCURRENCY = 1000  # requests in flight; more buys nothing under any account's rate limits
 MAX_ATTEMPTS = 100
+MAX_RATE = 10**12  # per minute: above any account's limits, and far inside the store's 64-bit integers
 MAX_BATCH_SIZE = 100_000  # the Message Batches API's limits
 MAX_BATCH_BYTES = 256_000_000
+MAX_SCHEMA_BYTES = 32 * 1024 * 1024  # the API's request limit: a larger schema could never be sent
+MAX_DEPTH = 200  # levels of nesting in a line or a schema: orjson writes at most 255
 SCHEMA_VIAS = ("json_schema", "tool")
 ANSWER_TOOL = "answer"  # the name of the forced tool a `schema_via = "tool"` job sends
 LATER_KEYS: dict[str, Any] = {
@@ -95,9 +99,17 @@ class Job:
         """Every setting's type and range, all problems at once, before anything is stored or sent."""
         problems = job_problems(asdict(self))
         if not problems:
+            problems = self._model_problems()
+        if not problems:
             check_prices(self.prices)
         if problems:
             raise UsageError("\n".join(problems))
+
+    def _model_problems(self) -> list[str]:
+        """max_tokens against the published maximum of each model the job names."""
+        models = dict.fromkeys([self.model, *self.routes.values()])
+        found = (max_tokens_problem(m, self.max_tokens) for m in models)
+        return [f"max_tokens = {self.max_tokens}: {p}" for p in dict.fromkeys(found) if p]
 
     def fingerprint(self) -> str:
         """What decides the requests a run sends: the same input and fingerprint continue the same run."""
@@ -120,16 +132,25 @@ class Job:
     def runtime_settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in RUNTIME_KEYS}
 
+    def given_settings(self, given: Iterable[str]) -> dict[str, Any]:
+        """The runtime settings a repeated submit applies to its run: those given as flags, and those the job file
+        sets to other than the default. A setting left out keeps the value the run has stored."""
+        named = set(given)
+        return {k: v for k, v in self.runtime_settings().items() if k in named or v != getattr(DEFAULT_JOB, k)}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
+        """A job as stored. A runtime setting no check would let in now (written by an older version, or by hand)
+        falls back to its default, so reading a run (status, runs) never fails on it."""
         known = {f.name for f in fields(cls)}
-        job = cls(**{k: v for k, v in data.items() if k in known})
-        if isinstance(job.concurrency, int) and job.concurrency > MAX_CONCURRENCY:  # stored before the cap existed
-            job = replace(job, concurrency=MAX_CONCURRENCY)
-        return job
+        data = {k: v for k, v in data.items() if k in known}
+        concurrency = data.get("concurrency")
+        if _is_int(concurrency) and concurrency > MAX_CONCURRENCY:  # stored before the cap existed
+            data["concurrency"] = MAX_CONCURRENCY
+        return cls(**{k: v for k, v in data.items() if not (k in STORED_CHECKS and CHECKS[k](v))})
 
 
 def load_job(path: str | Path | None) -> Job:
@@ -202,7 +223,9 @@ def _int(low: int, high: int | None = None, optional: bool = False) -> Callable[
         if value is None and optional:
             return None
         if not _is_int(value) or value < low or (high is not None and value > high):
-            return f"must be a whole number from {low:,}" + (f" to {high:,}" if high is not None else " up")
+            if high is None or high >= MAX_RATE:
+                return f"must be a whole number from {low:,} up" + (f", at most {high:,}" if high else "")
+            return f"must be a whole number from {low:,} to {high:,}"
         return None
 
     return check
@@ -298,10 +321,134 @@ def _schema(value: Any) -> str | None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
+    if too_deep(value, MAX_DEPTH):
+        return f"is nested more than {MAX_DEPTH} levels deep (no reply could be checked against it)"
+    size = len(orjson.dumps(value))
+    if size > MAX_SCHEMA_BYTES:
+        return f"is {size:,} bytes: more than the API's 32 MB request limit (make the schema smaller)"
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as e:
         return f"is not a valid JSON Schema (Draft 2020-12): {e.message}"
+    cycle = _ref_cycle(value)
+    if cycle:
+        return f"refers to itself without end ({cycle}): no reply could ever be checked against it"
+    return _unusable(Draft202012Validator(value))
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether objects and lists sit more than `limit` levels inside each other (orjson stops at 255)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+IN_PLACE_ONE = ("not", "if", "then", "else", "$ref", "$dynamicRef")
+SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SUBSCHEMA_ONE = (
+    "items",
+    "contains",
+    "additionalProperties",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+)
+
+
+def _ref_cycle(schema: dict[str, Any]) -> str | None:
+    """A chain of `$ref`s (through allOf/anyOf/oneOf/not/if/then/else) that comes back to where it started
+    without going into the instance: validating anything against it never ends (`{"$ref": "#"}`)."""
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: Any, path: str) -> str | None:
+        if not isinstance(node, dict) or state.get(id(node)) == 2:
+            return None
+        if state.get(id(node)) == 1:
+            return path
+        state[id(node)] = 1
+        for key, target, where in _in_place(schema, node):
+            found = visit(target, f"{path} -> {key} {where}" if path else f"{key} {where}")
+            if found:
+                return found
+        state[id(node)] = 2
+        return None
+
+    for node in _subschemas(schema):
+        found = visit(node, "")
+        if found:
+            return found
+    return None
+
+
+def _in_place(root: dict[str, Any], node: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """The schemas that apply at the same place of the instance as `node`."""
+    for key in IN_PLACE_LISTS:
+        for n, sub in enumerate(node.get(key) or () if isinstance(node.get(key), list) else ()):
+            yield key, sub, f"[{n}]"
+    for key in IN_PLACE_ONE:
+        sub = node.get(key)
+        if key in ("$ref", "$dynamicRef"):
+            if isinstance(sub, str):
+                yield key, _pointer(root, sub), repr(sub)
+        elif isinstance(sub, dict):
+            yield key, sub, ""
+
+
+def _pointer(root: dict[str, Any], ref: str) -> Any:
+    """The part of the schema a local `$ref` ("#", "#/$defs/x") names; None for any other reference."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every schema inside `schema`, itself first."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        yield node
+        for key in SUBSCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        for key in (*SUBSCHEMA_ONE, *IN_PLACE_LISTS, "prefixItems"):
+            sub = node.get(key)
+            stack.extend(sub if isinstance(sub, list) else [sub])
+
+
+def _unusable(validator: Any) -> str | None:
+    """What a reply would meet: a reference that cannot be resolved, or one that recurses without end."""
+    from referencing.exceptions import Unresolvable
+
+    for sample in ({}, [], "", 0, None):
+        try:
+            validator.is_valid(sample)
+        except RecursionError:
+            return "refers to itself without end: no reply could ever be checked against it"
+        except Unresolvable as e:
+            return f"has a $ref that cannot be resolved ({e}; use a local reference such as #/$defs/name)"
     return None
 
 
@@ -313,16 +460,16 @@ def _keep(value: Any) -> str | None:
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _text(empty=False),
-    "max_tokens": _int(1),
+    "max_tokens": _int(1),  # and at most the model's maximum: Job._model_problems
     "system": _text(),
     "template": _template,
     "mode": _choice(*MODES),
     "concurrency": _int(1, MAX_CONCURRENCY),
     "max_attempts": _int(1, MAX_ATTEMPTS),
     "params": _params,
-    "rpm": _int(1, optional=True),
-    "itpm": _int(1, optional=True),
-    "otpm": _int(1, optional=True),
+    "rpm": _int(1, MAX_RATE, optional=True),
+    "itpm": _int(1, MAX_RATE, optional=True),
+    "otpm": _int(1, MAX_RATE, optional=True),
     "batch_size": _int(1, MAX_BATCH_SIZE),
     "batch_max_bytes": _int(1, MAX_BATCH_BYTES),
     "poll_interval": _positive_number,
@@ -344,6 +491,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "force": _bool,
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(Job))
+STORED_CHECKS = frozenset((*RUNTIME_KEYS, "prices", "cache_ttl"))
+DEFAULT_JOB = Job()
 
 
 def load_system(value: str | None) -> str | None:
@@ -475,6 +624,9 @@ def check_params(params: dict[str, Any]) -> None:
     max_tokens = params.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise RenderError(f'"max_tokens" must be a whole number >= 1, not {max_tokens!r} (e.g. "max_tokens": 256)')
+    too_many = max_tokens_problem(params["model"], max_tokens)
+    if too_many:
+        raise RenderError(f'"max_tokens" {max_tokens}: {too_many}')
     messages = params.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RenderError(

@@ -9,7 +9,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from batchrun.errors import EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, BatchrunError, RunFailed, RunNotFinished, UsageError
+from batchrun.errors import (
+    EXIT_FAILED_ITEMS,
+    EXIT_NOT_FINISHED,
+    EXIT_OK,
+    EXIT_USAGE,
+    BatchrunError,
+    RunFailed,
+    RunLocked,
+    RunNotFinished,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from batchrun.events import Listener, Stop
@@ -219,13 +229,37 @@ def process(
     """Process (or, `cancel`, cancel) a stored run, write its results if asked, then run the on-finish hook.
 
     `ended` is called as soon as the work is over (before the export and the hook): progress closes there.
-    `csv_raw`: a CSV `output` gets its cells as stored (no `'` before a formula: for programs, not spreadsheets)."""
-    from batchrun.events import ignore
-    from batchrun.runs import cancel_run, load_run, process_run
-
+    `csv_raw`: a CSV `output` gets its cells as stored (no `'` before a formula: for programs, not spreadsheets).
+    The hook runs at every end, an error's included (then told the exit code the CLI gives that error)."""
     say = say or (lambda text: None)
-    if not cancel:
-        output = remembered_output(store, run_id, output)
+    try:
+        if not cancel:
+            output = remembered_output(store, run_id, output)
+        result = _process(store, run_id, options, target, events, output, say, cancel, created, ended, csv_raw)
+    except BaseException as e:
+        if not isinstance(e, RunLocked):  # a locked run did not end: its holder's hook runs when it does
+            _finish_hook(store, run_id, on_finish, say, _exit_code_of(e))
+        raise
+    _finish_hook(store, run_id, on_finish, say, result.exit_code, result)
+    return result
+
+
+def _process(
+    store: Store,
+    run_id: str,
+    options: RunOptions,
+    target: Target,
+    events: Listener | None,
+    output: str | None,
+    say: Callable[[str], Any],
+    cancel: bool,
+    created: bool,
+    ended: Callable[[], Any] | None,
+    csv_raw: bool,
+) -> RunResult:
+    from batchrun.events import ignore
+    from batchrun.runs import cancel_run, process_run
+
     try:
         if cancel:
             ending = cancel_run(store, run_id, options, target, events or ignore)
@@ -245,20 +279,6 @@ def process(
 
         result.results_path = output
         result.results_written = export_results(store, run_id, output, csv_raw=csv_raw)
-    _, job = load_run(store, run_id)
-    command = on_finish or getattr(job, "on_finish", None)
-    if command:
-        from batchrun.hooks import finish_env, run_on_finish
-
-        variables = finish_env(
-            run_id=run_id,
-            exit_code=result.exit_code,
-            counts=result.counts,
-            cost_usd=result.cost_usd,
-            results_path=result.results_path,
-            db_path=store.path,
-        )
-        run_on_finish(command, variables, say)
     return result
 
 
@@ -277,6 +297,61 @@ def remembered_output(store: Store, run_id: str, output: str | None) -> str | No
         with RunLock(store.path, run_id):
             store.set_run_output(run_id, path)
     return output
+
+
+def _exit_code_of(e: BaseException) -> int:
+    """The exit code the CLI gives a command that ends with `e`."""
+    if isinstance(e, BatchrunError):
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_NOT_FINISHED
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else EXIT_FAILED_ITEMS
+    return EXIT_USAGE if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) else EXIT_FAILED_ITEMS
+
+
+def _finish_hook(
+    store: Store,
+    run_id: str,
+    on_finish: str | None,
+    say: Callable[[str], Any],
+    exit_code: int,
+    result: RunResult | None = None,
+) -> None:
+    """The on-finish command, told how the run ended; after an error, with what the store can still tell."""
+    from batchrun.job import Job
+
+    counts: dict[str, int] = result.counts if result else {}
+    cost = result.cost_usd if result else 0.0
+    try:
+        run = store.get_run(run_id)
+        if run is None:
+            return  # no such run: nothing ended
+        job = Job.from_dict(run["job"])
+        if result is None:
+            counts, cost = dict(store.counts(run_id)), run_cost(store, run_id)
+    except Exception:  # the store is what failed: the hook still runs, with what is known
+        job = None
+    command = on_finish or getattr(job, "on_finish", None)
+    if not command:
+        return
+    from batchrun.hooks import finish_env, run_on_finish
+
+    variables = finish_env(
+        run_id=run_id,
+        exit_code=exit_code,
+        counts=counts,
+        cost_usd=cost or 0.0,
+        results_path=result.results_path if result else None,
+        db_path=store.path,
+    )
+    run_on_finish(command, variables, say)
+
+
+def run_cost(store: Store, run_id: str) -> float:
+    from batchrun.report import run_status
+
+    return run_status(store, run_id)["cost_usd"] or 0.0
 
 
 def watched(store: Store, run_id: str, options: RunOptions, target: Target, progress: Any, **kwargs: Any) -> RunResult:
@@ -415,6 +490,13 @@ def submit(
     )
 
 
+def _refuse_emulated_no_wait(emulate: bool, options: RunOptions) -> None:
+    if emulate and options.no_wait:
+        from batchrun.emulate import refuse_no_wait
+
+        refuse_no_wait(emulate, options.no_wait)
+
+
 def _submit(
     items: ItemsArg,
     job: Any,
@@ -433,6 +515,7 @@ def _submit(
 ) -> RunResult:
     from batchrun.runs import prepare_run
 
+    _refuse_emulated_no_wait(emulate, options)
     the_job = load_job_arg(job, settings)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
@@ -447,7 +530,7 @@ def _submit(
         return watched(
             store,
             run_id,
-            replace(options, settings=the_job.runtime_settings()),
+            replace(options, settings=the_job.given_settings(k for k, v in settings.items() if v is not None)),
             target,
             progress,
             output=output,
@@ -488,6 +571,7 @@ def _resume(
     log: str | None,
     csv_raw: bool = False,
 ) -> RunResult:
+    _refuse_emulated_no_wait(emulate, options)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(_store(db))

@@ -86,6 +86,7 @@ def prepare_run(
                 "or pass --new-run to start a new run from the changed file)"
             )
         run_id = default_run_id(input_path, sha, fingerprint + endpoint)
+    check_job_alone(job)  # a run found above keeps its stored settings (its deadline, say): only a new one is checked
     run = {
         "id": run_id,
         "input_path": str(input_path),
@@ -96,7 +97,38 @@ def prepare_run(
         "endpoint": endpoint,
     }
     store.create_run(run, read_items(input_path, job))
+    try:
+        check_new_run(store, run_id, job)
+    except UsageError:
+        _forget(store, run_id)
+        raise
     return run_id, True
+
+
+def check_job_alone(job: Job) -> None:
+    """What can be refused from the settings alone, before a run is looked for or created."""
+    if job.mode == "auto" and not job.deadline:
+        raise UsageError(
+            "this run is in mode auto and has no deadline (pass --deadline, e.g. --deadline 6h or --deadline 06:00, or "
+            'set deadline = "6h" in the job file)'
+        )
+
+
+def check_new_run(store: Store, run_id: str, job: Job) -> None:
+    """The checks that need the run's items (the models they name, the work they are): made as soon as the run
+    exists, so a refused run is removed again instead of being left pending for the next command to pick up."""
+    check_budget(store, run_id, job, "the run")
+    if job.mode == "auto":
+        check_deadline(store, run_id, job, new=True)
+
+
+def _forget(store: Store, run_id: str) -> None:
+    """Remove a run this command just created and then refused (unless another process already works on it)."""
+    from batchrun.errors import RunLocked
+    from batchrun.store import delete_run
+
+    with contextlib.suppress(RunLocked), RunLock(store.path, run_id):
+        delete_run(store, run_id)
 
 
 def check_endpoint(run: dict[str, Any], endpoint: str) -> None:
@@ -152,13 +184,12 @@ def process_run(
     check_endpoint(run, endpoint)
     started = time.monotonic()
     with RunLock(store.path, run_id):
+        # checked before the settings are stored: a refused setting must not stay with the run for every resume
+        check_run(store, run_id, load_run(store, run_id)[1].with_overrides(**options.settings))
         job = _apply_settings(store, run_id, options.settings, events)
         if run.get("endpoint") is None:
             store.set_run_endpoint(run_id, endpoint)
         job = job.with_overrides(batch_size=options.batch_size, poll_interval=options.poll_interval)
-        check_budget(store, run_id, job)
-        if job.mode == "auto":
-            check_deadline(store, run_id, job)
         attempts_before = store.attempt_count(run_id)
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
@@ -192,6 +223,12 @@ def started_detail(store: Store, run_id: str, job: Job, counts: dict[str, int]) 
     }
 
 
+def check_run(store: Store, run_id: str, job: Job) -> None:
+    check_budget(store, run_id, job)
+    if job.mode == "auto":
+        check_deadline(store, run_id, job)
+
+
 def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events: Listener) -> Job:
     """Settings that do not change requests (concurrency, limits, attempts, budget, mode) apply to the rest of the
     run, and are kept for its later resumes. The mode changes only while no batch of the run is open: an item in a
@@ -212,7 +249,7 @@ def _apply_settings(store: Store, run_id: str, settings: dict[str, Any], events:
     return new
 
 
-def check_budget(store: Store, run_id: str, job: Job) -> None:
+def check_budget(store: Store, run_id: str, job: Job, label: str | None = None) -> None:
     """A budget needs a price for every model of the run: an unknown price would make the ceiling meaningless."""
     if job.max_cost is None:
         return
@@ -221,13 +258,14 @@ def check_budget(store: Store, run_id: str, job: Job) -> None:
     unpriced = [m for m in store.models(run_id) if price_for(m, job.prices) is None]
     if unpriced:
         raise UsageError(
-            f"--max-cost needs the price of every model of run {run_id}; no price is known for {', '.join(unpriced)} "
+            f"--max-cost needs the price of every model of {label or 'run ' + run_id}; "
+            f"no price is known for {', '.join(unpriced)} "
             '(add them to the job\'s [prices] table, e.g. [prices."MODEL"] input = 3.0, output = 15.0 in USD per '
             "million tokens)"
         )
 
 
-def check_deadline(store: Store, run_id: str, job: Job) -> None:
+def check_deadline(store: Store, run_id: str, job: Job, *, new: bool = False) -> None:
     """Mode auto needs a deadline; one the run cannot meet even online from the start is refused before anything
     is sent, unless --force (then everything goes online at once)."""
     if not job.deadline:
@@ -242,7 +280,7 @@ def check_deadline(store: Store, run_id: str, job: Job) -> None:
 
     plan = run_plan(store, run_id, job, time.time())
     if not plan.feasible:
-        raise UsageError(refusal(plan, run_id))
+        raise UsageError(refusal(plan, None if new else run_id))
 
 
 async def _engine(

@@ -9,6 +9,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -452,6 +453,58 @@ def m011_stop_reason_tallies(db: Database) -> None:
     )
     db.execute("DROP TABLE run_tallies_m010")
     db.execute(STOP_TALLY_TRIGGER)
+
+
+@migrations()
+def m012_versions(db: Database) -> None:
+    """Which batchrun applied each migration: a database upgraded by a newer batchrun names the version an older
+    one needs to be replaced by (see check_not_newer)."""
+    db.execute("CREATE TABLE batchrun_versions (migration TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID")
+
+
+def batchrun_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchrun")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def record_versions(conn: sqlite3.Connection) -> None:
+    """Note this version against every applied migration not noted yet (after migrations were applied)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO batchrun_versions SELECT name, ? FROM _sqlite_migrations WHERE migration_set = ?",
+        [batchrun_version(), migrations.name],
+    )
+
+
+def check_not_newer(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse, before anything is written, a database a newer batchrun has migrated: this version does not know
+    its tables, and writing to them would damage it."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "_sqlite_migrations" not in tables:
+        return
+    known = {m.name for m in migrations._migrations}
+    applied = [n for (n,) in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ?", ["batchrun"])]
+    unknown = [n for n in applied if n not in known]
+    if not unknown:
+        return
+    versions: list[str] = []
+    if "batchrun_versions" in tables:
+        marks = ",".join("?" * len(unknown))
+        sql = f"SELECT version FROM batchrun_versions WHERE migration IN ({marks})"
+        versions = [v for (v,) in conn.execute(sql, unknown) if v != "unknown"]
+    needed = max(versions, key=_version_key) if versions else None
+    raise StoreError(
+        f"{path} was upgraded by a newer batchrun{f' ({needed})' if needed else ''} than this one "
+        f"({batchrun_version()}): upgrade batchrun{f' to {needed} or later' if needed else ''} to use it "
+        f"(pip install -U batchrun); nothing was changed"
+    )
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else 0 for part in version.replace("-", ".").split("."))
 
 
 STOP_TALLIES_SCHEMA = """
@@ -910,18 +963,21 @@ class Store:
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db = Database(conn)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        retry_busy(lambda: check_not_newer(conn, self.path))
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
         if retry_busy(lambda: migrations.pending(self.db)):
             with migration_lock(self.path):
                 retry_busy(lambda: migrations.apply(self.db))
+                retry_busy(lambda: record_versions(conn))
 
     def _create(self) -> bool:
         """Make the database with its whole schema under a private name, then link it into place: no process ever
         sees it without its tables, and of processes creating it at once one wins and the others open its file.
         Returns whether this process created it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        # one name per thread too: two threads of a process making the database must not share (and unlink) it
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{threading.get_ident()}")
         tmp.unlink(missing_ok=True)
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         try:
@@ -931,6 +987,7 @@ class Store:
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new databases only: it is set before any table
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
                 migrations.apply(Database(conn))
+                record_versions(conn)
             finally:
                 conn.close()
             fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)

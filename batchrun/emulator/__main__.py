@@ -6,11 +6,13 @@ import gc
 import sys
 
 from .config import config_from_argv
+from .process import watch_parent
 from .server import serve
 
 
 def main(argv: list[str] | None = None) -> None:
     config, host, port = config_from_argv(argv)
+    watch_parent()  # started by EmulatorProcess (--emulate, tests): stop when that process dies
     gc.freeze()  # the imports live as long as the process: full collections need not walk them
     serve(config, host, port)
 

@@ -12,6 +12,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 from batchrun.emulator.config import EmulatorConfig, config_to_argv
 
 READY_PREFIX = "batchrun-emulator listening on "
+LIFELINE_ENV = "BATCHRUN_EMULATOR_LIFELINE"  # "FD:PID": the pipe whose end-of-file stops it, and its parent
+PDEATHSIG_ENV = "BATCHRUN_EMULATOR_PDEATHSIG"
 START_TIMEOUT_S = 20.0
 
 
@@ -27,10 +30,25 @@ class EmulatorProcess:
     """`python -m batchrun.emulator --port 0` running in a subprocess."""
 
     def __init__(self, config: EmulatorConfig | None = None, **fields: Any) -> None:
+        self._lifeline: int | None = None
         config = dataclasses.replace(config or EmulatorConfig())
         config.update(**fields)
         cmd = [sys.executable, "-m", "batchrun.emulator", "--port", "0", *config_to_argv(config)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_child_env())
+        # The lifeline: the emulator holds the read end and stops when it reads end-of-file, which happens when this
+        # process closes the write end or dies, however it dies (SIGKILL included).
+        lifeline, self._lifeline = os.pipe()
+        env = _child_env()
+        env[LIFELINE_ENV] = f"{lifeline}:{os.getpid()}"
+        if threading.current_thread() is threading.main_thread():
+            # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only the main thread's is safe
+            env[PDEATHSIG_ENV] = "1"
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, pass_fds=(lifeline,))
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            os.close(lifeline)
         self.base_url = self._read_base_url()
 
     def _read_base_url(self) -> str:
@@ -75,6 +93,9 @@ class EmulatorProcess:
         return self._call("GET", "/_emulator/stats")
 
     def stop(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -90,6 +111,44 @@ class EmulatorProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def watch_parent() -> None:
+    """In the emulator started by EmulatorProcess: stop (SIGTERM to itself, the graceful way) when the process that
+    started it dies. Linux: PR_SET_PDEATHSIG; everywhere: end-of-file on the lifeline pipe, read by a thread, and
+    the parent pid, in case the parent died before the watch began."""
+    import signal
+
+    spec = os.environ.pop(LIFELINE_ENV, None)
+    pdeathsig = os.environ.pop(PDEATHSIG_ENV, None)
+    if not spec:
+        return
+    fd_text, _, parent_text = spec.partition(":")
+    fd, parent = int(fd_text), int(parent_text or 0)
+    if pdeathsig and sys.platform.startswith("linux"):
+        _set_pdeathsig(signal.SIGTERM)
+
+    def wait_for_eof() -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_for_eof, name="emulator-lifeline", daemon=True).start()
+    if parent and os.getppid() != parent:  # it died before the watch began
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _set_pdeathsig(sig: int) -> None:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # the lifeline still stops it
 
 
 def _child_env() -> dict[str, str]:
