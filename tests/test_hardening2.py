@@ -257,7 +257,7 @@ def test_the_hook_runs_when_the_run_ends_with_an_unexpected_error(
     """A bug cannot be made on purpose: one is injected where the store is read, after the run is created."""
     from batchrun.store import Store
 
-    def broken(self, run_id: str) -> int:
+    def broken(self, run_id: str, *rest: object) -> int:
         raise RuntimeError("injected bug")
 
     monkeypatch.setattr(Store, "reuse_results", broken)
