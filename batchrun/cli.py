@@ -296,7 +296,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("items", type=click.Path(dir_okay=False))
+@click.argument("items", type=click.Path())
 @click.option("--job", "job_path", type=click.Path(dir_okay=False), help="Job settings (TOML).")
 @click.option("--model", help="Model for lines that do not name one.")
 @click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
@@ -358,6 +358,10 @@ def submit(
             store.discard()
             raise
         _note(f"{'created' if created else 'continuing'} run {run_id}", log_format)
+        from batchrun.documents import skipped_notes
+
+        for line in skipped_notes(items):  # a folder input: the files it does not send
+            _note(line, log_format)
         given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,
