@@ -301,3 +301,19 @@ def test_the_emulator_checks_file_references(emulator) -> None:
     client.beta.files.delete(uploaded.id, betas=[FILES_BETA])
     with pytest.raises(anthropic.NotFoundError):
         client.beta.files.retrieve_metadata(uploaded.id, betas=[FILES_BETA])
+
+
+def test_batches_are_cut_by_the_size_of_the_files_they_carry(tmp_path: Path, emulator) -> None:
+    """The stored requests are small (placeholders); the batches are cut by what is sent, files included."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(3):
+        (docs / f"{n}.txt").write_text(f"file {n} " + "word " * 600)  # about 3 KB each
+    job_file(tmp_path, mode="batch", batch_max_bytes=5000)
+    out = batchrun(
+        [*submit(tmp_path, docs, "-o", str(tmp_path / "out.csv"))], cwd=tmp_path, env=cli_env(emulator.base_url)
+    )
+    assert out.returncode == 0, out.stderr
+    assert emulator.stats()["batches_created"] == 3  # one file's request per batch: two would be over 5,000 bytes
+    for row in csv_rows(tmp_path / "out.csv"):
+        assert row["text"] == expected_text(expected_params(docs, row["file"])), row["file"]
