@@ -347,6 +347,13 @@ def submit(
     load_env()
     check_output(output, db_location(db_path), items)
     if dry_run:
+        from batchrun.documents import is_folder_input
+
+        if is_folder_input(items):
+            raise UsageError(
+                f"{items}: --dry-run reads JSONL and table files, not folders (a folder's files are checked when it "
+                "is submitted, before anything is sent; try it on a few files with --limit)"
+            )
         _dry_run(items, job, emulate, backend)
         return
     with ExitStack() as stack:

@@ -52,7 +52,8 @@ class FileChanged(Exception):
 
 
 def is_folder_input(path: str) -> bool:
-    return Path(path).is_dir() or glob.has_magic(path)
+    """A folder, or a glob (a file whose name holds `*`, `?` or `[` is still that file)."""
+    return Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists())
 
 
 def root_of(label: str) -> Path:
