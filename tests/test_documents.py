@@ -317,3 +317,31 @@ def test_batches_are_cut_by_the_size_of_the_files_they_carry(tmp_path: Path, emu
     assert emulator.stats()["batches_created"] == 3  # one file's request per batch: two would be over 5,000 bytes
     for row in csv_rows(tmp_path / "out.csv"):
         assert row["text"] == expected_text(expected_params(docs, row["file"])), row["file"]
+
+
+def test_skipped_files_are_listed_then_counted(tmp_path: Path, emulator) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello")
+    for n in range(23):
+        (docs / f"x{n:02d}.bin").write_bytes(b"\x00")
+    job_file(tmp_path)
+    out = batchrun(submit(tmp_path, docs), cwd=tmp_path, env=cli_env(emulator.base_url))
+    assert out.returncode == 0, out.stderr
+    said = out.stdout + out.stderr
+    assert said.count("skipped x") == 20 and "skipped x19.bin" in said and "skipped x20.bin" not in said
+    assert "skipped 3 more file(s) of unsupported types" in said
+    assert emulator.stats()["requests"] == 1
+
+
+def test_a_resumed_upload_run_uploads_nothing_again(tmp_path: Path, emulator) -> None:
+    docs = make_folder(tmp_path)
+    job_file(tmp_path, files="upload")
+    env = cli_env(emulator.base_url)
+    first = batchrun([*submit(tmp_path, docs, "--limit", "1")], cwd=tmp_path, env=env)
+    assert first.returncode == 3, first.stderr
+    assert emulator.stats()["files_uploaded"] == 4 and emulator.stats()["requests"] == 1
+    run_id = db_rows(tmp_path / "b.db", "SELECT id FROM runs")[0][0]
+    resumed = batchrun(["resume", run_id, "--db", str(tmp_path / "b.db")], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert emulator.stats()["files_uploaded"] == 4 and emulator.stats()["requests"] == 4  # none uploaded again
