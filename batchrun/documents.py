@@ -192,7 +192,10 @@ def file_item(root: Path, rel: str, line_no: int, job: Job) -> FileItem:
     inline = text is not None and TEXT_FIELD in template_fields(job.template or "")
     if inline:
         prompt = _fill(job.template or "", {**fields, TEXT_FIELD: _SENTINEL})
-        placeholder = {MARK: {**held, "as": "prompt", "parts": prompt.split(_SENTINEL)}}
+        parts = prompt.split(_SENTINEL)
+        if len(parts) < 2:
+            raise RenderError("the template's {text} has a conversion or format (write it as {text})")
+        placeholder = {MARK: {**held, "as": "prompt", "parts": parts}}
         content = [placeholder]
     else:
         placeholder = {MARK: {**held, "as": "image" if kind == "image" else "document"}}
