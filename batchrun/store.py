@@ -1462,11 +1462,12 @@ class Store:
         return self._one("SELECT 1 FROM item_files WHERE run_id = ? LIMIT 1", [run_id]) is not None
 
     def pending_files(self, run_id: str) -> Iterator[tuple[str, int]]:
-        """(relative path, size at creation) of the files of the items not finished, in input order."""
+        """(relative path, size at creation) of the files of the pending items, in input order (not those in an
+        open batch: their files were sent, and their results must be collected whatever became of the files)."""
         cur = self.db.execute(
             "SELECT f.file, f.bytes FROM items JOIN item_files f ON f.run_id = items.run_id AND f.line_no = "
-            f"items.line_no WHERE items.run_id = ? AND items.state IN (?, ?) AND {NOT_DONE} ORDER BY items.line_no",
-            [run_id, PENDING, IN_FLIGHT],
+            f"items.line_no WHERE items.run_id = ? AND items.state = ? AND {NOT_DONE} ORDER BY items.line_no",
+            [run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
             yield from rows

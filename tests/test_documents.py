@@ -345,3 +345,16 @@ def test_a_resumed_upload_run_uploads_nothing_again(tmp_path: Path, emulator) ->
     resumed = batchrun(["resume", run_id, "--db", str(tmp_path / "b.db")], cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert emulator.stats()["files_uploaded"] == 4 and emulator.stats()["requests"] == 4  # none uploaded again
+
+
+def test_a_batch_already_sent_is_collected_whatever_became_of_its_files(tmp_path: Path, emulator) -> None:
+    docs = make_folder(tmp_path)
+    job_file(tmp_path, mode="batch")
+    env = cli_env(emulator.base_url)
+    first = batchrun([*submit(tmp_path, docs, "--no-wait")], cwd=tmp_path, env=env)
+    assert first.returncode == 3, first.stderr
+    run_id = db_rows(tmp_path / "b.db", "SELECT id FROM runs")[0][0]
+    (docs / "c.pdf").unlink()  # sent already: its answer is collected
+    resumed = batchrun(["resume", run_id, "--db", str(tmp_path / "b.db"), *FAST], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert emulator.stats()["batches_created"] == 1
