@@ -358,3 +358,29 @@ def test_a_batch_already_sent_is_collected_whatever_became_of_its_files(tmp_path
     resumed = batchrun(["resume", run_id, "--db", str(tmp_path / "b.db"), *FAST], cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert emulator.stats()["batches_created"] == 1
+
+
+def test_the_readme_nightly_example_runs_as_printed(tmp_path: Path, emulator) -> None:
+    """jobs/examples/docs with jobs/summarize_folder.toml, the README's two nights (on the test's emulator)."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "jobs", tmp_path / "jobs")
+    shutil.copytree(tmp_path / "jobs" / "examples" / "docs", tmp_path / "inbox")
+    env = cli_env(emulator.base_url)
+    night = ["submit", "inbox", "--job", "jobs/summarize_folder.toml", "--db", "nightly.db", "-q"]
+    first = batchrun([*night, "-o", "night1.csv"], cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert emulator.stats()["requests"] == 4
+    (tmp_path / "inbox" / "minutes.txt").write_text("Minutes of Tuesday: the launch moves to May.\n")
+    with (tmp_path / "inbox" / "office-move.md").open("a") as f:
+        f.write("The move is planned for April now.\n")
+    emulator.reset()
+    second = batchrun([*night, "-o", "night2.csv"], cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert emulator.stats()["requests"] == 2 and "3 item(s) from the response cache" in second.stdout + second.stderr
+    answered = {r["file"]: r["answered_by"] for r in csv_rows(tmp_path / "night2.csv")}
+    assert answered == {
+        "minutes.txt": "api", "office-move.md": "api", "on-call.txt": "cache", "reports/chart.png": "cache",
+        "reports/q3.pdf": "cache",
+    }  # fmt: skip
