@@ -98,12 +98,11 @@ class FileItem(Item):
 
 @dataclass(slots=True)
 class Folder:
-    """A folder input: its label, root, the files to send and the ones skipped, and the manifest's hash."""
+    """A folder input: its label, root, the files to send (relative paths, sorted) and the job for them."""
 
     label: str
     root: Path
     files: list[str]
-    skipped: list[str]
     job: Job
 
     @property
@@ -140,7 +139,7 @@ def folder_input(path: str, job: Job) -> Folder | None:
             f"{path}: a folder input needs the job's template, what to ask about each file "
             '(e.g. template = "Summarise {name} in three sentences.")'
         )
-    return Folder(label, root, files, skipped, job_for_folder(job))
+    return Folder(label, root, files, job_for_folder(job))
 
 
 def job_for_folder(job: Job) -> Job:
