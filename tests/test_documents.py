@@ -298,6 +298,12 @@ def test_the_emulator_checks_file_references(emulator) -> None:
         ask(uploaded.id, beta=False)
     with pytest.raises(anthropic.BadRequestError, match="not found"):
         ask("file_missing", beta=True)
+    block = {"type": "document", "source": {"type": "file", "file_id": uploaded.id}}
+    request = {"custom_id": "r1", "params": {"model": MODEL, "max_tokens": 8, "messages": [
+        {"role": "user", "content": [block, {"type": "text", "text": "x"}]}]}}  # fmt: skip
+    with pytest.raises(anthropic.BadRequestError, match="beta header"):  # a batch naming files needs it on create
+        client.messages.batches.create(requests=[request])
+    assert client.messages.batches.create(requests=[request], extra_headers={"anthropic-beta": FILES_BETA}).id
     client.beta.files.delete(uploaded.id, betas=[FILES_BETA])
     with pytest.raises(anthropic.NotFoundError):
         client.beta.files.retrieve_metadata(uploaded.id, betas=[FILES_BETA])
