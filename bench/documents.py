@@ -10,6 +10,11 @@ response cache). `python -m batchrun submit FOLDER --job JOB -q --db TMP.db` the
 against a zero-latency, unlimited emulator (its own process), and its peak RSS is that process's ru_maxrss from
 wait4() (VmRSS sampled every 0.5 s says when). Constant memory means the peak at 10,000 files is about the
 peak at 1,000.
+
+Measured 2026-12-03 (2 shared cores, load average about 10, anthropic 2.16.0), `python bench/documents.py`:
+1,000 files (0.98 GiB) peak RSS 284.5 MB in 319 s; 10,000 files (9.77 GiB) 303.1 MB (1.07x) in 1,472 s; 1,000 and
+10,000 requests sent; database 1.7 and 15.0 MB. The process is about 176 MB before it reads a file (imports);
+each request in flight adds about 6-7 MB (the file, its base64, the JSON body).
 """
 
 from __future__ import annotations
