@@ -43,6 +43,7 @@ import orjson
 from batchrun.answers import Judge, failed_result, item_cost
 from batchrun.api import APIFailure, _message_problem, _usage_problem, api_errors, redact
 from batchrun.budget import Budget, worst_cost
+from batchrun.documents import resolver
 from batchrun.errors import RunLocked
 from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
 from batchrun.lock import RunLock
@@ -269,6 +270,7 @@ class BatchEngine:
         self.switch = switch  # deadline mode: seconds left until the rest must go online
         self.switch_at: float | None = None  # the same as a time.monotonic() moment
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
+        self.resolver = resolver(store, run_id)  # a folder run's files are read as their batch is sent
 
     # the run
 
@@ -489,6 +491,8 @@ class BatchEngine:
         piece = bytearray(b'{"requests":[')
         n = sent = 0
         for line in self.store.batch_request_lines(self.run_id, row["seq"]):
+            if self.resolver is not None:
+                line = self.resolver.line(line)
             if n:
                 piece += b","
             piece += line

@@ -346,7 +346,7 @@ def import_sqlite_utils_without_pandas() -> None:
 
 
 @cli.command()
-@click.argument("items", type=click.Path(dir_okay=False))
+@click.argument("items", type=click.Path())
 @click.option("--job", "job_path", type=click.Path(dir_okay=False), help="Job settings (TOML).")
 @click.option("--model", help="Model for lines that do not name one.")
 @click.option("--max-tokens", type=int, help="max_tokens for lines that do not set it.")
@@ -400,6 +400,13 @@ def submit(
     load_env()
     check_output(output, db_location(db_path), items)
     if dry_run:
+        from batchrun.documents import is_folder_input
+
+        if is_folder_input(items):
+            raise UsageError(
+                f"{items}: --dry-run reads JSONL and table files, not folders (a folder's files are checked when it "
+                "is submitted, before anything is sent; try it on a few files with --limit)"
+            )
         _dry_run(items, job, emulate, backend)
         return
     with ExitStack() as stack:
@@ -411,6 +418,10 @@ def submit(
             store.discard()
             raise
         _note(f"{'created' if created else 'continuing'} run {run_id}", log_format)
+        from batchrun.documents import skipped_notes
+
+        for line in skipped_notes(items):  # a folder input: the files it does not send
+            _note(line, log_format)
         given = {"grace": grace, "no_cache": no_cache, "request_timeout": request_timeout, "limit": limit}
         options = _options(
             given,

@@ -52,6 +52,7 @@ LATER_KEYS: dict[str, Any] = {
     "accept_truncated": False,
     "id_field": None,
     "keep": [],
+    "files": "inline",
 }
 
 
@@ -87,6 +88,7 @@ class Job:
     deadline: str | None = None  # mode auto: an ISO time, or a duration from the run's start ("6h")
     deadline_margin: float = DEFAULT_MARGIN_S  # mode auto: seconds of safety on top of 20% of the online time
     force: bool = False  # mode auto: go on (online at once) when the deadline cannot be met
+    files: str = "inline"  # folder inputs: files sent in each request, or "upload"ed once with the Files API
 
     def with_overrides(self, **flags: Any) -> Job:
         """Flags given on the command line win over the job file; None means 'not given'."""
@@ -489,6 +491,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "deadline": deadline_problem,
     "deadline_margin": lambda v: None if v == 0 and not isinstance(v, bool) else _positive_number(v),
     "force": _bool,
+    "files": _choice("inline", "upload"),
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(Job))
 STORED_CHECKS = frozenset((*RUNTIME_KEYS, "prices", "cache_ttl"))

@@ -20,6 +20,7 @@ from batchrun.answers import Judge, Verdict, add_usage, failed_result, item_cost
 from batchrun.api import APIFailure, Reply, send
 from batchrun.budget import Budget
 from batchrun.caching import CacheWatch, prefix_key
+from batchrun.documents import sent_params
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
 from batchrun.outage import OutageWatch
@@ -92,6 +93,7 @@ class Engine:
         self.judge = Judge(job)
         self.sleeping: list[float] = []  # when each retry backoff in progress ends (monotonic)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-store")
+        self.sent_params = sent_params(store, run_id)  # a folder run's files are read as their items are sent
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -342,6 +344,7 @@ class Engine:
     async def _send(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         if item.params["model"] in self.dead_models:
             raise StopRequested
+        params = await self.sent_params(item.params)
         budgeted = await self._reserve(item.params)
         try:
             reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
@@ -351,7 +354,7 @@ class Engine:
         started = time.time()
         sent_at.append(self.outage.clock())
         try:
-            reply = await send(self.client, item.params, self.request_timeout)
+            reply = await send(self.client, params, self.request_timeout)
         except asyncio.CancelledError:
             attempts.append(Attempt(started, time.time() - started, "aborted"))
             self.budget.settle(budgeted, 0.0)

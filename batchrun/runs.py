@@ -51,9 +51,14 @@ def prepare_run(
     pay again for every line the old run already has. So is an unfinished run of the same file on another
     endpoint: its answers and these would mix.
     """
-    sha = file_sha256(input_path)
+    from batchrun.documents import folder_input
+
+    folder = folder_input(input_path, job)  # a folder or a glob: one item per file
+    if folder is not None:
+        job = folder.job
+    sha = folder.sha256 if folder else file_sha256(input_path)
     fingerprint = job.fingerprint()
-    input_path = input_label(input_path)
+    input_path = folder.label if folder else input_label(input_path)
     if run_id is not None:
         if not RUN_ID.fullmatch(run_id):
             raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64)")
@@ -96,7 +101,7 @@ def prepare_run(
         "job": job.to_dict(),
         "endpoint": endpoint,
     }
-    store.create_run(run, read_items(input_path, job))
+    store.create_run(run, folder.items() if folder else read_items(input_path, job))
     try:
         check_new_run(store, run_id, job)
     except UsageError:
@@ -196,6 +201,9 @@ def process_run(
             retried = store.retry_failed(run_id, error_type, options.retry_changes)
             events(Event("retrying_failed", run_id, {"items": retried}))
         reused = store.reuse_results(run_id, Judge(job)) if options.use_cache else 0
+        from batchrun.documents import before_sending
+
+        make_client = before_sending(store, run_id, job, make_client)  # a folder run: files checked (uploaded)
         counts = store.counts(run_id)
         stop = None
         if counts[State.PENDING] + counts[State.IN_FLIGHT]:

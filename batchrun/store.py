@@ -553,6 +553,25 @@ def m012b_run_output(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN output_path TEXT")
 
 
+@migrations()
+def m013_documents(db: Database) -> None:
+    """Folder inputs: each item's file (relative path, SHA-256, size, and the bytes its request grows by when the
+    file's block replaces the stored placeholder), and the files uploaded with the Files API, by endpoint and
+    content, so a resume or a later run never uploads the same bytes twice."""
+    execute_script(
+        db,
+        """
+        CREATE TABLE item_files (
+            run_id TEXT NOT NULL, line_no INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
+            bytes INTEGER NOT NULL, extra INTEGER NOT NULL, PRIMARY KEY (run_id, line_no)) WITHOUT ROWID;
+        CREATE TABLE uploads (
+            endpoint TEXT NOT NULL, sha256 TEXT NOT NULL, file_id TEXT NOT NULL, file TEXT NOT NULL,
+            media_type TEXT NOT NULL, bytes INTEGER NOT NULL, uploaded_at REAL NOT NULL,
+            PRIMARY KEY (endpoint, sha256)) WITHOUT ROWID;
+        """,
+    )
+
+
 def _hash_bytes(hex_digest: str) -> bytes:
     return bytes.fromhex(hex_digest)
 
@@ -1178,10 +1197,18 @@ class Store:
         def write(rows: list[tuple[Any, ...]]) -> None:
             nonlocal part
             values = []
-            for line, cid, model, own, new_part, _, source_id, kept in rows:
+            files = []
+            for line, cid, model, own, new_part, _, source_id, kept, file in rows:
                 if new_part is not None:
                     part = parts.get(*new_part)
                 values.append((line, cid, model, len(own), part, source_id, kept))
+                if file is not None:
+                    files.append((run_id, line, *file))
+            if files:
+                self.db.conn.executemany(
+                    "INSERT INTO item_files (run_id, line_no, file, sha256, bytes, extra) VALUES (?, ?, ?, ?, ?, ?)",
+                    files,
+                )
             owns = [row[3] for row in rows]
             starts = itertools.accumulate(map(len, owns), initial=1)  # one more than there are rows
             self.db.execute(
@@ -1221,6 +1248,7 @@ class Store:
                                 hashlib.sha256(full).digest(),
                                 getattr(item, "source_id", None),
                                 None if kept is None else orjson.dumps(kept, default=str).decode(),
+                                getattr(item, "file", None),
                             )
                         )
                         if len(chunk) >= CREATE_CHUNK:
@@ -1534,9 +1562,9 @@ class Store:
         """(line_no, bytes as sent, model, max_tokens) of the pending items in input order: what a batch plan and
         the budget need, without loading params."""
         cur = self.db.execute(
-            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail), "
-            f"model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND state = ? "
-            f"AND {NOT_DONE} ORDER BY line_no",
+            "SELECT line_no, ? + length(CAST(line_no AS TEXT)) + length(own) + length(p.head) + length(p.tail)"
+            f"{self._file_extra(run_id)}, model, {MAX_TOKENS} FROM items JOIN request_parts p ON p.id = parts "
+            f"WHERE run_id = ? AND state = ? AND {NOT_DONE} ORDER BY line_no",
             [SENT_ID_OVERHEAD, run_id, PENDING],
         )
         while rows := cur.fetchmany(5000):
@@ -1545,13 +1573,68 @@ class Store:
     def open_batch_costs(self, run_id: str) -> Iterator[tuple[int, int, str, int]]:
         """The same for the items waiting in the run's open batches."""
         cur = self.db.execute(
-            f"SELECT line_no, length(own) + length(p.head) + length(p.tail), model, {MAX_TOKENS} FROM items "
+            f"SELECT line_no, length(own) + length(p.head) + length(p.tail){self._file_extra(run_id)}, model, "
+            f"{MAX_TOKENS} FROM items "
             f"JOIN request_parts p ON p.id = parts WHERE run_id = ? AND {IN_BATCH} AND batch_seq IN "
             "(SELECT seq FROM batches WHERE run_id = ? AND collected_at IS NULL)",
             [run_id, run_id],
         )
         while rows := cur.fetchmany(5000):
             yield from rows
+
+    def _file_extra(self, run_id: str) -> str:
+        """SQL adding an item's file block's bytes to its stored size (nothing for a run not made from a folder)."""
+        if not self.has_item_files(run_id):
+            return ""
+        return (
+            " + coalesce((SELECT f.extra FROM item_files f WHERE f.run_id = items.run_id "
+            "AND f.line_no = items.line_no), 0)"
+        )
+
+    # folder inputs (batchrun/documents.py)
+
+    def has_item_files(self, run_id: str) -> bool:
+        return self._one("SELECT 1 FROM item_files WHERE run_id = ? LIMIT 1", [run_id]) is not None
+
+    def pending_files(self, run_id: str) -> Iterator[tuple[str, int]]:
+        """(relative path, size at creation) of the files of the pending items, in input order (not those in an
+        open batch: their files were sent, and their results must be collected whatever became of the files)."""
+        cur = self.db.execute(
+            "SELECT f.file, f.bytes FROM items JOIN item_files f ON f.run_id = items.run_id AND f.line_no = "
+            f"items.line_no WHERE items.run_id = ? AND items.state = ? AND {NOT_DONE} ORDER BY items.line_no",
+            [run_id, PENDING],
+        )
+        while rows := cur.fetchmany(5000):
+            yield from rows
+
+    def pending_requests(self, run_id: str) -> Iterator[tuple[int, bytes]]:
+        """(line_no, request bytes as stored) of the pending items, in input order."""
+        cur = self.db.execute(
+            f"SELECT line_no, own, parts FROM items WHERE run_id = ? AND state = ? AND {NOT_DONE} ORDER BY line_no",
+            [run_id, PENDING],
+        )
+        while rows := cur.fetchmany(1000):
+            for line_no, own, part in rows:
+                yield line_no, self.request(own, part)
+
+    def set_item_file_extra(self, run_id: str, line_no: int, extra: int) -> None:
+        self.db.execute("UPDATE item_files SET extra = ? WHERE run_id = ? AND line_no = ?", [extra, run_id, line_no])
+
+    def upload_ids(self, run_id: str, endpoint: str) -> dict[str, str]:
+        """{sha256: file_id} of the run's files already uploaded to this endpoint."""
+        rows = self.db.execute(
+            "SELECT u.sha256, u.file_id FROM uploads u WHERE u.endpoint = ? AND u.sha256 IN "
+            "(SELECT sha256 FROM item_files WHERE run_id = ?)",
+            [endpoint, run_id],
+        )
+        return dict(rows.fetchall())
+
+    def add_upload(self, endpoint: str, sha256: str, file_id: str, file: str, media_type: str, size: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO uploads (endpoint, sha256, file_id, file, media_type, bytes, uploaded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [endpoint, sha256, file_id, file, media_type, size, time.time()],
+        )
 
     def add_batch_plans(self, run_id: str, plans: list[tuple[int, int, int, int]], now: float) -> list[dict[str, Any]]:
         """Write planned batches, each `(first_line, last_line, n_items, n_bytes)` over the pending items, in one
@@ -1606,7 +1689,8 @@ class Store:
             "? + length(CAST(line_no AS TEXT))" if self._batch_token(run_id, seq) else "0 * ? + length(custom_id)"
         )
         row = self._one(
-            f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)), 0) "
+            f"SELECT count(*), coalesce(sum({id_bytes} + length(own) + length(p.head) + length(p.tail)"
+            f"{self._file_extra(run_id)}), 0) "
             f"FROM items JOIN request_parts p ON p.id = parts WHERE run_id = ? AND batch_seq = ? AND {IN_BATCH}",
             [SENT_ID_OVERHEAD, run_id, seq],
         )

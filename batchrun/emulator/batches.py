@@ -18,6 +18,7 @@ from .cache import NO_CACHE, PromptCache
 from .clock import rfc3339
 from .config import EmulatorConfig
 from .faults import pick_reply_fault
+from .files import FileStore
 from .replies import build_message, request_key
 from .stats import Stats
 from .validation import check_messages
@@ -202,6 +203,7 @@ class BatchStore:
         self.answers: dict[str, int] = {}  # request key -> replies built so far (for reply faults)
         self.created = 0  # batches created since reset: seeds each batch's processing times
         self.spoiled: set[str] = set()  # request keys whose result line was made malformed (batch_bad_lines)
+        self.files: FileStore | None = None  # the Files API's uploads, for the requests' file_id references
 
     def create(self, items: list[tuple[str, Any]], now: float) -> Batch:
         times, late = processing_times(self.config, self.created, len(items))
@@ -317,6 +319,9 @@ class BatchStore:
         error = check_messages(params, in_batch=True)
         if error is not None:
             return Outcome("errored", error.type, error.message)
+        file_problem = self.files.check(params, beta=True) if self.files is not None else None
+        if file_problem is not None:  # the create call carried the beta header (checked there)
+            return Outcome("errored", "invalid_request_error", file_problem)
         key = request_key(params)
         kind = self._draw_outcome(key)
         if kind == "errored":

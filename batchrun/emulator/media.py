@@ -16,6 +16,7 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_SIDE = 8000
 MAX_IMAGES = 100
+MAX_PDF_PAGES = 100
 LONG_EDGE = 1568
 MAX_PIXELS = 1_150_000
 PIXELS_PER_TOKEN = 750
@@ -125,7 +126,10 @@ def check_pdf(data: object) -> int:
     raw = decode_base64(data)
     if not raw.startswith(b"%PDF-"):
         raise MediaError("The PDF specified was not valid")
-    return pdf_pages(raw)
+    pages = pdf_pages(raw)
+    if pages > MAX_PDF_PAGES:
+        raise MediaError(f"A maximum of {MAX_PDF_PAGES} PDF pages may be provided. Found {pages}.")
+    return pages
 
 
 def block_tokens(block: dict) -> int | None:

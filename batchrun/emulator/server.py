@@ -16,6 +16,7 @@ from .batches import BatchError, BatchStore, check_requests, result_chunks
 from .cache import PromptCache
 from .config import LIMIT_FIELDS, EmulatorConfig
 from .faults import FaultInjector, RetryWatch
+from .files import FILES_BETA, FileStore, StoredFile, has_beta
 from .models import MODELS, find_model, model_info
 from .ratelimit import RateLimiter
 from .replies import build_message, count_input_tokens, request_key, stream_events
@@ -24,6 +25,7 @@ from .validation import ApiError, check_count_tokens, check_messages, check_vers
 
 MAX_MESSAGES_BODY = 32 * 1024 * 1024
 MAX_BATCH_BODY = 256 * 1024 * 1024
+MAX_FILE_BODY = 500 * 1024 * 1024
 LISTEN_BACKLOG = 4096
 HTTP_ERROR_TYPES = {404: "not_found_error", 413: "request_too_large"}
 
@@ -43,6 +45,8 @@ class Emulator:
         self.watch = RetryWatch()
         self.cache = PromptCache()
         self.batches = BatchStore(self.config, self.cache, self.stats)
+        self.files = FileStore()
+        self.batches.files = self.files
 
     def reconfigure(self, patch: dict[str, Any]) -> None:
         changed = self.config.update(**patch)
@@ -57,7 +61,7 @@ class Emulator:
         return time.time() + self.clock_offset
 
     def stats_json(self) -> dict[str, Any]:
-        return self.stats.to_json(self.watch.early, self.watch.samples)
+        return {**self.stats.to_json(self.watch.early, self.watch.samples), "files_uploaded": self.files.uploaded}
 
     def ratelimit_headers(self) -> dict[str, str]:
         return self.limiter.headers(time.monotonic(), time.time())
@@ -204,6 +208,10 @@ async def _messages(request: web.Request, emu: Emulator, stats: Stats) -> tuple[
     error = check_messages(body)
     if error is not None and error.status != 404:
         raise_api_error(error)
+    if error is None:
+        file_problem = emu.files.check(body, has_beta(request.headers))
+        if file_problem is not None:
+            raise Reject(400, "invalid_request_error", file_problem)
     key = request_key(body)
     now = time.monotonic()
     stats.received(key)
@@ -343,6 +351,10 @@ async def handle_batch_create(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
     items = check_requests(await read_json(request, MAX_BATCH_BODY))
+    if not has_beta(request.headers):
+        referring = next((params for _, params in items if emu.files.references(params)), None)
+        if referring is not None:
+            raise Reject(400, "invalid_request_error", emu.files.check(referring, False) or "")
     return _batch_json(request, emu.batches.create(items, emu.now()))
 
 
@@ -402,6 +414,61 @@ async def handle_batch_results(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+# ---- Files (beta) -----------------------------------------------------------------------------
+
+
+def _files_call(request: web.Request) -> Emulator:
+    emu = request.app[EMULATOR]
+    check_headers(request, emu.config)
+    if not has_beta(request.headers):
+        raise Reject(400, "invalid_request_error", f"the Files API needs the header 'anthropic-beta: {FILES_BETA}'")
+    return emu
+
+
+def _file(emu: Emulator, file_id: str) -> StoredFile:
+    stored = emu.files.get(file_id)
+    if stored is None:
+        raise Reject(404, "not_found_error", f"File '{file_id}' not found.")
+    return stored
+
+
+async def handle_file_upload(request: web.Request) -> web.Response:
+    emu = _files_call(request)
+    if request.content_length is not None and request.content_length > MAX_FILE_BODY:
+        raise Reject(413, "request_too_large", f"Request exceeds the maximum allowed size of {MAX_FILE_BODY} bytes")
+    try:
+        form = await request.post()
+    except ValueError as exc:
+        raise Reject(400, "invalid_request_error", f"not a multipart form: {exc}") from None
+    part = form.get("file")
+    if not isinstance(part, web.FileField):
+        raise Reject(400, "invalid_request_error", "file: Field required (a multipart part named 'file')")
+    data = part.file.read()
+    stored = emu.files.add(part.filename, part.content_type, data, emu.now())
+    return json_response(stored.to_json())
+
+
+async def handle_file_get(request: web.Request) -> web.Response:
+    emu = _files_call(request)
+    return json_response(_file(emu, request.match_info["file_id"]).to_json())
+
+
+async def handle_file_delete(request: web.Request) -> web.Response:
+    emu = _files_call(request)
+    file_id = request.match_info["file_id"]
+    _file(emu, file_id)
+    emu.files.delete(file_id)
+    return json_response({"id": file_id, "type": "file_deleted"})
+
+
+async def handle_file_list(request: web.Request) -> web.Response:
+    emu = _files_call(request)
+    data = [f.to_json() for f in reversed(emu.files.files.values())][: _limit(request)]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    more = len(emu.files.files) > len(data)
+    return json_response({"data": data, "has_more": more, "first_id": first, "last_id": last})
 
 
 # ---- Models -----------------------------------------------------------------------------------
@@ -488,6 +555,10 @@ def make_app(config: EmulatorConfig) -> web.Application:
     app.router.add_delete(batch, handle_batch_delete)
     app.router.add_post(batch + "/cancel", handle_batch_cancel)
     app.router.add_get(batch + "/results", handle_batch_results)
+    app.router.add_post("/v1/files", handle_file_upload)
+    app.router.add_get("/v1/files", handle_file_list)
+    app.router.add_get("/v1/files/{file_id}", handle_file_get)
+    app.router.add_delete("/v1/files/{file_id}", handle_file_delete)
     app.router.add_get("/v1/models", handle_model_list)
     app.router.add_get("/v1/models/{model_id}", handle_model_get)
     app.router.add_get("/_emulator/stats", handle_stats)
