@@ -49,6 +49,11 @@ class Dimension:
     _grown_at: float | None = None
 
     @property
+    def used(self) -> float:
+        """What this process has taken of the limit, all told (sent, less what was refunded or refused)."""
+        return self._own
+
+    @property
     def rate(self) -> float | None:
         return None if not self.limit else self.limit / 60.0
 

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from batchrun.fairshare import FairShare
 from batchrun.neighbours import Neighbours
@@ -120,6 +121,8 @@ class Limiter:
         self.overloaded = 0
         self._last_narrowed = -math.inf
         self.share = FairShare(clock, neighbours)
+        self._first_sent: float | None = None
+        self._last_settled: float | None = None
 
     async def acquire(self, input_tokens: int, max_tokens: int) -> Reservation:
         """Wait until a request of this size may be sent under every limit; in order of arrival."""
@@ -139,6 +142,8 @@ class Limiter:
             self.meters["input_tokens"].take(input_tokens)
             self.meters["output_tokens"].take(max_tokens)
             self.in_flight += 1
+            if self._first_sent is None:
+                self._first_sent = self.clock()
             self.share.sent({"requests": 1, "input_tokens": input_tokens, "output_tokens": max_tokens})
         return Reservation(input_tokens, max_tokens)
 
@@ -153,6 +158,7 @@ class Limiter:
         """Settle a reservation: refund the output tokens not used (all of them when no reply came back)."""
         self.in_flight -= 1
         self._slot_freed.set()
+        self._last_settled = self.clock()
         shared = self.share.dimensions
         if usage is None:
             self.meters["output_tokens"].give(reservation.output_tokens)
@@ -194,6 +200,19 @@ class Limiter:
     def close(self) -> None:
         """Leave the neighbours on this machine (their share grows back)."""
         self.share.close()
+
+    def use(self) -> dict[str, Any] | None:
+        """What this limiter's requests took of the account's limits while it was sending, and the 429s met;
+        None when nothing was sent."""
+        if self._first_sent is None or self._last_settled is None:
+            return None
+        dimensions = self.share.dimensions
+        return {
+            "seconds": max(0.0, self._last_settled - self._first_sent),
+            "rate_limited": self.rate_limited,
+            "used": {name: max(0.0, d.used) for name, d in dimensions.items()},
+            "limits": {name: d.limit for name, d in dimensions.items() if d.limit},
+        }
 
     def succeeded(self) -> None:
         """Each success widens the window by one slot: back to the ceiling within a few dozen replies."""

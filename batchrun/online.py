@@ -114,6 +114,8 @@ class Engine:
         finally:
             try:
                 await self._db(self.store.release_in_flight, self.run_id)
+                if (use := self.limiter.use()) is not None:
+                    await self._db(self.store.add_limit_use, self.run_id, use)
             except Exception as e:  # the store is failing: a resume releases them
                 self._crashed(e)
             self._db_thread.shutdown(wait=True)

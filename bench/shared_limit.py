@@ -109,8 +109,15 @@ def run_processes(
     procs, dbs = [], []
     for p in range(n):
         path = tmp / f"{label}-{p}.jsonl"
-        make_items(path, items, min_chars=min_chars, max_chars=min_chars * 2, max_tokens=max_tokens, seed=100 + p,
-                   count_tokens=False)
+        make_items(
+            path,
+            items,
+            min_chars=min_chars,
+            max_chars=min_chars * 2,
+            max_tokens=max_tokens,
+            seed=100 + p,
+            count_tokens=False,
+        )
         db = tmp / f"{label}-{p}.db"
         argv = batchrun_submit(path, db, max_tokens=max_tokens, concurrency=64, extra=extra)
         procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
@@ -212,8 +219,10 @@ def main() -> None:
         return
     banner("Several clients on one key (per-second enforcement)")
     print(machine())
-    print(f"limit: {RPM:,} RPM or {OTPM:,} OTPM, enforced per second; latency {LATENCY_MS:.0f} ms; "
-          f"{args.items} items per process; the processes share nothing but the key")
+    print(
+        f"limit: {RPM:,} RPM or {OTPM:,} OTPM, enforced per second; latency {LATENCY_MS:.0f} ms; "
+        f"{args.items} items per process; the processes share nothing but the key"
+    )
     os.environ.setdefault("ANTHROPIC_API_KEY", API_KEY)
     with tempfile.TemporaryDirectory() as d, Emulator() as emu:
         tmp = Path(d)
@@ -221,18 +230,37 @@ def main() -> None:
         for scenario in scenarios:
             if scenario == "foreign":
                 row = foreign_row(emu, tmp, args.items)
-                print(table(
-                    ["foreign rate", "foreign kept", "foreign 429s", "batchrun took of the rest", "batchrun 429s",
-                     "window", "targets (>=95%, >=80%)"],
-                    [row],
-                ))
+                print(
+                    table(
+                        [
+                            "foreign rate",
+                            "foreign kept",
+                            "foreign 429s",
+                            "batchrun took of the rest",
+                            "batchrun 429s",
+                            "window",
+                            "targets (>=95%, >=80%)",
+                        ],
+                        [row],
+                    )
+                )
                 continue
             rows = [processes_row(emu, tmp, n, args.items, scenario) for n in args.processes]
-            print(table(
-                ["limit", "processes", "combined", "each", "worst vs fair", "429s", "window",
-                 "targets (>=90%, <=3%, <=25%)"],
-                rows,
-            ))
+            print(
+                table(
+                    [
+                        "limit",
+                        "processes",
+                        "combined",
+                        "each",
+                        "worst vs fair",
+                        "429s",
+                        "window",
+                        "targets (>=90%, <=3%, <=25%)",
+                    ],
+                    rows,
+                )
+            )
 
 
 if __name__ == "__main__":

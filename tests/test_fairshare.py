@@ -4,6 +4,7 @@ rate-limit buckets (per-second enforcement), with the headers the API sends, and
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from batchrun.emulator.ratelimit import RateLimiter
 from batchrun.fairshare import CUT, GROWTH_PER_S, MARGIN, Dimension
 from batchrun.limiter import Limiter, Reservation
 from batchrun.neighbours import Neighbours, account_key
+from tests.conftest import batchrun, cli_env, db_rows, prompts, write_jsonl
 
 LATENCY_S = 0.05
 STEP_S = 0.002
@@ -190,3 +192,28 @@ def test_neighbours_on_one_machine_see_each_other_and_a_dead_ones_entry_goes(tmp
 def test_sharing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHRUN_LIMIT_DIR", "off")
     assert Neighbours.join("x") is None
+
+
+def test_status_and_the_report_show_the_429s_met_and_the_share_of_the_limit(workdir: Path, emulator) -> None:
+    """Per-second enforcement of 1,200 RPM (a 20-request bucket) and a few injected 429s: status tells them all,
+    and the share of the requests limit the run had while it was sending."""
+    emulator.configure(rpm=1200, itpm=0, otpm=0, bucket_seconds=1.0, p429=0.1, retry_after_s=0)
+    items = write_jsonl(workdir / "items.jsonl", prompts(60))
+    env = cli_env(emulator.base_url, BATCHRUN_LIMIT_DIR=str(workdir / "limits"))
+    proc = batchrun(["submit", str(items), "--model", "claude-haiku-4-5", "--run-id", "r"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    met = db_rows(workdir / "batchrun.db", "SELECT count(*) FROM attempts WHERE status = 429")[0][0]
+    assert met == emulator.stats()["by_status"].get("429", 0) > 0
+
+    status = json.loads(batchrun(["status", "r", "--json"], cwd=workdir, env=env).stdout)
+    limits = status["rate_limits"]
+    assert limits["rate_limited"] == met
+    assert limits["binding"] == "requests" and limits["limits"]["requests"] == 1200
+    sending = limits["seconds"]
+    assert limits["shares"]["requests"] == pytest.approx(60 / (sending * 20), rel=0.01)
+    text = batchrun(["status", "r"], cwd=workdir, env=env).stdout
+    assert f"{met} 429(s) met" in text and "of the account's 1,200 requests per minute" in text
+    assert batchrun(["report", "r", "-o", "r.html"], cwd=workdir, env=env).returncode == 0
+    page = (workdir / "r.html").read_text()
+    assert f"data-key='rate_limits.rate_limited' data-value='{met}'" in page
+    assert list((workdir / "limits").rglob("*.peer")) == []  # the run left its neighbours when it ended
