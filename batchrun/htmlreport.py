@@ -117,6 +117,13 @@ def summary(data: ReportData) -> str:
         ("tokens.cache_read", "Cache-read tokens", t["cache_read"]),
         ("cost_usd", "Cost (USD)", s["cost_usd"]),
     ]
+    limits = s.get("rate_limits")
+    if limits:
+        binding = limits["binding"]
+        cells.append(("rate_limits.rate_limited", "429s met", limits["rate_limited"]))
+        if binding:
+            label = f"Share of the {binding.replace('_', ' ')} limit while sending"
+            cells.append((f"rate_limits.shares.{binding}", label, limits["shares"][binding]))
     rows = "".join(
         f"<tr><th>{_e(label)}</th><td data-key='{_e(key)}' data-value='{_e(value)}'>{_e(_num(value, key))}</td></tr>"
         for key, label, value in cells
@@ -642,6 +649,8 @@ def _duration(seconds: float) -> str:
 
 
 def _num(value: Any, key: str) -> str:
+    if key.startswith("rate_limits.shares."):
+        return f"{value:.0%}"
     return _usd(value) if key == "cost_usd" else f"{value:,}"
 
 

@@ -15,6 +15,10 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from batchrun.fairshare import FairShare
+from batchrun.neighbours import Neighbours
 
 HEADER_PREFIX = "anthropic-ratelimit-"
 PAUSE_WITHOUT_RETRY_AFTER_S = 1.0  # how long a 429 that says nothing about when to come back pauses everyone
@@ -22,7 +26,12 @@ DIMENSIONS = {"requests": "requests", "input-tokens": "input_tokens", "output-to
 
 
 class Meter:
-    """One per-minute limit as a token bucket. Unknown capacity means unlimited until a header says otherwise."""
+    """One per-minute limit as a token bucket. Unknown capacity means unlimited until a header says otherwise.
+
+    It refills at `factor` times limit/60 per second (the share of the limit this process takes, from
+    batchrun.fairshare); while that share is less than all, it also holds at most that share of the account's
+    bucket as the headers have shown it (the most `remaining` ever seen), so it never bursts into others' room.
+    """
 
     def __init__(self, cap: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.user_cap = cap
@@ -30,11 +39,19 @@ class Meter:
         self.level: float = cap or 0.0
         self.clock = clock
         self.stamp = clock()
+        self.factor = 1.0
+        self.bucket: float | None = None
+
+    def _top(self) -> float:
+        assert self.capacity is not None
+        if self.bucket is None or self.factor >= 1.0:
+            return self.capacity
+        return min(self.capacity, max(1.0, self.bucket * self.factor))
 
     def _refill(self) -> None:
         now = self.clock()
         if self.capacity is not None:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.capacity / 60.0)
+            self.level = min(self._top(), self.level + (now - self.stamp) * self.capacity * self.factor / 60.0)
         self.stamp = now
 
     def wait_time(self, amount: float) -> float:
@@ -42,8 +59,8 @@ class Meter:
         if self.capacity is None:
             return 0.0
         self._refill()
-        needed = min(amount, self.capacity) - self.level
-        return 0.0 if needed <= 0 else needed * 60.0 / self.capacity
+        needed = min(amount, self._top()) - self.level
+        return 0.0 if needed <= 0 else needed * 60.0 / (self.capacity * self.factor)
 
     def take(self, amount: float) -> None:
         if self.capacity is not None:
@@ -53,10 +70,11 @@ class Meter:
     def give(self, amount: float) -> None:
         if self.capacity is not None and amount > 0:
             self._refill()
-            self.level = min(self.capacity, self.level + amount)
+            self.level = min(self._top(), self.level + amount)
 
     def observe(self, limit: float | None, remaining: float | None) -> None:
-        """Learn the account's limit (kept under the user's cap) and never believe in more room than the server has."""
+        """Learn the account's limit (kept under the user's cap) and never believe in more room than the server has
+        (nor, with others about, more than this process's share of it)."""
         if limit is None or limit <= 0:
             return
         self._refill()
@@ -66,8 +84,9 @@ class Meter:
             self.level = capacity
         self.capacity = capacity
         if remaining is not None:
-            self.level = min(self.level, remaining)
-        self.level = min(self.level, self.capacity)
+            self.bucket = max(self.bucket or 0.0, remaining)
+            self.level = min(self.level, remaining * self.factor)
+        self.level = min(self.level, self._top())
 
 
 @dataclass(slots=True)
@@ -84,6 +103,7 @@ class Limiter:
         otpm: int | None = None,
         concurrency: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        neighbours: Neighbours | None = None,
     ) -> None:
         self.clock = clock
         self.meters = {
@@ -100,6 +120,9 @@ class Limiter:
         self.rate_limited = 0
         self.overloaded = 0
         self._last_narrowed = -math.inf
+        self.share = FairShare(clock, neighbours)
+        self._first_sent: float | None = None
+        self._last_settled: float | None = None
 
     async def acquire(self, input_tokens: int, max_tokens: int) -> Reservation:
         """Wait until a request of this size may be sent under every limit; in order of arrival."""
@@ -119,6 +142,9 @@ class Limiter:
             self.meters["input_tokens"].take(input_tokens)
             self.meters["output_tokens"].take(max_tokens)
             self.in_flight += 1
+            if self._first_sent is None:
+                self._first_sent = self.clock()
+            self.share.sent({"requests": 1, "input_tokens": input_tokens, "output_tokens": max_tokens})
         return Reservation(input_tokens, max_tokens)
 
     def _meter_wait(self, input_tokens: int, max_tokens: int) -> float:
@@ -132,24 +158,61 @@ class Limiter:
         """Settle a reservation: refund the output tokens not used (all of them when no reply came back)."""
         self.in_flight -= 1
         self._slot_freed.set()
+        self._last_settled = self.clock()
+        shared = self.share.dimensions
         if usage is None:
             self.meters["output_tokens"].give(reservation.output_tokens)
+            shared["output_tokens"].refunded(reservation.output_tokens)
             return
-        used_out = usage.get("output_tokens") or 0
-        self.meters["output_tokens"].give(reservation.output_tokens - used_out)
+        unused = reservation.output_tokens - (usage.get("output_tokens") or 0)
+        self.meters["output_tokens"].give(unused)
+        shared["output_tokens"].refunded(unused)
         used_in = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
         correction = reservation.input_tokens - used_in
+        shared["input_tokens"].refunded(correction)
         if correction > 0:
             self.meters["input_tokens"].give(correction)
         else:
             self.meters["input_tokens"].take(-correction)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Update every meter from a response's rate-limit headers."""
+    def failed(
+        self, reservation: Reservation, headers: Mapping[str, str], status: int | None, retry_after: float | None
+    ) -> None:
+        """Settle a request that got no reply; a 429 was not admitted, so it took nothing from the account."""
+        self.release(reservation, None)
+        if status == 429:
+            for name in ("requests", "input_tokens"):
+                self.share.dimensions[name].refunded(1 if name == "requests" else reservation.input_tokens)
+        self.observe(headers, reservation)
+        self.throttled(status, retry_after)
+
+    def observe(self, headers: Mapping[str, str], reservation: Reservation | None = None) -> None:
+        """Update every meter from a response's rate-limit headers; with the request they answer, also learn what
+        other clients of the account take (batchrun.fairshare) and pace to the rest."""
         for header_name, meter_name in DIMENSIONS.items():
             limit = _number(headers.get(f"{HEADER_PREFIX}{header_name}-limit"))
             remaining = _number(headers.get(f"{HEADER_PREFIX}{header_name}-remaining"))
-            self.meters[meter_name].observe(limit, remaining)
+            meter = self.meters[meter_name]
+            if reservation is not None and limit and remaining is not None:
+                meter.factor = self.share.observe(meter_name, remaining, limit)
+            meter.observe(limit, remaining)
+
+    def close(self) -> None:
+        """Leave the neighbours on this machine (their share grows back)."""
+        self.share.close()
+
+    def use(self) -> dict[str, Any] | None:
+        """What this limiter's requests took of the account's limits while it was sending, and the 429s met;
+        None when nothing was sent."""
+        if self._first_sent is None or self._last_settled is None:
+            return None
+        dimensions = self.share.dimensions
+        return {
+            "seconds": max(0.0, self._last_settled - self._first_sent),
+            "rate_limited": self.rate_limited,
+            "used": {name: max(0.0, d.used) for name, d in dimensions.items()},
+            "limits": {name: d.limit for name, d in dimensions.items() if d.limit},
+        }
 
     def succeeded(self) -> None:
         """Each success widens the window by one slot: back to the ceiling within a few dozen replies."""
@@ -160,6 +223,10 @@ class Limiter:
         if status == 429:
             self.rate_limited += 1
             self.paused_until = max(self.paused_until, self.clock() + (retry_after or PAUSE_WITHOUT_RETRY_AFTER_S))
+            for name, shared in self.share.dimensions.items():
+                if shared.limit:
+                    shared.throttled(self.clock())
+                    self.meters[name].factor = shared.factor
         elif status == 529:
             self.overloaded += 1
         else:

@@ -23,6 +23,7 @@ from batchrun.caching import CacheWatch, prefix_key
 from batchrun.documents import sent_params
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.limiter import Limiter, estimate_input_tokens
+from batchrun.neighbours import Neighbours, account_key
 from batchrun.outage import OutageWatch
 from batchrun.pricing import add_cost, usage_cost
 from batchrun.retry import retrying
@@ -72,7 +73,9 @@ class Engine:
         self.client = client
         self.events = events
         self.request_timeout = request_timeout
-        self.limiter = limiter or Limiter(job.rpm, job.itpm, job.otpm, concurrency=job.concurrency)
+        self.limiter = limiter or Limiter(
+            job.rpm, job.itpm, job.otpm, concurrency=job.concurrency, neighbours=_neighbours(client)
+        )
         self.queue: asyncio.Queue[ClaimedItem | None] = asyncio.Queue(maxsize=2 * job.concurrency)
         self.results: asyncio.Queue[tuple[Outcome, asyncio.Future[None]] | None] = asyncio.Queue()
         self.stopping = asyncio.Event()
@@ -113,9 +116,12 @@ class Engine:
         finally:
             try:
                 await self._db(self.store.release_in_flight, self.run_id)
+                if (use := self.limiter.use()) is not None:
+                    await self._db(self.store.add_limit_use, self.run_id, use)
             except Exception as e:  # the store is failing: a resume releases them
                 self._crashed(e)
             self._db_thread.shutdown(wait=True)
+            self.limiter.close()
         if self.stopped_by is None and self.interrupted:
             self.stopped_by = Stop(StopReason.INTERRUPTED, self.run_id)
         if self.dead_models and (self.stopped_by is None or self.stopped_by.reason == StopReason.LIMIT):
@@ -361,9 +367,7 @@ class Engine:
             raise
         except APIFailure as failure:
             self.budget.settle(budgeted, 0.0)
-            self.limiter.release(reservation, None)
-            self.limiter.observe(failure.headers)
-            self.limiter.throttled(failure.status, failure.retry_after)
+            self.limiter.failed(reservation, failure.headers, failure.status, failure.retry_after)
             self.events(
                 Event(
                     "api_error",
@@ -388,7 +392,7 @@ class Engine:
             budgeted, usage_cost(item.params["model"], "online", usage, self.job.prices, self.job.cache_ttl)
         )
         self.limiter.release(reservation, usage)
-        self.limiter.observe(reply.headers)
+        self.limiter.observe(reply.headers, reservation)
         self.limiter.succeeded()
         self.outage.succeeded()
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
@@ -451,6 +455,11 @@ class Engine:
             self.events(
                 Event("items_done", self.run_id, {"succeeded": ok, "failed": bad, "usd": usd, "tokens": tokens})
             )
+
+
+def _neighbours(client: Any) -> Neighbours | None:
+    """This run's entry among the batchrun processes here that share the client's key (batchrun.neighbours)."""
+    return Neighbours.join(account_key(getattr(client, "api_key", None), str(getattr(client, "base_url", ""))))
 
 
 def _tokens(usage: dict[str, Any]) -> int:

@@ -36,7 +36,47 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
         "failures": store.failures(run_id),
         "batches": batch_status(store, run_id),
         "deadline": deadline_status(store, run_id, job) if job.mode == "auto" else None,
+        "rate_limits": limit_share(run.get("limit_use")),
     }
+
+
+def limit_share(stored: str | None) -> dict[str, Any] | None:
+    """What the run's online sending took of each of the account's limits (a share of what the limit allows over
+    the time it was sending), the one it used most, and the 429s it met."""
+    import orjson
+
+    try:
+        use = orjson.loads(stored) if stored else None
+        seconds = float(use["seconds"]) if use else 0.0
+        shares = {
+            name: float(use["used"].get(name, 0)) / (seconds * float(limit) / 60.0)
+            for name, limit in use["limits"].items()
+            if limit and seconds > 0
+        }
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # an unreadable figure is no figure: status goes on
+    if not use:
+        return None
+    binding = max(shares, key=shares.__getitem__) if shares else None
+    return {
+        "rate_limited": int(use.get("rate_limited") or 0),
+        "seconds": round(seconds, 3),
+        "limits": use["limits"],
+        "shares": {name: round(share, 4) for name, share in shares.items()},
+        "binding": binding,
+    }
+
+
+def format_limits(r: dict[str, Any]) -> str:
+    """One line: the share of the account's limit the run had while it was sending online, and its 429s."""
+    names = {"requests": "requests", "input_tokens": "input tokens", "output_tokens": "output tokens"}
+    binding = r["binding"]
+    share = (
+        f"{r['shares'][binding]:.0%} of the account's {int(r['limits'][binding]):,} {names[binding]} per minute"
+        if binding
+        else "no limit told by the API"
+    )
+    return f"  rate limits: had {share} while sending online ({r['seconds']:,.0f} s); {r['rate_limited']:,} 429(s) met"
 
 
 def prices_source(overrides: dict[str, Any] | None) -> str:
@@ -136,6 +176,8 @@ def format_status(s: dict[str, Any]) -> str:
     for f in s["failures"]:
         status = f" {f['error_status']}" if f["error_status"] else ""
         lines.append(f"  {f['items']} failed with{status} {f['error_type']}: {f['example']}")
+    if s.get("rate_limits"):
+        lines.append(format_limits(s["rate_limits"]))
     if s.get("deadline"):
         lines.append("  " + format_deadline(s["deadline"]))
     lines.extend(format_batch(b) for b in s.get("batches") or [])

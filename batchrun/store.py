@@ -572,6 +572,12 @@ def m013_documents(db: Database) -> None:
     )
 
 
+@migrations()
+def m014_limit_use(db: Database) -> None:
+    """What a run's online sending took of the account's rate limits, and the 429s it met (status, report)."""
+    db.execute("ALTER TABLE runs ADD COLUMN limit_use TEXT")
+
+
 def _hash_bytes(hex_digest: str) -> bytes:
     return bytes.fromhex(hex_digest)
 
@@ -1107,6 +1113,18 @@ class Store:
 
     def set_run_output(self, run_id: str, path: str) -> None:
         self.db.execute("UPDATE runs SET output_path = ? WHERE id = ?", [path, run_id])
+
+    def add_limit_use(self, run_id: str, use: dict[str, Any]) -> None:
+        """Add one command's online sending (seconds, amounts used, 429s) to the run's; limits are the latest."""
+        with self._write():
+            (stored,) = self.db.execute("SELECT limit_use FROM runs WHERE id = ?", [run_id]).fetchone()
+            total = orjson.loads(stored) if stored else {"seconds": 0.0, "rate_limited": 0, "used": {}, "limits": {}}
+            total["seconds"] += use["seconds"]
+            total["rate_limited"] += use["rate_limited"]
+            for name, amount in use["used"].items():
+                total["used"][name] = total["used"].get(name, 0) + amount
+            total["limits"].update({k: v for k, v in use["limits"].items() if v})
+            self.db.execute("UPDATE runs SET limit_use = ? WHERE id = ?", [orjson.dumps(total).decode(), run_id])
 
     def set_run_endpoint(self, run_id: str, endpoint: str) -> None:
         self.db.execute("UPDATE runs SET endpoint = ? WHERE id = ?", [endpoint, run_id])
