@@ -4,12 +4,15 @@
     python bench/shared_limit.py --scenario rpm       # 1, 2 and 4 processes against an RPM limit
     python bench/shared_limit.py --scenario otpm      # the same against an OTPM limit with a token-bound job
     python bench/shared_limit.py --scenario foreign   # one batchrun beside a plain loop at 30% of the limit
+    python bench/shared_limit.py --headers-only       # no shared folder: each process learns others from headers
 
 One emulator (its own process) enforces the limit per second (bucket_seconds 1), as the API may. Every
 client is a process of its own, started together. Figures come from each client's own record: batchrun's
 attempts table (every request, its status and when it ended) and the foreign client's JSON. "Share of the
 limit" is 200s per second over the window in which every client was sending, against the limit per
-second; a process's fair share is 1/N of the combined throughput. Only loopback traffic.
+second; a process's fair share is 1/N of the combined throughput. By default the batchrun processes find each
+other through their shared folder (BATCHRUN_LIMIT_DIR, as on one machine); --headers-only turns it off, as for
+processes on different machines, which learn of each other only from the rate-limit headers. Only loopback traffic.
 """
 
 from __future__ import annotations
@@ -102,10 +105,14 @@ def window(all_events: list[list[tuple[float, int]]]) -> tuple[float, float]:
 # ---- scenarios -----------------------------------------------------------------------------------------
 
 
+HEADERS_ONLY = False
+
+
 def run_processes(
     emu: Any, tmp: Path, n: int, items: int, *, max_tokens: int, extra: list[str], label: str, min_chars: int = 40
 ) -> list[Path]:
     env = child_env(emu.base_url)
+    env["BATCHRUN_LIMIT_DIR"] = "off" if HEADERS_ONLY else str(tmp / f"limits-{label}")
     procs, dbs = [], []
     for p in range(n):
         path = tmp / f"{label}-{p}.jsonl"
@@ -211,12 +218,15 @@ def main() -> None:
     parser.add_argument("--scenario", choices=["rpm", "otpm", "foreign", "all"], default="all")
     parser.add_argument("--items", type=int, default=600, help="items per batchrun process")
     parser.add_argument("--processes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4])
+    parser.add_argument("--headers-only", action="store_true", help="no shared folder: headers alone")
     parser.add_argument("--foreign-client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.foreign_client:
         rate, seconds, out = args.foreign_client
         Path(out).write_text(json.dumps(asyncio.run(foreign_loop(float(rate), float(seconds), 256))))
         return
+    global HEADERS_ONLY
+    HEADERS_ONLY = args.headers_only
     banner("Several clients on one key (per-second enforcement)")
     print(machine())
     print(
