@@ -413,3 +413,38 @@ def test_the_batch_cron_line_collects_its_batches(tmp_path: Path, emulator, fast
     lines = (command.cwd / option(command.args, "-o")).read_bytes().splitlines()
     assert len(lines) == 40
     assert {orjson.loads(line)["result"]["type"] for line in lines} == {"succeeded"}
+
+
+# the reference stays whole
+
+
+def github_anchor(heading: str) -> str:
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_of_the_readme_and_docs_leads_somewhere() -> None:
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # a `# comment` in a block is no heading
+        anchors = {github_anchor(h) for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("http"):
+                continue
+            path, _, anchor = target.partition("#")
+            if path:
+                assert (page.parent / path).exists(), f"{page.name}: link to {path}, which does not exist"
+            elif anchor:
+                assert anchor in anchors, f"{page.name}: link to #{anchor}, no such heading"
+
+
+def test_the_job_keys_table_names_every_key() -> None:
+    from dataclasses import fields
+
+    from batchrun.job import Job
+
+    text = README.read_text()
+    table = text[text.index("### Job file keys") :]
+    table = table[: table.index("\n\n", table.index("| key |"))]
+    named = set(re.findall(r"`(\w+)`", table))
+    missing = {f.name for f in fields(Job)} | {"system_file", "schema_file"}
+    assert not missing - named, f"README.md's job keys table does not name {sorted(missing - named)}"
