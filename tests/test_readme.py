@@ -36,6 +36,7 @@ from click.testing import CliRunner
 import batchrun.batches
 import batchrun.emulate
 from batchrun.cli import cli
+from batchrun.emulator.config import config_from_argv
 from tests.conftest import (
     TEST_KEY,
     _check_no_leaks,
@@ -138,11 +139,14 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def emulated(emulator, monkeypatch: pytest.MonkeyPatch, fast_polls: None) -> None:
-    """`--emulate` gets the session's emulator with fresh state."""
+    """`--emulate` gets the session's emulator with fresh state, configured as --emulate configures its own."""
 
     @contextlib.contextmanager
     def fresh_emulator(extra_args: str | None = None) -> Iterator[str]:
-        emulator.reset(batch_seconds=TEST_BATCH_SECONDS)
+        # the configuration --emulate would give its own emulator (BATCHRUN_EMULATOR_ARGS included), timings aside
+        argv = extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or batchrun.emulate.DEFAULT_ARGS
+        config = config_from_argv(argv.split())[0].to_dict()
+        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0, "batch_seconds": TEST_BATCH_SECONDS})
         yield emulator.base_url
 
     monkeypatch.setattr(batchrun.emulate, "emulator", fresh_emulator)
