@@ -245,6 +245,44 @@ def test_the_readme_examples_run_as_written(tmp_path: Path, emulated: None) -> N
             failures.append(f"README.md:{block.line}: the Python example failed: {error}")
     assert ran >= 15, f"only {ran} examples found in README.md"
     assert not failures, "\n\n".join(failures)
+    [sample] = [b for b in blocks if b.lang == "csv"]  # the quick start's first rows, as the README shows them
+    assert (work / "results.csv").read_text().startswith(sample.text), "README.md: the results.csv sample is stale"
+
+
+VARYING = [  # what changes from one run to the next in a transcript: times, ports, rates
+    (re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", re.M), "TIME "),
+    (re.compile(r"http://127\.0\.0\.1:\d+"), "http://127.0.0.1:PORT"),
+    (re.compile(r"[\d.,]+ items/s"), "N items/s"),
+    (re.compile(r"ETA [^;]+;"), "ETA T;"),
+    (re.compile(r" in [\d.]+s\b"), " in Ts"),
+]
+PROGRESS = re.compile(r": [\d,]+/[\d,]+ done, ")
+
+
+def normalized(output: str) -> list[str]:
+    """The output without what varies; of its progress lines only the last (a slow run writes one every 10 s)."""
+    for pattern, replacement in VARYING:
+        output = pattern.sub(replacement, output)
+    lines = output.strip("\n").splitlines()
+    progress = [i for i, line in enumerate(lines) if PROGRESS.search(line)]
+    return [line for i, line in enumerate(lines) if i not in progress[:-1]]
+
+
+def test_the_quoted_transcripts_are_what_the_commands_print(tmp_path: Path, emulated: None) -> None:
+    """A block of `$ batchrun ...` lines and their output (run from a fresh copy) is what the current code prints."""
+    transcripts = [b for b in readme_blocks() if b.lang == "" and b.text.startswith("$ batchrun ")]
+    assert transcripts, "README.md has no transcript"
+    for block in transcripts:
+        (tmp_path / f"line{block.line}").mkdir()
+        work = repo_copy(tmp_path / f"line{block.line}")
+        env = user_env(tmp_path)
+        steps = re.split(r"^\$ ", block.text, flags=re.M)[1:]
+        for step in steps:
+            command, _, shown = step.partition("\n")
+            code, output = run_cli(tokens(command)[1:], work, env)
+            assert code == 0, f"README.md:{block.line}: exit {code}: {command}\n{output}"
+            # standard output and standard error, in either order (the transcript shows them as a terminal does)
+            assert sorted(normalized(output)) == sorted(normalized(shown)), f"README.md:{block.line}: `{command}`"
 
 
 def run_python(code: str, cwd: Path, env: dict[str, str]) -> str | None:
