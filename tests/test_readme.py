@@ -49,7 +49,7 @@ from tests.emulator_fixture import TEST_BATCH_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&", "(", ")", "2>&1"}
+SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", ">&", "<", "&", "(", ")"}
 TODAY_RE = re.compile(r"\$\(date \+\\?%F\)")
 
 
