@@ -202,7 +202,9 @@ def run_command(text: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
         return run_cli(words[1:], cwd, env)
     if operators == ["|"] and words[words.index("|") + 1] == "batchrun":
         left, right = text.split("|", 1)
-        feed = sp.run(["sh", "-c", left], cwd=cwd, env=env, capture_output=True, timeout=60, check=True)
+        feed = sp.run(["sh", "-c", left], cwd=cwd, env=env, capture_output=True, timeout=60)
+        if feed.returncode:
+            return feed.returncode, feed.stderr.decode(errors="replace")
         return run_cli(tokens(right)[1:], cwd, env, stdin=feed.stdout)
     return run_shell(text, cwd, env)
 
