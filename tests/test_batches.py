@@ -17,7 +17,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun import batches
 from batchrun.emulator.replies import expected_text
 from tests.conftest import (
     TEST_KEY,
@@ -124,7 +123,7 @@ def test_only_retryable_errored_and_expired_items_go_into_one_follow_up(
 ) -> None:
     # every request fails at most once, so one follow-up batch must finish the run
     if chunk is not None:  # results stored in many transactions, judged and written at the same time
-        monkeypatch.setattr(batches, "INGEST_CHUNK", chunk)
+        monkeypatch.setattr("batchrun.batches.engine.INGEST_CHUNK", chunk)
     emulator.configure(batch_seconds=0.05, batch_p_errored=0.05, batch_p_expired=0.03, max_faults_per_request=1)
     items = write_jsonl(workdir / "items.jsonl", prompts(1000))
     env = cli_env(emulator.base_url)

@@ -1,27 +1,4 @@
-"""The Message Batches path: half the price of the online path, results within 24 hours.
-
-A run in batch mode goes through these steps, and each one is in the store before the next begins, so a
-crash or a kill anywhere is resumed by `batchrun resume` without losing a result or paying for one twice:
-
-1. plan: the pending items, in input order, are cut into batches of at most `batch_size` requests and
-   `batch_max_bytes` bytes of request body. Each plan row and the move of its items to in_flight are one
-   transaction, written before anything is sent.
-2. create: the body is built from the params stored at input (never re-serialised) and sent; the batch id the
-   API returns is stored at once. A plan left without an id (the process died between the two, or a create
-   failed in a way that leaves open whether the API got it) is reconciled before anything else is created:
-   the account's batches are listed newest first back to the plan's time, and one created since then with
-   the same number of requests that no run of this store owns is adopted instead of creating another.
-3. poll: every open batch is retrieved, with exponential backoff and jitter from `poll_interval` up to
-   `poll_max_interval`.
-4. collect: an ended batch's results are streamed into the store in chunks; each result is written in the
-   transaction that marks its item succeeded or failed, in the same format as the online path's results.
-5. follow up: items that errored with a retryable error type, and expired items, go back to pending; once
-   every open batch is collected they are sent again in a follow-up batch, until `max_attempts`. Items a
-   cancel stopped go back to pending and wait for `batchrun resume`.
-
-SIGINT and SIGTERM never cancel a batch: the process stops polling and exits 3, and the batches keep
-processing at Anthropic until `resume` (or a later `submit`) collects them. Only `batchrun cancel` cancels.
-"""
+"""BatchEngine: plans, creates, polls and collects a run's batches (the steps in batchrun.batches)."""
 
 from __future__ import annotations
 
@@ -31,25 +8,31 @@ import functools
 import os
 import random
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from batchrun.answers import Judge, failed_result, item_cost
 from batchrun.api import APIFailure, _message_problem, _usage_problem, api_errors, redact
+from batchrun.batches.plan import API_MAX_BYTES, API_MAX_REQUESTS, BODY_OVERHEAD, REQUEST_OVERHEAD, Capped, plan_cuts
+from batchrun.batches.results import (
+    ForeignBatch,
+    LookedUp,
+    Members,
+    Tally,
+    first_time,
+    parse_results,
+    result_chunks,
+    short_switches,
+)
 from batchrun.budget import Budget, worst_cost
 from batchrun.documents import resolver
-from batchrun.errors import RunLocked
 from batchrun.events import Event, Listener, Stop, Stopped, StopReason, ignore
-from batchrun.lock import RunLock
 from batchrun.pricing import add_cost, total_cost, usage_cost
 from batchrun.retry import retrying
-from batchrun.signals import on_signals
 from batchrun.store import Attempt, BatchTimes, Outcome, State, Store
 
 if TYPE_CHECKING:
@@ -60,175 +43,22 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-API_MAX_REQUESTS = 100_000
-API_MAX_BYTES = 256_000_000
-# Exact body size: the envelope, then each request's custom_id and params with the JSON around them and the
-# comma before the next one (the last has none, hence the -1).
-BODY_OVERHEAD = len(b'{"requests":[]}') - 1
-REQUEST_OVERHEAD = len(b'{"custom_id":"","params":},')
 MALFORMED = "MalformedResult"  # the error class of a result line of the wrong shape
 RETRYABLE_RESULT_ERRORS = frozenset({"rate_limit_error", "overloaded_error", "api_error", "timeout_error"})
 CLOCK_SKEW_S = 600.0  # the plan's time is ours, a batch's created_at the API's: look this much further back
 LIST_PAGE = 100
 INGEST_CHUNK = 2000  # results per store transaction
-SWITCH_INTERVAL_S = 0.0002  # Python's thread switch interval while results are stored (see short_switches)
 BODY_PIECE = 1 << 20  # bytes of request body read from the store at a time
 MIN_POLL_S = 0.01
 POLL_GROWTH = 1.5
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 CANCEL_CHECK_S = 1.0  # how often a waiting process looks for `batchrun cancel`
-LOCK_WAIT_S = 120.0  # how long `batchrun cancel` waits for a process polling the run to stop
+
+
 # Test hook (tests only): with BATCHRUN_TEST_CRASH_AFTER_CREATE=1 the process kills itself with SIGKILL right
 # after the API returned a created batch and before its id is stored -- the one moment at which a crash
 # would pay for a batch twice if resume did not reconcile. tests/test_batches.py sets it; nothing else may.
 CRASH_AFTER_CREATE = "BATCHRUN_TEST_CRASH_AFTER_CREATE"
-
-
-def plan_cuts(sizes: Iterable[tuple[int, int]], max_items: int, max_bytes: int) -> list[tuple[int, int, int, int]]:
-    """Cut (line_no, bytes) of pending items, in input order, into (first_line, last_line, n_items, n_bytes)."""
-    plans: list[tuple[int, int, int, int]] = []
-    first = last = 0
-    n = 0
-    n_bytes = BODY_OVERHEAD
-    for line_no, size in sizes:
-        size += REQUEST_OVERHEAD
-        if n and (n >= max_items or n_bytes + size > max_bytes):
-            plans.append((first, last, n, n_bytes))
-            n, n_bytes = 0, BODY_OVERHEAD
-        if not n:
-            first = line_no
-        last = line_no
-        n += 1
-        n_bytes += size
-    if n:
-        plans.append((first, last, n, n_bytes))
-    return plans
-
-
-class Capped:
-    """The longest prefix of the pending items that --limit and the budget allow into new batches."""
-
-    def __init__(self, limit: int | None, budget_left: float | None, ttl: str) -> None:
-        self.limit = limit
-        self.ttl = ttl
-        self.left = budget_left
-        self.over_budget = False
-
-    def prefix(
-        self, rows: Iterable[tuple[int, int, str, int]], prices: Mapping[str, Mapping[str, float]] | None
-    ) -> Iterator[tuple[int, int]]:
-        """(line_no, bytes) of pending items, in order, until one would go over the limit or the budget."""
-        for n, (line_no, size, model, max_tokens) in enumerate(rows):
-            if self.limit is not None and n >= self.limit:
-                return
-            if self.left is not None:
-                worst = worst_cost(model, size, max_tokens, prices, batch=True, cached_chars=size, ttl=self.ttl)
-                if worst is None or worst > self.left:
-                    self.over_budget = True
-                    return
-                self.left -= worst
-            yield line_no, size
-
-
-Members = dict[str, tuple[int, int, str]]  # custom_id as sent -> (line_no, attempts so far, model)
-LookedUp = tuple[list[dict[str, Any]], int, Members]  # a chunk's good lines, its unreadable lines, its items
-
-
-def parse_results(lines: list[bytes]) -> tuple[list[dict[str, Any]], int]:
-    """The result lines that are objects with a custom_id, and how many lines are not (cut JSON, no custom_id:
-    the API's fault). Their items get no result from this batch, so they go back to pending when it is closed
-    and are sent again. A file that is all good lines costs what it did before: one comprehension, one check."""
-    try:
-        parsed = [orjson.loads(line) for line in lines]
-    except orjson.JSONDecodeError:
-        parsed = [_loads_or_none(line) for line in lines]
-    if all(isinstance(p, dict) and isinstance(p.get("custom_id"), str) for p in parsed):
-        return parsed, 0
-    good = [p for p in parsed if isinstance(p, dict) and isinstance(p.get("custom_id"), str)]
-    return good, len(parsed) - len(good)
-
-
-def _loads_or_none(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def first_time(seen: bytearray, line: int) -> bool:
-    """True the first time `line` is seen: one byte per line number (a 100,000-line batch of a 1M-item run
-    holds 1 MB, where a set of its lines would hold about 8 MB), grown as needed."""
-    if line >= len(seen):
-        seen.extend(bytes(line + 1 - len(seen)))
-    if seen[line]:
-        return False
-    seen[line] = 1
-    return True
-
-
-class _Switches:
-    """How many result downloads are being stored now, and the interval to give back when none is."""
-
-    depth = 0
-    before = 0.0
-
-
-@contextlib.contextmanager
-def short_switches() -> Iterator[None]:
-    """Python's thread switch interval made short while results are stored: the store's thread takes the GIL
-    back after each statement, and with the default 5 ms it could wait that long each time while the event
-    loop's thread was judging (bench/scale.py's ingest phase at 100k: 3.53 s with 5 ms, 3.30-3.39 s with 0.2 ms).
-    Nested or overlapping uses give the interval back once, when the last ends."""
-    if _Switches.depth == 0:
-        _Switches.before = sys.getswitchinterval()
-        sys.setswitchinterval(min(_Switches.before, SWITCH_INTERVAL_S))
-    _Switches.depth += 1
-    try:
-        yield
-    finally:
-        _Switches.depth -= 1
-        if _Switches.depth == 0:
-            sys.setswitchinterval(_Switches.before)
-
-
-async def result_chunks(data: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
-    """The non-blank lines of a byte stream, `size` at a time."""
-    lines: list[bytes] = []
-    rest = b""
-    async for piece in data:
-        parts = (rest + piece).split(b"\n")
-        rest = parts.pop()
-        lines.extend(part for part in parts if part.strip())
-        if len(lines) >= size:
-            yield lines
-            lines = []
-    if rest.strip():
-        lines.append(rest)
-    if lines:
-        yield lines
-
-
-class ForeignBatch(Exception):
-    """An adopted batch whose results carry none of its plan's custom_ids: another run's batch."""
-
-
-@dataclass(slots=True)
-class Tally:
-    """What one batch's results did to its items."""
-
-    succeeded: int = 0
-    failed: int = 0
-    again: int = 0  # retryable error or expired: pending for a follow-up
-    canceled: int = 0
-    stray: int = 0  # custom_ids this batch's plan does not hold (or already recorded)
-    unreadable: int = 0  # lines that are not a result (the API's fault): their items are sent again
-    lines: int = 0  # result lines read
-    usd: float | None = 0.0  # cost of the results stored (batch price); None when a model has no price
-    tokens: int = 0  # tokens of the results stored (input, output, cache writes and reads)
-
-    @property
-    def stored(self) -> int:
-        return self.succeeded + self.failed + self.again + self.canceled
 
 
 class BatchEngine:
@@ -888,141 +718,3 @@ class BatchEngine:
 
 def _failure(failure: APIFailure) -> dict[str, Any]:
     return {"status": failure.status, "error_type": failure.error_type, "message": failure.message}
-
-
-@contextlib.contextmanager
-def _stop_on_signals(engine: BatchEngine) -> Iterator[None]:
-    """A first signal stops the engine at its next safe point, a second one at once; no batch is ever canceled."""
-    task = asyncio.current_task()
-
-    def first(name: str) -> None:
-        engine.emit("signal", name=name, batches=True)
-        engine.interrupt()
-
-    def again(name: str) -> None:
-        engine.emit("signal_again", name=name)
-        if task is not None:
-            task.cancel()
-
-    with on_signals(first, again):
-        yield
-
-
-async def run_batches(
-    store: Store,
-    run_id: str,
-    job: Job,
-    client: AsyncAnthropic,
-    events: Listener = ignore,
-    *,
-    no_wait: bool = False,
-    timeout: float | None = None,
-    budget: Budget | None = None,
-    limit: int | None = None,
-    switch: Callable[[], float] | None = None,
-) -> Stop | None:
-    """Process a batch-mode run (the caller holds its lock); returns why it stopped early, if it did.
-    `switch` (deadline mode) gives the seconds left until the rest must go online: at 0 it stops with
-    SWITCH_ONLINE, its batches still open, for the caller to cancel (`cancel_and_drain`).
-
-    A signal never cancels a batch: the first stops at the next safe point, a second at once."""
-    store.clear_cancel(run_id)
-    engine = BatchEngine(
-        store,
-        run_id,
-        job,
-        client,
-        events=events,
-        no_wait=no_wait,
-        timeout=timeout,
-        budget=budget,
-        limit=limit,
-        switch=switch,
-    )
-    interrupted = Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
-    try:
-        with _stop_on_signals(engine):
-            return await engine.run()
-    except asyncio.CancelledError:
-        return interrupted
-    finally:
-        await client.close()
-
-
-async def cancel_batches(
-    store: Store,
-    run_id: str,
-    job: Job,
-    client: AsyncAnthropic,
-    events: Listener = ignore,
-    *,
-    timeout: float | None = None,
-) -> Stop | None:
-    """`batchrun cancel`: cancel the run's open batches, store what they finished, leave the rest pending.
-
-    The cancel request is stored first and the API batches are canceled at once, even while another process
-    polls the run; that process sees the request, stops, and frees the run's lock, which this one then takes
-    to collect the canceled batches' results.
-    """
-    store.request_cancel(run_id)
-    engine = BatchEngine(store, run_id, job, client, events=events, timeout=timeout, honour_cancel=False)
-    try:
-        await engine.cancel_open(reconcile=False)
-        try:
-            lock = await _wait_for_lock(store, run_id, timeout if timeout is not None else LOCK_WAIT_S)
-        except RunLocked as e:
-            raise RunLocked(
-                f"{e}; the batches it knew of are canceled; `batchrun cancel {run_id}` again collects them"
-            ) from None
-        try:
-            await engine.cancel_open(reconcile=True)
-            return await engine.drain()
-        finally:
-            lock.__exit__(None, None, None)
-    except Stopped as stopped:
-        return stopped.stop
-    finally:
-        engine.close()
-        await client.close()
-
-
-async def cancel_and_drain(
-    store: Store,
-    run_id: str,
-    job: Job,
-    client: AsyncAnthropic,
-    events: Listener = ignore,
-    *,
-    timeout: float | None = None,
-) -> Stop | None:
-    """Deadline mode's switch (the caller holds the run's lock): cancel every open batch, wait until each has
-    ended, and store what it finished; its other items are pending again. Returns None once no batch of the run
-    is open, so none can answer an item sent online afterwards; otherwise why it stopped (a signal, --timeout,
-    an API call that kept failing), with batches still open: their items must not be sent online yet."""
-    engine = BatchEngine(store, run_id, job, client, events=events, timeout=timeout, honour_cancel=False)
-    try:
-        with _stop_on_signals(engine):
-            await engine.cancel_open(reconcile=True)
-            return await engine.drain()
-    except Stopped as stopped:
-        return stopped.stop
-    except asyncio.CancelledError:
-        return Stop(StopReason.INTERRUPTED, run_id, {"batches": True})
-    finally:
-        engine.close()
-        await client.close()
-
-
-async def _wait_for_lock(store: Store, run_id: str, wait: float) -> RunLock:
-    """The run's lock (held on return), once a process polling the run has seen the cancel request and stopped."""
-    deadline = time.monotonic() + wait
-    while True:
-        lock = RunLock(store.path, run_id)
-        try:
-            lock.__enter__()
-        except RunLocked:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(0.2)
-            continue
-        return lock
