@@ -33,8 +33,11 @@ class Meter:
     bucket as the headers have shown it (the most `remaining` ever seen), so it never bursts into others' room.
     """
 
-    def __init__(self, cap: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, cap: float | None = None, clock: Callable[[], float] = time.monotonic, in_hand: float = 0.0
+    ) -> None:
         self.user_cap = cap
+        self.in_hand = in_hand
         self.capacity: float | None = cap
         self.level: float = cap or 0.0
         self.clock = clock
@@ -85,7 +88,9 @@ class Meter:
         self.capacity = capacity
         if remaining is not None:
             self.bucket = max(self.bucket or 0.0, remaining)
-            self.level = min(self.level, remaining * self.factor)
+            # the first burst keeps `in_hand` back: the API's bucket refills no faster than this meter, so a burst
+            # of all that remains leaves no slack for the next request to land a hair early
+            self.level = min(self.level, max(0.0, remaining - (self.in_hand if first else 0.0)) * self.factor)
         self.level = min(self.level, self._top())
 
 
@@ -107,7 +112,7 @@ class Limiter:
     ) -> None:
         self.clock = clock
         self.meters = {
-            "requests": Meter(rpm, clock),
+            "requests": Meter(rpm, clock, in_hand=1.0),
             "input_tokens": Meter(itpm, clock),
             "output_tokens": Meter(otpm, clock),
         }

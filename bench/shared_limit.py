@@ -234,7 +234,8 @@ def main() -> None:
     print(machine())
     print(
         f"limit: {RPM:,} RPM or {OTPM:,} OTPM, enforced per second; latency {LATENCY_MS:.0f} ms; "
-        f"{args.items} items per process; the processes share nothing but the key"
+        f"{args.items} items per process ({OTPM_ITEMS_FACTOR}x for OTPM); "
+        + ("no shared folder: the headers alone" if args.headers_only else "batchrun processes share their folder")
     )
     os.environ.setdefault("ANTHROPIC_API_KEY", API_KEY)
     with tempfile.TemporaryDirectory() as d, Emulator() as emu:

@@ -217,3 +217,15 @@ def test_status_and_the_report_show_the_429s_met_and_the_share_of_the_limit(work
     page = (workdir / "r.html").read_text()
     assert f"data-key='rate_limits.rate_limited' data-value='{met}'" in page
     assert list((workdir / "limits").rglob("*.peer")) == []  # the run left its neighbours when it ended
+
+
+def test_the_first_burst_keeps_one_request_in_hand() -> None:
+    """The first reply says 20 requests are left of a bucket that refills no faster than the meter: 19 go at once,
+    the 20th waits for the refill, so no request lands a hair before the API's bucket has room for it."""
+    account = Account(rpm=1200)
+    limiter = Limiter(clock=account.clock)
+    account.now = 1.0
+    limiter.observe(account.headers())
+    meter = limiter.meters["requests"]
+    assert meter.level == 19
+    assert meter.wait_time(20) == pytest.approx(1 / 20)
