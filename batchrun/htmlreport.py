@@ -21,8 +21,8 @@ import orjson
 import batchrun.store as store_queries
 from batchrun.pricing import cost
 from batchrun.report import run_status
-from batchrun.runs import load_run
 from batchrun.store import Store
+from batchrun.stored import load_run
 
 SAMPLE_RESULTS = 10
 WIDTH, HEIGHT = 760, 220

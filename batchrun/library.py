@@ -89,7 +89,7 @@ class Results:
         self.run_id = run_id
         self.only = only
         with _store(db) as store:
-            from batchrun.runs import load_run
+            from batchrun.stored import load_run
 
             load_run(store, run_id)
 
@@ -287,7 +287,7 @@ def remembered_output(store: Store, run_id: str, output: str | None) -> str | No
     from another directory writes the same file; recorded under the run's lock); without -o, the one an earlier
     submit or resume of the run asked for, so a resume after an interruption still writes it."""
     from batchrun.lock import RunLock
-    from batchrun.runs import load_run
+    from batchrun.stored import load_run
 
     run, _ = load_run(store, run_id)
     if output is None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from batchrun.lock import lock_holder
 from batchrun.pricing import PRICES_TAKEN, cost, total_cost
-from batchrun.runs import load_run
 from batchrun.store import Store
+from batchrun.stored import load_run
 
 
 def run_status(store: Store, run_id: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from batchrun.job import Job
 from batchrun.lock import RunLock
 from batchrun.settings import RunOptions
 from batchrun.store import State, Store
+from batchrun.stored import load_run
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -162,15 +163,6 @@ def how_to_reach(endpoint: str) -> str:
 def default_run_id(input_path: str, sha: str, fingerprint: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(input_path).name.split(".")[0])[:40].strip("-") or "run"
     return f"{stem}-{hashlib.sha256((sha + fingerprint).encode()).hexdigest()[:8]}"
-
-
-def load_run(store: Store, run_id: str) -> tuple[dict[str, Any], Job]:
-    run = store.get_run(run_id)
-    if run is None:
-        known = store.run_ids()
-        hint = f"known runs: {', '.join(known[-5:])}" if known else "this database has no runs yet"
-        raise UsageError(f"no run {run_id!r} in {store.path} ({hint}; `batchrun status` lists them)")
-    return run, Job.from_dict(run["job"])
 
 
 def process_run(

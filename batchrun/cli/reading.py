@@ -74,7 +74,7 @@ def results(
 ) -> None:
     """Export RUN's results in input order: Message Batches result lines, or a CSV or Parquet table."""
     from batchrun.export import export_results, format_of, write_export
-    from batchrun.runs import load_run
+    from batchrun.stored import load_run
 
     load_env()
     store = open_store(db_path)
