@@ -195,9 +195,9 @@ def test_sharing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_status_and_the_report_show_the_429s_met_and_the_share_of_the_limit(workdir: Path, emulator) -> None:
-    """Per-second enforcement of 1,200 RPM (a 20-request bucket) and a few injected 429s: status tells them all,
+    """Per-second enforcement of 2,400 RPM (a 40-request bucket) and a few injected 429s: status tells them all,
     and the share of the requests limit the run had while it was sending."""
-    emulator.configure(rpm=1200, itpm=0, otpm=0, bucket_seconds=1.0, p429=0.1, retry_after_s=0)
+    emulator.configure(rpm=2400, itpm=0, otpm=0, bucket_seconds=1.0, p429=0.1, retry_after_s=0)
     items = write_jsonl(workdir / "items.jsonl", prompts(60))
     env = cli_env(emulator.base_url, BATCHRUN_LIMIT_DIR=str(workdir / "limits"))
     proc = batchrun(["submit", str(items), "--model", "claude-haiku-4-5", "--run-id", "r"], cwd=workdir, env=env)
@@ -208,11 +208,11 @@ def test_status_and_the_report_show_the_429s_met_and_the_share_of_the_limit(work
     status = json.loads(batchrun(["status", "r", "--json"], cwd=workdir, env=env).stdout)
     limits = status["rate_limits"]
     assert limits["rate_limited"] == met
-    assert limits["binding"] == "requests" and limits["limits"]["requests"] == 1200
+    assert limits["binding"] == "requests" and limits["limits"]["requests"] == 2400
     sending = limits["seconds"]
-    assert limits["shares"]["requests"] == pytest.approx(60 / (sending * 20), rel=0.01)
+    assert limits["shares"]["requests"] == pytest.approx(60 / (sending * 40), rel=0.01)
     text = batchrun(["status", "r"], cwd=workdir, env=env).stdout
-    assert f"{met} 429(s) met" in text and "of the account's 1,200 requests per minute" in text
+    assert f"{met} 429(s) met" in text and "of the account's 2,400 requests per minute" in text
     assert batchrun(["report", "r", "-o", "r.html"], cwd=workdir, env=env).returncode == 0
     page = (workdir / "r.html").read_text()
     assert f"data-key='rate_limits.rate_limited' data-value='{met}'" in page

@@ -116,7 +116,9 @@ def test_status_survives_a_stored_deadline_out_of_range(workdir: Path, emulator)
     env = cli_env(emulator.base_url)
     items = write_jsonl(workdir / "items.jsonl", prompts(2))
     done = batchrun(
-        ["submit", items, "--mode", "auto", "--deadline", "6h", "--model", MODEL, "-q"], cwd=workdir, env=env
+        ["submit", items, "--mode", "auto", "--deadline", "6h", "--model", MODEL, "-q", "--poll-interval", "0.02"],
+        cwd=workdir,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     (job,) = db_rows(workdir / "batchrun.db", "SELECT job FROM runs")[0]
@@ -501,7 +503,7 @@ def test_the_python_api_refuses_emulate_with_no_wait_too(workdir: Path) -> None:
 def test_a_repeated_auto_submit_without_deadline_continues_with_the_stored_one(workdir: Path, emulator) -> None:
     env = cli_env(emulator.base_url)
     items = write_jsonl(workdir / "items.jsonl", prompts(3))
-    base = ["submit", items, "--model", MODEL, "--mode", "auto", "--limit", "1", "-q"]
+    base = ["submit", items, "--model", MODEL, "--mode", "auto", "--limit", "1", "-q", "--poll-interval", "0.02"]
     assert batchrun([*base, "--deadline", "6h"], cwd=workdir, env=env).returncode == 3
     again = batchrun(base, cwd=workdir, env=env)
     assert again.returncode == 3, again.stderr
