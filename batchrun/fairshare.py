@@ -38,7 +38,6 @@ class Dimension:
     limit: float | None = None
     factor: float = 1.0  # the share of the limit this process paces itself to
     foreign: float = 0.0  # others' use, per second (smoothed)
-    rate_limited: int = 0
     _own: float = 0.0  # what this process has taken from the account's bucket, all told
     _sent: deque[tuple[float, float]] = field(default_factory=deque)  # (when, _own after it), the last few seconds
     _anchor: tuple[float, float, float] | None = None  # when, remaining, _own: the previous reply's view
@@ -92,7 +91,6 @@ class Dimension:
 
     def throttled(self, now: float) -> None:
         """A 429 for this limit: the account is over it, so this process cuts its pace (once per second)."""
-        self.rate_limited += 1
         if now - self._cut_at >= 1.0:
             self._cut_at = now
             self.factor = max(FLOOR, self.factor * CUT)
