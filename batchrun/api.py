@@ -42,8 +42,6 @@ ERROR_TYPES = {
 }
 STATUS_OF_TYPE = {t: s for s, t in ERROR_TYPES.items() if s != 422} | {"timeout_error": 504}
 BACKENDS = ("aiohttp", "httpx")
-DEFAULT_ENDPOINT = "https://api.anthropic.com"
-EMULATOR_ENDPOINT = "emulator"
 MAX_RETRY_AFTER_S = 600.0  # a server hint beyond this (or garbage: inf, nan, negative) is not trusted
 STREAMED_DEADLINE_S = 3600.0  # the least total time a streamed (long) request is given
 
@@ -143,16 +141,6 @@ def tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     import httpx2
 
     return httpx2.create_ssl_context(verify=True, trust_env=True)
-
-
-def endpoint_of(emulate: bool, base_url: str | None = None) -> str:
-    """Where answers come from, as a run records it: the built-in emulator, or the API's base URL (normalised)."""
-    if emulate:
-        return EMULATOR_ENDPOINT
-    url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ENDPOINT).strip().rstrip("/")
-    scheme, _, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme.lower()}://{host.lower()}{slash}{path}"
 
 
 def needs_streaming(params: Mapping[str, Any]) -> bool:

@@ -90,7 +90,7 @@ class Work:
 
 def work_of(unfinished: tuple[int, int, int]) -> Work:
     """Work from the store's (items, characters of params, sum of max_tokens): input tokens estimated at four
-    characters a token, like batchrun.limiter.estimate_input_tokens (params hold a little more than system and
+    characters a token, like batchrun.estimate.estimate_input_tokens (params hold a little more than system and
     messages, so this leans high, as a worst case should)."""
     items, chars, max_tokens = unfinished
     return Work(items, chars // 4 + 8 * items, max_tokens)

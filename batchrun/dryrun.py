@@ -7,7 +7,6 @@ so the cost printed is an upper bound. No Messages request is sent.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -17,9 +16,9 @@ from typing import Any
 from batchrun.caching import min_cacheable_tokens, prefix_key
 from batchrun.deadline import DEFAULT_LIMITS, DeadlineError, Work, capacity_of, make_plan, parse_deadline
 from batchrun.errors import UsageError
+from batchrun.estimate import estimate_input_tokens
 from batchrun.inputs import read_items
 from batchrun.job import Job
-from batchrun.limiter import estimate_input_tokens
 from batchrun.pricing import PRICES_TAKEN, add_cost, cost
 
 SAMPLE = 20
@@ -61,6 +60,8 @@ def tally(input_path: str, job: Job) -> dict[str, ModelTally]:
 
 
 async def count_sample(client: Any, sample: list[dict[str, Any]]) -> list[int]:
+    import asyncio
+
     from batchrun.api import api_errors
     from batchrun.retry import retrying
 
@@ -88,7 +89,11 @@ class UnknownModel(UsageError):
 
 def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> dict[str, Any]:
     models = tally(input_path, job)
-    counted = asyncio.run(_count_all(models, make_client)) if make_client else {}
+    counted: dict[str, float] = {}
+    if make_client is not None:  # counted by the API; asyncio is not imported for an estimate
+        import asyncio
+
+        counted = asyncio.run(_count_all(models, make_client))
     rows = [_model_plan(model, t, counted.get(model), job) for model, t in sorted(models.items())]
     limits = {k: getattr(job, k) or ASSUMED_LIMITS[k] for k in ASSUMED_LIMITS}
     costs = {mode: _total(r[f"cost_{mode}_usd"] for r in rows) for mode in ("online", "batch")}

@@ -6,8 +6,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from batchrun.emulator.config import config_from_argv
-from batchrun.emulator.process import EmulatorProcess
 from batchrun.errors import UsageError
 
 # What --emulate imitates unless BATCHRUN_EMULATOR_ARGS says otherwise: a Tier 4 account, 0.1-0.5 s replies.
@@ -18,6 +16,9 @@ EMULATOR_KEY = "emulator-key-not-secret"
 @contextlib.contextmanager
 def emulator(extra_args: str | None = None) -> Iterator[str]:
     """Start the emulator on a free local port and yield its base URL; stop it on the way out."""
+    from batchrun.emulator.config import config_from_argv
+    from batchrun.emulator.process import EmulatorProcess
+
     config, _, _ = config_from_argv((extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or DEFAULT_ARGS).split())
     with EmulatorProcess(config) as process:
         yield process.base_url

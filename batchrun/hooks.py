@@ -22,11 +22,11 @@ _from_dotenv: dict[str, str] = {}  # what load_env put into os.environ from .env
 def load_env(path: Path) -> None:
     """Read `.env` into os.environ where the environment does not set a variable already (python-dotenv's
     load_dotenv without override), and remember which variables came from it."""
-    from dotenv import dotenv_values
-
     _from_dotenv.clear()
     if not path.is_file():
         return
+    from dotenv import dotenv_values
+
     for key, value in dotenv_values(path).items():
         if value is not None and key not in os.environ:
             os.environ[key] = value

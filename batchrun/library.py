@@ -189,7 +189,12 @@ def client_factory(
 ) -> Target:
     """Decide where requests go before anything is sent; the emulator is used only when asked for.
     `emulator_extra`: flags added to the emulator's default ones (ignored when BATCHRUN_EMULATOR_ARGS is set)."""
-    from batchrun.api import endpoint_of, make_client
+    from batchrun.endpoints import endpoint_of
+
+    def make_client(*args: Any, **kwargs: Any) -> Any:
+        from batchrun.api import make_client
+
+        return make_client(*args, **kwargs)
 
     if emulate:
         from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, emulator

@@ -250,9 +250,3 @@ def _number(value: str | None) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
-
-
-def estimate_input_tokens(params: Mapping[str, object]) -> int:
-    """A cheap upper-leaning estimate (4 characters a token) of a request's input tokens, corrected by usage."""
-    chars = len(str(params.get("system") or "")) + len(str(params.get("messages") or ""))
-    return chars // 4 + 8

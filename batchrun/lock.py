@@ -11,7 +11,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -114,7 +113,7 @@ class RunLock:
                 break
             os.close(fd)  # its holder removed this file on release: lock the one at the path now
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         self.fd = fd
         return self
 

@@ -21,8 +21,9 @@ from batchrun.api import APIFailure, Reply, send
 from batchrun.budget import Budget
 from batchrun.caching import CacheWatch, prefix_key
 from batchrun.documents import sent_params
+from batchrun.estimate import estimate_input_tokens
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
-from batchrun.limiter import Limiter, estimate_input_tokens
+from batchrun.limiter import Limiter
 from batchrun.neighbours import Neighbours, account_key
 from batchrun.outage import OutageWatch
 from batchrun.pricing import add_cost, usage_cost

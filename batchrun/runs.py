@@ -3,7 +3,6 @@ finish it (one bookkeeping for both paths), and say how it ended."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.answers import Judge
-from batchrun.api import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
+from batchrun.endpoints import DEFAULT_ENDPOINT, EMULATOR_ENDPOINT
 from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, UsageError
 from batchrun.events import Event, Listener, Stop, StopReason, ignore
 from batchrun.inputs import file_sha256, input_label, read_items
@@ -201,6 +200,8 @@ def process_run(
         if counts[State.PENDING] + counts[State.IN_FLIGHT]:
             store.set_run_status(run_id, "running")
             events(Event("run_started", run_id, started_detail(store, run_id, job, counts)))
+            import asyncio  # not for a run with nothing left to send: a command's start-up
+
             stop = asyncio.run(_engine(store, run_id, job, options, make_client, events))
         return finish(store, run_id, job, started, attempts_before, stop, reused)
 
@@ -346,6 +347,8 @@ def cancel_run(store: Store, run_id: str, options: RunOptions, target: Any, even
     attempts_before = store.attempt_count(run_id)
     counts = store.counts(run_id)
     events(Event("run_started", run_id, started_detail(store, run_id, job, counts)))
+    import asyncio
+
     stop = asyncio.run(cancel_batches(store, run_id, job, make_client(), events, timeout=options.timeout))
     pending = store.counts(run_id)[State.PENDING]
     if stop is None and pending:

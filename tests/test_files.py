@@ -24,7 +24,7 @@ from batchrun.cli import cli
 from batchrun.errors import BatchrunError, RunLocked, StoreError
 from batchrun.inputs import Item
 from batchrun.lock import RunLock, lock_dir, lock_holder
-from batchrun.store import Outcome, Store, migrations
+from batchrun.store import Outcome, Store, migration_set
 from tests.conftest import TEST_KEY, cli_env, prompts, read_jsonl, start_batchrun, write_jsonl
 
 ROOT = os.geteuid() == 0
@@ -137,7 +137,7 @@ def test_six_processes_opening_a_fresh_or_old_database_at_once_all_succeed(schem
     db = tmp_path / "fresh.db"
     if schema == "old":
         conn = sqlite3.connect(db, isolation_level=None)
-        migrations.apply(Database(conn), stop_before="m002_batches")
+        migration_set().apply(Database(conn), stop_before="m002_batches")
         conn.close()
     start = time.time() + 0.3
     fork = multiprocessing.get_context("fork")

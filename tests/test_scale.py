@@ -21,7 +21,7 @@ from batchrun.store import (
     Outcome,
     Store,
     _PartIds,
-    migrations,
+    migration_set,
     split_request,
 )
 from tests.conftest import batchrun, cli_env, db_rows, prompts, read_jsonl, write_jsonl
@@ -117,8 +117,8 @@ def old_database(path: Path, job: Job, lines: Path, done: int) -> dict[str, tupl
     each item's whole request in `params`; the first `done` items answered."""
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
-    names = [m.name for m in migrations._migrations]
-    migrations.apply(db, stop_before=names[names.index("m009_request_parts")])
+    names = [m.name for m in migration_set()._migrations]
+    migration_set().apply(db, stop_before=names[names.index("m009_request_parts")])
     now = time.time()
     conn.execute(
         "INSERT INTO runs (id, created_at, updated_at, input_path, input_sha256, fingerprint, mode, job, status, "
@@ -398,7 +398,7 @@ def pre_m010_database(path: Path, job: Job, lines: Path) -> dict[str, tuple[byte
     row for every batch result. Items 1-8 are in batch 1: 1-6 succeeded, 7 errored (pending again), 8 in flight;
     item 9 succeeded online."""
     conn = sqlite3.connect(path, isolation_level=None)
-    migrations.apply(Database(conn), stop_before="m010_lean_items")
+    migration_set().apply(Database(conn), stop_before="m010_lean_items")
     conn.execute("BEGIN")
     now = time.time()
     conn.execute(

@@ -24,26 +24,6 @@ def cli(debug: bool) -> None:
     Exit codes: 0 all items succeeded, 1 some failed for good, 2 bad usage or input (nothing sent),
     3 not finished (resumable), 75 another batchrun holds the run.
     """
-    import_sqlite_utils_without_pandas()
-
-
-def import_sqlite_utils_without_pandas() -> None:
-    """sqlite-utils imports pandas and numpy whenever they are installed (0.5-1 s, most of a command's start-up),
-    for types batchrun never stores. A command imports it with them hidden; they stay importable afterwards, and a
-    process that has them already (a notebook) keeps them. Only the command line does this: one thread, at start."""
-    if "sqlite_utils" in sys.modules:
-        return
-    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # `import pandas` raises ImportError
-    try:
-        import sqlite_utils  # noqa: F401
-    except ImportError:
-        pass  # a sqlite-utils that needs them after all: the store imports it the usual way
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, False) is None:
-                del sys.modules[name]
 
 
 for command in (submit, resume, retry, cancel, status, runs_command, results, report, doctor, prune, delete, compare):

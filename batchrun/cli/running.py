@@ -217,12 +217,15 @@ def cancel(
 
 
 def _dry_run(items: str, job: Any, emulate: bool, backend: str) -> None:
-    from batchrun.api import APIFailure
     from batchrun.dryrun import format_plan, plan
 
+    if not (emulate or os.environ.get("ANTHROPIC_API_KEY")):  # estimated here: the API layer is not needed
+        click.echo(format_plan(plan(items, job, None)))
+        return
+    from batchrun.api import APIFailure
+
     with ExitStack() as stack:
-        counting = emulate or bool(os.environ.get("ANTHROPIC_API_KEY"))
-        make_client = client_factory(stack, emulate, backend).make_client if counting else None
+        make_client = client_factory(stack, emulate, backend).make_client
         try:
             click.echo(format_plan(plan(items, job, make_client)))
         except APIFailure as f:

@@ -47,7 +47,7 @@ from batchrun.store.reports import (
     report_previous_run,
 )
 from batchrun.store.reuse import CacheJudge
-from batchrun.store.schema import ANSWER_COLUMNS, batchrun_version, migrations
+from batchrun.store.schema import ANSWER_COLUMNS, batchrun_version, migration_set
 
 __all__ = [
     "ANSWER_COLUMNS",
@@ -73,7 +73,7 @@ __all__ = [
     "database_bytes",
     "delete_run",
     "free_pages",
-    "migrations",
+    "migration_set",
     "new_batch_token",
     "open_batch_count",
     "reclaim_space",

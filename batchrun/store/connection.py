@@ -11,9 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
-
 from batchrun.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 BUSY_TIMEOUT_S = 30
@@ -70,7 +67,15 @@ def _is_busy(e: BaseException) -> bool:
 
 def retry_busy(fn: Callable[[], T]) -> T:
     """Run a statement that can meet another process's write; SQLITE_BUSY that the busy timeout does not cover
-    (a WAL snapshot upgrade, a journal-mode change) is retried with jitter until the same timeout."""
+    (a WAL snapshot upgrade, a journal-mode change) is retried with jitter until the same timeout. tenacity is
+    imported only when a statement met one (a command's start-up does not pay for it)."""
+    try:
+        return fn()
+    except sqlite3.OperationalError as e:
+        if not _is_busy(e):
+            raise
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
     for attempt in Retrying(
         retry=retry_if_exception(_is_busy),
         stop=stop_after_delay(BUSY_TIMEOUT_S),
@@ -80,6 +85,43 @@ def retry_busy(fn: Callable[[], T]) -> T:
         with attempt:
             return fn()
     raise AssertionError("unreachable")
+
+
+class Database:
+    """The few calls the store makes on its connection, on sqlite3 itself: sqlite-utils (and the pandas and numpy
+    it imports whenever they are installed, most of a command's start-up) is loaded only to apply migrations.
+    The connection is in autocommit mode (isolation_level=None): a statement outside BEGIN commits at once."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.execute("PRAGMA recursive_triggers=on")  # as sqlite-utils sets it: the tally triggers rely on it
+
+    def execute(self, sql: str, parameters: Iterable[Any] | dict[str, Any] | None = None) -> sqlite3.Cursor:
+        return self.conn.execute(sql) if parameters is None else self.conn.execute(sql, parameters)
+
+    def query(self, sql: str, parameters: Iterable[Any] | dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The rows of a SELECT as dicts, fetched as they are read."""
+        cursor = self.execute(sql, parameters)
+        keys = [d[0] for d in cursor.description]
+        return (dict(zip(keys, row, strict=True)) for row in cursor)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction; nested in an open one, a savepoint."""
+        nested = self.conn.in_transaction
+        self.conn.execute("SAVEPOINT atomic" if nested else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO atomic" if nested else "ROLLBACK")
+                if nested:
+                    self.conn.execute("RELEASE atomic")
+            raise
+        self.conn.execute("RELEASE atomic" if nested else "COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class StoreBase:

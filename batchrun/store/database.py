@@ -9,16 +9,14 @@ import threading
 from contextlib import suppress
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from batchrun.lock import MIGRATION_LOCK, lock_dir, migration_lock
 from batchrun.store.batches import Batches
-from batchrun.store.connection import BUSY_TIMEOUT_S, create_private_file, retry_busy, store_error
+from batchrun.store.connection import BUSY_TIMEOUT_S, Database, create_private_file, retry_busy, store_error
 from batchrun.store.items import Items
 from batchrun.store.record import Recording
 from batchrun.store.reuse import ResponseCache
 from batchrun.store.runs import Runs
-from batchrun.store.schema import check_not_newer, migrations, record_versions
+from batchrun.store.schema import apply_migrations, check_not_newer, pending_migrations, record_versions
 from batchrun.store.status import Status
 
 PAGE_SIZE = 8192  # a grown item (about 900 bytes with its result) leaves less of a 4 KB page unused
@@ -50,9 +48,9 @@ class Store(Runs, Items, Recording, ResponseCache, Status, Batches):
         retry_busy(lambda: check_not_newer(conn, self.path))
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
-        if retry_busy(lambda: migrations.pending(self.db)):
+        if retry_busy(lambda: pending_migrations(conn)):
             with migration_lock(self.path):
-                retry_busy(lambda: migrations.apply(self.db))
+                retry_busy(lambda: apply_migrations(conn))
                 retry_busy(lambda: record_versions(conn))
 
     def _create(self) -> bool:
@@ -70,7 +68,7 @@ class Store(Runs, Items, Recording, ResponseCache, Status, Batches):
                 conn.execute("PRAGMA synchronous=OFF")  # one fsync below instead of one per migration
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new databases only: it is set before any table
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # prune gives pages back without a whole VACUUM
-                migrations.apply(Database(conn))
+                apply_migrations(conn)
                 record_versions(conn)
             finally:
                 conn.close()

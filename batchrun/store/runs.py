@@ -6,9 +6,8 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -16,6 +15,9 @@ from batchrun.errors import InputError, UsageError
 from batchrun.store.connection import StoreBase
 from batchrun.store.parts import _PartIds, _SharedParts, split_bounds
 from batchrun.store.record import IN_FLIGHT, PENDING
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 CREATE_CHUNK = 500  # items per insert statement when a run is created (at most two chunks are held at once)
 MAX_PROBLEMS = 20
@@ -207,6 +209,8 @@ class Runs(StoreBase):
             writing = pool.submit(write, chunk) if chunk else None
             total += len(chunk)
             chunk = []
+
+        from concurrent.futures import ThreadPoolExecutor  # only a new run needs it: not a command's start-up
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-insert") as pool:
             try:

@@ -1,17 +1,29 @@
 """The schema: every migration (sqlite-utils), in the order they are applied, the views and triggers they make,
-and the versions check that keeps an older batchrun off a newer database."""
+and the versions check that keeps an older batchrun off a newer database.
+
+sqlite-utils is imported only when a database is made or upgraded: which migrations are applied is read from its
+`_sqlite_migrations` table directly, so opening an up-to-date database (every command but the first) costs no
+sqlite-utils import."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
+import threading
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import orjson
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from batchrun.errors import StoreError
 from batchrun.store.parts import _hash_bytes, _PartIds, split_request
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
 
 INSERT_CHUNK = 2000  # items rewritten per statement by m009
 # Written out in the queries they serve, so SQLite can use the partial indexes items_by_batch and items_by_state.
@@ -21,7 +33,62 @@ NOT_DONE = "state != 'succeeded'"
 BY_LINE = "line_no > 0"
 
 
-migrations = Migrations("batchrun")
+MIGRATION_SET = "batchrun"
+_steps: list[Callable[[Database], None]] = []
+
+
+def migration(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register a migration: they are applied in the order of this module."""
+    _steps.append(fn)
+    return fn
+
+
+def migration_names() -> list[str]:
+    return [fn.__name__ for fn in _steps]
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations this database has not had yet (read only)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'").fetchone():
+        return migration_names()
+    sql = "SELECT name FROM _sqlite_migrations WHERE migration_set = ?"
+    applied = {name for (name,) in conn.execute(sql, [MIGRATION_SET])}
+    return [name for name in migration_names() if name not in applied]
+
+
+@cache
+def migration_set() -> Migrations:
+    """The sqlite-utils migration set of every step, built when a database is made or upgraded."""
+    migrations = _import_sqlite_utils().migrations.Migrations(MIGRATION_SET)
+    for fn in _steps:
+        migrations()(fn)
+    return migrations
+
+
+def apply_migrations(conn: sqlite3.Connection) -> None:
+    migration_set().apply(_import_sqlite_utils().Database(conn))
+
+
+def _import_sqlite_utils() -> ModuleType:
+    """sqlite-utils imports pandas and numpy whenever they are installed (0.5-1 s), for types batchrun never stores.
+    They are hidden while it is imported, when no other thread could be importing them at the same moment (a
+    command line); they stay importable afterwards, and a process that has them already (a notebook) keeps them."""
+    if "sqlite_utils" not in sys.modules and threading.active_count() == 1:
+        hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]  # `import pandas` raises ImportError
+        try:
+            import sqlite_utils.migrations
+        except ImportError:
+            pass  # a sqlite-utils that needs them after all: imported the usual way below
+        finally:
+            for name in hidden:
+                if sys.modules.get(name, False) is None:
+                    del sys.modules[name]
+    import sqlite_utils
+    import sqlite_utils.migrations
+
+    return sqlite_utils
 
 
 def execute_script(db: Database, script: str) -> None:
@@ -37,7 +104,7 @@ def execute_script(db: Database, script: str) -> None:
         db.execute(statement)
 
 
-@migrations()
+@migration
 def m001_initial(db: Database) -> None:
     execute_script(
         db,
@@ -96,7 +163,7 @@ def m001_initial(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m002_batches(db: Database) -> None:
     """The Message Batches path: one row per batch (planned before it is created), and each item's batch."""
     script = """
@@ -130,14 +197,14 @@ def m002_batches(db: Database) -> None:
     execute_script(db, script)
 
 
-@migrations()
+@migration
 def m003_response_cache(db: Database) -> None:
     """Each item's request hash, so an identical request made before in this database is answered from the store."""
     db.execute("ALTER TABLE items ADD COLUMN request_hash TEXT")
     db.execute("CREATE INDEX items_by_request ON items (request_hash, state)")
 
 
-@migrations()
+@migration
 def m004_batch_tokens(db: Database) -> None:
     """A token per planned batch, carried in the custom_ids sent, so a batch found after a crash is proven to be
     this plan's by its results before any is stored; and the batches found not to be ours."""
@@ -147,7 +214,7 @@ def m004_batch_tokens(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m005_endpoints(db: Database) -> None:
     """Where a run's answers come from (the emulator, the API, a gateway), and the run a cached answer was copied
     from: an answer from one endpoint is never served to a run on another."""
@@ -155,7 +222,7 @@ def m005_endpoints(db: Database) -> None:
     db.execute("ALTER TABLE items ADD COLUMN answered_from TEXT")
 
 
-@migrations()
+@migration
 def m006_fingerprint_without_mode(db: Database) -> None:
     """The mode no longer decides a run's identity (it may change under a run): recompute stored fingerprints."""
     from batchrun.job import Job
@@ -165,7 +232,7 @@ def m006_fingerprint_without_mode(db: Database) -> None:
         db.execute("UPDATE runs SET fingerprint = ? WHERE id = ?", [fingerprint, run_id])
 
 
-@migrations()
+@migration
 def m007_cache_ttl_tokens(db: Database) -> None:
     """The part of each item's cache writes made with the 1-hour TTL, which costs 2x input instead of 1.25x."""
     db.execute("ALTER TABLE items ADD COLUMN cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0")
@@ -224,7 +291,7 @@ ANSWER_COLUMNS = (
 )
 
 
-@migrations()
+@migration
 def m008_answers(db: Database) -> None:
     """Answers as data: each result's stop_reason, a schema job's validated object, the row's own id and kept
     columns (table inputs), each item's cost, and the documented `answers` view over them."""
@@ -237,7 +304,7 @@ def m008_answers(db: Database) -> None:
     db.execute(ANSWERS_VIEW)
 
 
-@migrations()
+@migration
 def m009_request_parts(db: Database) -> None:
     """Shared request parts stored once, and per-run tallies kept up to date instead of counting rows.
 
@@ -326,7 +393,7 @@ FROM items i JOIN request_parts p ON p.id = i.parts
 """
 
 
-@migrations()
+@migration
 def m010_lean_items(db: Database) -> None:
     """Fewer bytes and statements per item.
 
@@ -399,7 +466,7 @@ WHERE i.state = 'succeeded' AND i.via = 'batch'
 """
 
 
-@migrations()
+@migration
 def m011_stop_reason_tallies(db: Database) -> None:
     """`run_tallies` also counts by stop_reason, so `status` shows why replies stopped without reading a row per
     item ('' when an item has none). The table is rebuilt from the items (its key changes) and the trigger and
@@ -416,7 +483,7 @@ def m011_stop_reason_tallies(db: Database) -> None:
     db.execute(STOP_TALLY_TRIGGER)
 
 
-@migrations()
+@migration
 def m012_versions(db: Database) -> None:
     """Which batchrun applied each migration: a database upgraded by a newer batchrun names the version an older
     one needs to be replaced by (see check_not_newer)."""
@@ -436,7 +503,7 @@ def record_versions(conn: sqlite3.Connection) -> None:
     """Note this version against every applied migration not noted yet (after migrations were applied)."""
     conn.execute(
         "INSERT OR IGNORE INTO batchrun_versions SELECT name, ? FROM _sqlite_migrations WHERE migration_set = ?",
-        [batchrun_version(), migrations.name],
+        [batchrun_version(), MIGRATION_SET],
     )
 
 
@@ -446,8 +513,9 @@ def check_not_newer(conn: sqlite3.Connection, path: Path) -> None:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "_sqlite_migrations" not in tables:
         return
-    known = {m.name for m in migrations._migrations}
-    applied = [n for (n,) in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ?", ["batchrun"])]
+    known = set(migration_names())
+    sql = "SELECT name FROM _sqlite_migrations WHERE migration_set = ?"
+    applied = [n for (n,) in conn.execute(sql, [MIGRATION_SET])]
     unknown = [n for n in applied if n not in known]
     if not unknown:
         return
@@ -508,13 +576,13 @@ END
 """
 
 
-@migrations()
+@migration
 def m012b_run_output(db: Database) -> None:
     """The results file (-o) a run's submit or resume asked for: whichever command ends the run writes it."""
     db.execute("ALTER TABLE runs ADD COLUMN output_path TEXT")
 
 
-@migrations()
+@migration
 def m013_documents(db: Database) -> None:
     """Folder inputs: each item's file (relative path, SHA-256, size, and the bytes its request grows by when the
     file's block replaces the stored placeholder), and the files uploaded with the Files API, by endpoint and
@@ -533,7 +601,7 @@ def m013_documents(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m014_limit_use(db: Database) -> None:
     """What a run's online sending took of the account's rate limits, and the 429s it met (status, report)."""
     db.execute("ALTER TABLE runs ADD COLUMN limit_use TEXT")
