@@ -9,7 +9,6 @@ changes the run's exit code.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -68,6 +67,8 @@ def run_on_finish(
 
     Its standard output goes to our standard error, so a results stream on stdout stays clean.
     """
+    import subprocess
+
     env = hook_environment(variables)
     try:
         out: int | None = sys.stderr.fileno()

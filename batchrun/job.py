@@ -7,7 +7,6 @@ import functools
 import hashlib
 import math
 import string
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -159,6 +158,8 @@ def load_job(path: str | Path | None) -> Job:
     """Read a job file; unknown keys are an error so a typo never silently changes a run."""
     if path is None:
         return Job()
+    import tomllib  # only a command given a job file reads one
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
