@@ -206,14 +206,17 @@ class Engine:
     async def _worker(self) -> None:
         while (item := await self.queue.get()) is not None:
             attempts: list[Attempt] = []
+            replies: list[Reply] = []
             try:
                 if self.stopping.is_set():
                     outcome = Outcome(self.run_id, item.line_no, State.PENDING)
                 else:
-                    outcome = await self._process(item, attempts)
+                    outcome = await self._process(item, attempts, replies)
             except asyncio.CancelledError:
-                # aborted mid-request: the item goes back to pending, and the request it sent stays on record
-                self._commit_later(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts))
+                # aborted mid-request: the item goes back to pending, and the requests it sent stay on record with
+                # the replies they were billed for (an invalid one it was sending again)
+                pending = Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
+                self._commit_later(self._billed(pending, item, replies))
                 raise
             await self._commit_later(outcome)
 
@@ -223,8 +226,7 @@ class Engine:
         self.results.put_nowait((outcome, done))
         return done
 
-    async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
-        replies: list[Reply] = []
+    async def _process(self, item: ClaimedItem, attempts: list[Attempt], replies: list[Reply]) -> Outcome:
         sent_at: list[float] = []  # when each attempt was sent, on the outage watch's clock
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):

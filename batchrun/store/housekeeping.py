@@ -42,7 +42,7 @@ def open_batch_count(store: Store, run_id: str) -> int:
 def delete_run(store: Store, run_id: str) -> None:
     """Remove a run and everything of it, and the shared request parts no item uses any more."""
     with store._write():
-        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies"):
+        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies", "run_billed"):
             store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         store.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
         _drop_unused_parts(store)

@@ -1,0 +1,126 @@
+"""What a run was billed: every reply the API billed counts once in `status`, `status --json`, the progress lines and
+the report, whatever became of its item (a cut, invalid or malformed reply whose item went back to pending
+included), checked against the emulator's own usage counters."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import batchrun, cli_env, prompts, write_jsonl
+
+MODEL = "claude-haiku-4-5"
+# Published prices (USD per million tokens), written out independently of batchrun's table; batches at half.
+PRICE = {"input": 1.0, "output": 5.0}
+KINDS = {"input": "input_tokens", "output": "output_tokens", "cache_creation": "cache_creation_input_tokens"}
+
+
+def billed(emulator, path: str) -> dict[str, int]:
+    """What the emulator billed for `path` ("messages" or "batches"), in status' names."""
+    usage = emulator.stats()["usage"][path].get(MODEL) or {}
+    out = {name: usage.get(key, 0) for name, key in KINDS.items()}
+    out["cache_read"] = usage.get("cache_read_input_tokens", 0)
+    return out
+
+
+def usd(tokens: dict[str, int], batch: bool = False) -> float:
+    per_in = PRICE["input"] / 1e6
+    total = (
+        tokens["input"] * per_in
+        + tokens["output"] * PRICE["output"] / 1e6
+        + tokens["cache_creation"] * per_in * 1.25
+        + tokens["cache_read"] * per_in * 0.1
+    )
+    return total * (0.5 if batch else 1.0)
+
+
+def status_of(workdir: Path, env: dict, run_id: str) -> dict:
+    proc = batchrun(["status", run_id, "--json"], cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return orjson.loads(proc.stdout)
+
+
+def assert_status_is_the_bill(workdir: Path, env: dict, run_id: str, emulator) -> dict:
+    """status --json holds exactly the tokens the emulator billed, online and batch, and their cost."""
+    online, batch = billed(emulator, "messages"), billed(emulator, "batches")
+    status = status_of(workdir, env, run_id)
+    tokens = {k: status["tokens"][k] for k in online}
+    assert tokens == {k: online[k] + batch[k] for k in online}, (status["by_model"], online, batch)
+    assert status["cost_usd"] == pytest.approx(usd(online) + usd(batch, batch=True), abs=2e-6)
+    by_via = {row["via"]: row for row in status["by_model"]}
+    for via, bill in (("online", online), ("batch", batch)):
+        if any(bill.values()):
+            assert {k: by_via[via][k] for k in bill} == bill, (via, status["by_model"])
+    doctor = batchrun(["doctor"], cwd=workdir, env=env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    return status
+
+
+def last_progress(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if " done, " in line and " ok, " in line][-1]
+
+
+def test_cut_replies_retried_online_count_while_their_items_wait_and_after(workdir: Path, emulator) -> None:
+    """Every reply is cut: the items fail (billed). `retry --max-tokens` sends them again into an API answering
+    500: they go back to pending, and the cut replies must still be in status. A resume ends them: the run's
+    status and its last progress line show what the emulator billed, to the cent."""
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(6))
+    emulator.configure(p_truncated=1.0)
+    cut = batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "8", "--run-id", "r"], cwd=workdir, env=env)
+    assert cut.returncode == 1, cut.stderr
+    emulator.configure(p_truncated=0.0, p500=1.0, max_faults_per_request=100)
+    down = batchrun(["retry", "r", "--max-tokens", "64", "--max-attempts", "2"], cwd=workdir, env=env)
+    assert down.returncode == 3, down.stderr
+    waiting = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert waiting["counts"]["pending"] == 6 and waiting["cost_usd"] > 0
+    emulator.configure(p500=0.0)
+    done = batchrun(["resume", "r"], cwd=workdir, env=env)
+    assert done.returncode == 0, done.stderr
+    status = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert status["cost_usd"] > waiting["cost_usd"]
+    t = status["tokens"]
+    tokens = t["input"] + t["output"] + t["cache_creation"] + t["cache_read"]
+    assert f"; {tokens:,} tokens, cost ${status['cost_usd']:.4f}" in last_progress(done.stderr)
+
+
+def test_cut_replies_retried_in_batch_mode_keep_their_online_price(workdir: Path, emulator) -> None:
+    """Replies billed online, then the items answered by a batch: each reply is priced on the path that got it."""
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(5))
+    emulator.configure(p_truncated=1.0)
+    submit = ["submit", str(items), "--model", MODEL, "--max-tokens", "8", "--run-id", "r", "--poll-interval", "0.05"]
+    cut = batchrun(submit, cwd=workdir, env=env)
+    assert cut.returncode == 1, cut.stderr
+    emulator.configure(p_truncated=0.0)
+    again = ["retry", "r", "--max-tokens", "64", "--mode", "batch"]
+    assert batchrun(again, cwd=workdir, env=env).returncode == 0
+    assert_status_is_the_bill(workdir, env, "r", emulator)
+
+
+def test_batch_results_sent_again_count_while_their_items_wait(workdir: Path, emulator) -> None:
+    """A malformed result line (content a string, its usage well formed) is billed and its item sent again in
+    a second batch. While that batch processes, status counts the first reply; after, both; never twice."""
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(6))
+    emulator.configure(batch_bad_lines="content_string")
+    submit = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--mode", "batch", "--no-wait"]
+    first = batchrun(submit, cwd=workdir, env=env)
+    assert first.returncode == 3, first.stderr
+    time.sleep(0.1)  # the first batch ends (TEST_BATCH_SECONDS)
+    emulator.configure(batch_bad_lines=None, batch_seconds=3600.0)  # the second batch waits for the clock
+    collected = batchrun(["resume", "r", "--no-wait"], cwd=workdir, env=env)
+    assert collected.returncode == 3, collected.stderr
+    waiting = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert waiting["counts"]["succeeded"] == 5 and waiting["counts"]["in_flight"] == 1
+    emulator.advance_clock(3600.0)
+    done = batchrun(["resume", "r", "--poll-interval", "0.05"], cwd=workdir, env=env)
+    assert done.returncode == 0, done.stderr
+    status = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert status["tokens"]["output"] > waiting["tokens"]["output"]
+    again = batchrun(["resume", "r"], cwd=workdir, env=env)  # nothing left: nothing billed, nothing counted twice
+    assert again.returncode == 0, again.stderr
+    assert status_of(workdir, env, "r")["tokens"] == status["tokens"]
