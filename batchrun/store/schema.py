@@ -561,3 +561,11 @@ def m015_billed(db: Database) -> None:
         "FROM items i JOIN runs r ON r.id = i.run_id WHERE i.input_tokens + i.output_tokens + "
         "i.cache_creation_tokens + i.cache_read_tokens > 0 GROUP BY 1, 2, 3"
     )
+
+
+@migrations()
+def m015b_run_stop(db: Database) -> None:
+    """Why a run stopped before its items were done (a stop reason and the detail its words need, JSON), kept
+    with its status until a later command takes the run up: `runs`, `status` and the report say what happened
+    and what to do, not just "interrupted"."""
+    db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
