@@ -352,10 +352,11 @@ class Engine:
     async def _send(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         if item.params["model"] in self.dead_models:
             raise StopRequested
-        params = await self.sent_params(item.params)
-        budgeted = await self._reserve(item.params)
+        params, file_tokens = await self.sent_params(item.params)  # a folder run's files: read, and counted
+        budgeted = await self._reserve(item.params, file_tokens)
         try:
-            reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
+            estimate = estimate_input_tokens(item.params) + file_tokens
+            reservation = await self.limiter.acquire(estimate, item.params["max_tokens"])
         except BaseException:
             self.budget.settle(budgeted, 0.0)
             raise
@@ -400,11 +401,11 @@ class Engine:
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
         return reply
 
-    async def _reserve(self, params: dict[str, Any]) -> float:
+    async def _reserve(self, params: dict[str, Any], file_tokens: int = 0) -> float:
         """The request's worst case, held against --max-cost. While other requests hold reservations, wait for them
         to settle (most cost far less than their worst case); when none does and it still does not fit, the run
         has reached its budget."""
-        while (budgeted := self.budget.reserve(params)) is None:
+        while (budgeted := self.budget.reserve(params, file_tokens)) is None:
             if not self.budget.holders or self.stopping.is_set():
                 self.stop(Stop(StopReason.BUDGET, self.run_id, {"limit": self.budget.limit}))
                 raise StopRequested
