@@ -4,13 +4,14 @@ included), checked against the emulator's own usage counters."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import batchrun, cli_env, prompts, write_jsonl
+from tests.conftest import batchrun, cli_env, prompts, start_batchrun, wait_until, write_jsonl
 
 MODEL = "claude-haiku-4-5"
 # Published prices (USD per million tokens), written out independently of batchrun's table; batches at half.
@@ -124,3 +125,28 @@ def test_batch_results_sent_again_count_while_their_items_wait(workdir: Path, em
     again = batchrun(["resume", "r"], cwd=workdir, env=env)  # nothing left: nothing billed, nothing counted twice
     assert again.returncode == 0, again.stderr
     assert status_of(workdir, env, "r")["tokens"] == status["tokens"]
+
+
+def test_invalid_replies_of_items_stopped_at_once_are_counted(workdir: Path, emulator) -> None:
+    """A schema job whose every reply is invalid: each item is sent again and again (each reply billed). Two
+    Ctrl-C stop the run at once, some items between attempts, others with a request in flight: the replies they
+    had are on the bill, in status, exactly as the emulator billed them."""
+    emulator.configure(p_invalid_json=1.0, max_faults_per_request=100, latency_ms=50)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    (workdir / "schema.json").write_bytes(orjson.dumps(schema))
+    job = workdir / "job.toml"
+    job.write_text(f'model = "{MODEL}"\nmax_tokens = 100\nmax_attempts = 20\nschema_file = "schema.json"\n')
+    items = write_jsonl(workdir / "items.jsonl", prompts(4))
+    env = cli_env(emulator.base_url)
+    args = ["submit", str(items), "--job", str(job), "--run-id", "r", "--grace", "60", "--concurrency", "4"]
+    proc = start_batchrun(args, cwd=workdir, env=env)
+    wait_until(lambda: emulator.stats()["by_status"].get("200", 0) >= 12)
+    emulator.configure(latency_ms=30_000)  # the requests sent from now on are in flight when the run stops
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    status = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert status["counts"]["pending"] == 4 and status["tokens"]["output"] > 0
