@@ -5,6 +5,7 @@ included), checked against the emulator's own usage counters."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -150,3 +151,24 @@ def test_invalid_replies_of_items_stopped_at_once_are_counted(workdir: Path, emu
     assert proc.returncode == 3
     status = assert_status_is_the_bill(workdir, env, "r", emulator)
     assert status["counts"]["pending"] == 4 and status["tokens"]["output"] > 0
+
+
+def test_a_database_from_before_the_bill_is_filled_from_its_items(workdir: Path, emulator) -> None:
+    """A database as the previous version left it (no `run_billed`; an item whose cut reply was billed but that
+    went back to pending has no path): opened again, its bill is made from the items' tokens, each at its path or
+    the run's mode, and status shows it all."""
+    env = cli_env(emulator.base_url)
+    items = write_jsonl(workdir / "items.jsonl", prompts(4))
+    emulator.configure(p_truncated=1.0)
+    cut = batchrun(["submit", str(items), "--model", MODEL, "--max-tokens", "8", "--run-id", "r"], cwd=workdir, env=env)
+    assert cut.returncode == 1, cut.stderr
+    db = workdir / "batchrun.db"
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DROP TABLE run_billed")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm015_billed'")
+        left = "state = 'pending', via = NULL, result = NULL, error_type = NULL"  # what a pending outcome wrote
+        conn.execute(f"UPDATE items SET {left} WHERE line_no = 1")
+    conn.close()
+    status = assert_status_is_the_bill(workdir, env, "r", emulator)
+    assert status["counts"]["pending"] == 1 and status["counts"]["failed"] == 3
