@@ -20,6 +20,7 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "status": _live_status(store, run_id, run["status"], run.get("stop")),
+        "stopped_by": _stop_reason(run),
         "mode": run["mode"],
         "endpoint": run.get("endpoint"),
         "input_path": run["input_path"],
@@ -207,6 +208,13 @@ def format_batch(b: dict[str, Any]) -> str:
     line += f"; created {b['created_at']}"
     line += f", ended {b['ended_at']}" if b["ended_at"] else f", expires {b['expires_at']}"
     return line + (" (adopted after a crash)" if b["adopted"] else "")
+
+
+def _stop_reason(run: dict[str, Any]) -> str | None:
+    """The reason code of the stop kept with a run (unknown_model, fatal_api, budget, outage, interrupted, ...)."""
+    from batchrun.stops import stop_reason
+
+    return stop_reason(run.get("stop")) if run["status"] in ("stopped", "interrupted") else None
 
 
 def _live_status(store: Store, run_id: str, recorded: str, stop: str | None = None) -> str:

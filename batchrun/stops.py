@@ -120,6 +120,15 @@ def stop_record(stop: Stop) -> str:
     return orjson.dumps({"reason": str(stop.reason), "detail": stop.detail}, default=str).decode()
 
 
+def stop_reason(record: str | None) -> str | None:
+    """The reason code of a stop kept with a run, or None."""
+    try:
+        reason = orjson.loads(record)["reason"] if record else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
 def stored_stop(run_id: str, record: str | None) -> str | None:
     """The words for a stop kept with a run, or None when there is none (or it cannot be read back)."""
     if not record:

@@ -38,3 +38,29 @@ def test_the_judge_gets_the_jobs_system_prompt(workdir: Path, emulator) -> None:
     for p in judged:
         assert SYSTEM in system_text(p), p
         assert "<candidate_answer>" in p["messages"][0]["content"]
+
+
+def test_items_with_their_own_system_prompts_each_show_theirs_to_the_judge(workdir: Path, emulator) -> None:
+    emulator.configure(model_divergence={HAIKU: 0.5}, request_log=500)
+    rules = [f"Rule {k}: answer as the {name} desk." for k, name in enumerate(("billing", "bugs", "sales"))]
+    rows = [
+        {
+            "custom_id": f"t-{i}",
+            "params": {"max_tokens": 100, "system": rules[i % 3], "messages": [{"role": "user", "content": f"T {i}"}]},
+        }
+        for i in range(12)
+    ]
+    items = write_jsonl(workdir / "t.jsonl", rows)
+    job = workdir / "job.toml"
+    job.write_text(f'model = "{OPUS}"\nmax_tokens = 100\n')
+    args = ["compare", str(items), "--job", str(job), "--models", HAIKU, "--reference", OPUS, "--judge", JUDGE, "-q"]
+    done = batchrun([*args, "--json"], cwd=workdir, env=cli_env(emulator.base_url))
+    assert done.returncode == 0, done.stderr
+    judged = [p for p in emulator.requests() if p["model"] == JUDGE]
+    seen = set()
+    for p in judged:
+        prompt = p["messages"][0]["content"]
+        n = int(prompt.split("<request>\nT ", 1)[1].split("\n", 1)[0])
+        assert f"<instructions>\n{rules[n % 3]}\n</instructions>" in prompt + system_text(p), p
+        seen.add(rules[n % 3])
+    assert len(seen) > 1  # requests with different system prompts were judged

@@ -14,7 +14,7 @@ MODEL = "claude-haiku-4-5"
 
 
 def shown(workdir: Path, env: dict, run_id: str) -> dict[str, str]:
-    """The run's status as each command shows it."""
+    """The run's status as each command shows it (and the reason's code in status --json)."""
     as_json = batchrun(["status", run_id, "--json"], cwd=workdir, env=env)
     text = batchrun(["status", run_id], cwd=workdir, env=env)
     runs = batchrun(["runs"], cwd=workdir, env=env)
@@ -22,14 +22,16 @@ def shown(workdir: Path, env: dict, run_id: str) -> dict[str, str]:
     assert as_json.returncode == text.returncode == runs.returncode == report.returncode == 0, report.stderr
     return {
         "json": orjson.loads(as_json.stdout)["status"],
+        "code": orjson.loads(as_json.stdout)["stopped_by"],
         "status": text.stdout.splitlines()[0],
         "runs": next(line for line in runs.stdout.splitlines() if line.startswith(run_id)),
         "report": (workdir / "report.html").read_text(),
     }
 
 
-def assert_shown_everywhere(workdir: Path, env: dict, run_id: str, *words: str) -> str:
+def assert_shown_everywhere(workdir: Path, env: dict, run_id: str, code: str, *words: str) -> str:
     seen = shown(workdir, env, run_id)
+    assert seen["code"] == code
     status = seen["json"]
     assert status.startswith("stopped: "), status
     assert "interrupted" not in status
@@ -46,7 +48,8 @@ def test_a_run_stopped_by_an_unknown_model_says_so_and_what_to_do(workdir: Path,
     items = write_jsonl(workdir / "items.jsonl", prompts(4))
     proc = batchrun(["submit", str(items), "--model", "claude-nonesuch-9", "--run-id", "r"], cwd=workdir, env=env)
     assert proc.returncode == 2, proc.stderr
-    assert_shown_everywhere(workdir, env, "r", "model claude-nonesuch-9 does not exist", "fix the model id")
+    words = ("model claude-nonesuch-9 does not exist", "fix the model id")
+    assert_shown_everywhere(workdir, env, "r", "unknown_model", *words)
 
 
 def test_a_run_stopped_by_a_key_the_api_refuses_says_so_and_keeps_no_key(workdir: Path, emulator) -> None:
@@ -55,12 +58,13 @@ def test_a_run_stopped_by_a_key_the_api_refuses_says_so_and_keeps_no_key(workdir
     items = write_jsonl(workdir / "items.jsonl", prompts(4))
     proc = batchrun(["submit", str(items), "--model", MODEL, "--run-id", "r"], cwd=workdir, env=env)
     assert proc.returncode == 3, proc.stderr
-    assert_shown_everywhere(workdir, env, "r", "401", "fix the key or account, then `batchrun resume r`")
+    assert_shown_everywhere(workdir, env, "r", "fatal_api", "401", "fix the key or account, then `batchrun resume r`")
     assert TEST_KEY not in "\n".join(db_dump(workdir / "batchrun.db"))
     emulator.configure(api_key=None)
     done = batchrun(["resume", "r"], cwd=workdir, env=env)
     assert done.returncode == 0, done.stderr
-    assert shown(workdir, env, "r")["json"] == "succeeded"  # the stop is forgotten once a command takes it up
+    after = shown(workdir, env, "r")  # the stop is forgotten once a command takes the run up
+    assert after["json"] == "succeeded" and after["code"] is None
 
 
 def test_a_run_stopped_by_its_budget_says_so_and_what_to_do(workdir: Path, emulator) -> None:
@@ -69,7 +73,7 @@ def test_a_run_stopped_by_its_budget_says_so_and_what_to_do(workdir: Path, emula
     args = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--max-tokens", "50", "--max-cost", "0.001"]
     proc = batchrun(args, cwd=workdir, env=env)
     assert proc.returncode == 3, proc.stderr
-    assert_shown_everywhere(workdir, env, "r", "budget reached", "--max-cost")
+    assert_shown_everywhere(workdir, env, "r", "budget", "budget reached", "--max-cost")
 
 
 def test_a_run_stopped_by_the_outage_guard_says_to_resume_later(workdir: Path, emulator) -> None:
@@ -79,4 +83,4 @@ def test_a_run_stopped_by_the_outage_guard_says_to_resume_later(workdir: Path, e
     args = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--max-attempts", "2"]
     proc = batchrun(args, cwd=workdir, env=env)
     assert proc.returncode == 3, proc.stderr
-    assert_shown_everywhere(workdir, env, "r", "`batchrun resume r` later")
+    assert_shown_everywhere(workdir, env, "r", "outage", "`batchrun resume r` later")
