@@ -61,8 +61,12 @@ def assert_status_is_the_bill(workdir: Path, env: dict, run_id: str, emulator) -
     return status
 
 
-def last_progress(stderr: str) -> str:
-    return [line for line in stderr.splitlines() if " done, " in line and " ok, " in line][-1]
+def assert_progress_agrees(stderr: str, status: dict) -> None:
+    """The command's last progress line shows the run's tokens and cost as status does."""
+    line = [line for line in stderr.splitlines() if " done, " in line and " ok, " in line][-1]
+    t = status["tokens"]
+    tokens = t["input"] + t["output"] + t["cache_creation"] + t["cache_read"]
+    assert f"; {tokens:,} tokens, cost ${status['cost_usd']:.4f}" in line, (line, status)
 
 
 def test_cut_replies_retried_online_count_while_their_items_wait_and_after(workdir: Path, emulator) -> None:
@@ -84,9 +88,7 @@ def test_cut_replies_retried_online_count_while_their_items_wait_and_after(workd
     assert done.returncode == 0, done.stderr
     status = assert_status_is_the_bill(workdir, env, "r", emulator)
     assert status["cost_usd"] > waiting["cost_usd"]
-    t = status["tokens"]
-    tokens = t["input"] + t["output"] + t["cache_creation"] + t["cache_read"]
-    assert f"; {tokens:,} tokens, cost ${status['cost_usd']:.4f}" in last_progress(done.stderr)
+    assert_progress_agrees(done.stderr, status)
 
 
 def test_cut_replies_retried_in_batch_mode_keep_their_online_price(workdir: Path, emulator) -> None:
@@ -123,6 +125,7 @@ def test_batch_results_sent_again_count_while_their_items_wait(workdir: Path, em
     assert done.returncode == 0, done.stderr
     status = assert_status_is_the_bill(workdir, env, "r", emulator)
     assert status["tokens"]["output"] > waiting["tokens"]["output"]
+    assert_progress_agrees(done.stderr, status)
     again = batchrun(["resume", "r"], cwd=workdir, env=env)  # nothing left: nothing billed, nothing counted twice
     assert again.returncode == 0, again.stderr
     assert status_of(workdir, env, "r")["tokens"] == status["tokens"]
