@@ -214,7 +214,7 @@ def _stop_reason(run: dict[str, Any]) -> str | None:
     """The reason code of the stop kept with a run (unknown_model, fatal_api, budget, outage, interrupted, ...)."""
     from batchrun.stops import stop_reason
 
-    return stop_reason(run.get("stop")) if run["status"] in ("stopped", "interrupted") else None
+    return stop_reason(run.get("stop"))  # a command that takes the run up clears it
 
 
 def _live_status(store: Store, run_id: str, recorded: str, stop: str | None = None) -> str:

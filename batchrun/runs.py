@@ -389,8 +389,9 @@ def finish(
     return Ending(run_id, counts, exit_code, time.monotonic() - started, sent, stop, reused)
 
 
-# Stops a resume takes up as they are: the run is "interrupted" or has "batches processing". Any other stop (an
-# unknown model, a key the API refuses, the budget, an outage...) leaves it "stopped", with its reason kept.
+# Stops after which the run is plainly "interrupted" (a signal) or has "batches processing" (--no-wait, --timeout).
+# Any other stop (an unknown model, a key the API refuses, the budget, an outage, --limit...) leaves it "stopped":
+# its reason is kept with it, and status, runs and the report say what happened and what to do.
 RESUMABLE_STOPS = frozenset({StopReason.INTERRUPTED, StopReason.NO_WAIT, StopReason.TIMEOUT, StopReason.CANCEL_TIMEOUT})
 
 
