@@ -35,7 +35,10 @@ def worst_cost(
     return usd * (BATCH_DISCOUNT if batch else 1.0)
 
 
-def request_worst(params: Mapping[str, Any], prices: Mapping[str, Mapping[str, float]] | None) -> float | None:
+def request_worst(
+    params: Mapping[str, Any], prices: Mapping[str, Mapping[str, float]] | None, file_tokens: int = 0
+) -> float | None:
+    """`file_tokens`: what the files of a folder run's request add (its stored request holds placeholders)."""
     system = params.get("system")
     cached = 0
     ttl = "5m"
@@ -44,7 +47,7 @@ def request_worst(params: Mapping[str, Any], prices: Mapping[str, Mapping[str, f
             if isinstance(block, dict) and "cache_control" in block:
                 cached += len(str(block.get("text") or ""))
                 ttl = max(ttl, block["cache_control"].get("ttl", "5m"), key=CACHE_WRITE.get)
-    chars = len(str(system or "")) + len(str(params.get("messages") or ""))
+    chars = len(str(system or "")) + len(str(params.get("messages") or "")) + file_tokens * CHARS_PER_TOKEN_LOW
     return worst_cost(params["model"], chars, params["max_tokens"], prices, cached_chars=cached, ttl=ttl)
 
 
@@ -57,11 +60,11 @@ class Budget:
         self.prices = prices
         self.settled = asyncio.Event()
 
-    def reserve(self, params: Mapping[str, Any]) -> float | None:
+    def reserve(self, params: Mapping[str, Any], file_tokens: int = 0) -> float | None:
         """Hold the request's worst case; None when it would take the run over its limit."""
         if self.limit is None:
             return 0.0
-        worst = request_worst(params, self.prices)
+        worst = request_worst(params, self.prices, file_tokens)
         if worst is None or self.spent + self.reserved + worst > self.limit:
             return None
         self.reserved += worst

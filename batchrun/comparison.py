@@ -3,7 +3,8 @@
 then every schema field of every model's answer compared with the reference's.
 
 A text job (no schema) needs a judge model: an answer whose text equals the reference's (after trimming) agrees
-without asking; for every other pair the judge gets JUDGE_SYSTEM and `judge_prompt(...)` and answers JUDGE_SCHEMA.
+without asking; for every other pair the judge gets JUDGE_SYSTEM with the job's system prompt (`judge_system`), the
+instructions the answers were written to, and `judge_prompt(...)`, and answers JUDGE_SCHEMA.
 The judge's requests are a run of their own per model, resumable and cached like the others.
 """
 
@@ -47,11 +48,25 @@ JUDGE_SCHEMA: dict[str, Any] = {
 }
 
 
-def judge_prompt(request: str, reference: str, candidate: str) -> str:
+JUDGE_INSTRUCTIONS = (
+    "\n\nThe answers were written to these instructions (the request's system prompt): judge them by what the "
+    "instructions ask for.\n<instructions>\n{instructions}\n</instructions>"
+)
+
+
+def judge_system(instructions: str) -> str:
+    """The judge's system prompt: JUDGE_SYSTEM, and the instructions every judged answer was written to (the job's
+    system prompt, the same for every request: held once, and cached like any long system prompt)."""
+    return JUDGE_SYSTEM + (JUDGE_INSTRUCTIONS.format(instructions=instructions) if instructions else "")
+
+
+def judge_prompt(request: str, reference: str, candidate: str, instructions: str = "") -> str:
     """What the judge is asked for one pair of answers (documented in the README: do not change it lightly,
-    a changed prompt is a new judge run)."""
+    a changed prompt is a new judge run). `instructions`: this request's own system prompt, when the requests
+    do not all share one (judge_system holds a shared one)."""
     return (
-        f"<request>\n{request}\n</request>\n\n<reference_answer>\n{reference}\n</reference_answer>\n\n"
+        (f"<instructions>\n{instructions}\n</instructions>\n\n" if instructions else "")
+        + f"<request>\n{request}\n</request>\n\n<reference_answer>\n{reference}\n</reference_answer>\n\n"
         f"<candidate_answer>\n{candidate}\n</candidate_answer>\n\n"
         "Does the candidate answer agree with the reference answer?"
     )
@@ -400,12 +415,26 @@ def request_text(params: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def request_system(params: Mapping[str, Any]) -> str:
+    """The request's system prompt as text ('' when it has none)."""
+    system = params.get("system")
+    if isinstance(system, str):
+        return system
+    blocks = system if isinstance(system, list) else []
+    return "\n".join(str(b.get("text") or "") for b in blocks if isinstance(b, Mapping) and b.get("type") == "text")
+
+
 def request_texts(leg: Leg, ids: Iterable[str]) -> dict[str, str]:
+    return {cid: text for cid, (text, _) in request_views(leg, ids).items()}
+
+
+def request_views(leg: Leg, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """custom_id -> (the user's side of the request, its system prompt), for the items `ids` names."""
     wanted = set(ids)
     if not wanted:
         return {}
     return {
-        item.custom_id: request_text(item.params)[:MAX_INPUT_CHARS]
+        item.custom_id: (request_text(item.params)[:MAX_INPUT_CHARS], request_system(item.params))
         for item in read_items(leg.path, leg.job)
         if item.custom_id in wanted
     }
@@ -536,17 +565,21 @@ class Comparer:
         if not pairs:
             return verdicts, EXIT_OK, None, {}
         assert self.spec.judge is not None
-        texts = request_texts(self._reference(), pairs)
+        views = request_views(self._reference(), pairs)
+        systems = {system for _, system in views.values()}
+        shared = systems.pop() if len(systems) == 1 else ""  # the job's system prompt: in the judge's own
         stem = _slug(Path(self._reference().path).name.split(".")[0])[:16]
         out = self.workdir / f"{stem}-judge-{_slug(leg.model)}.jsonl"
         with out.open("wb") as f:
             for cid in pairs:
-                prompt = judge_prompt(texts.get(cid, ""), str(reference[cid].value), str(answers[cid].value))
+                text, system = views.get(cid, ("", ""))
+                own = "" if shared else system
+                prompt = judge_prompt(text, str(reference[cid].value), str(answers[cid].value), own)
                 f.write(orjson.dumps({"custom_id": cid, "prompt": prompt}) + b"\n")
         judge_job = Job(
             model=self.spec.judge,
             max_tokens=JUDGE_MAX_TOKENS,
-            system=JUDGE_SYSTEM,
+            system=judge_system(shared),
             schema=JUDGE_SCHEMA,
             mode=self.job.mode if self.job.mode != "auto" else "online",
             concurrency=self.job.concurrency,
@@ -600,7 +633,8 @@ def dry_run(path: str, job: Job, spec: Spec, make_client: Callable[[], Any] | No
     if spec.judge is not None:
         judge_usd: float | None = 0.0
         for item in read_items(legs[-1].path, legs[-1].job):
-            chars = len(request_text(item.params)) + 8 * job.max_tokens + len(JUDGE_SYSTEM) + 300
+            chars = len(request_text(item.params)) + 8 * job.max_tokens + len(judge_system(request_system(item.params)))
+            chars += 300
             judge_usd = _add_cost(
                 judge_usd, worst_cost(spec.judge, chars, JUDGE_MAX_TOKENS, job.prices, batch=how == "batch")
             )

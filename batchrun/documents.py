@@ -358,6 +358,33 @@ def read_checked(root: Path, held: dict[str, Any]) -> bytes:
     return raw
 
 
+# What the limiter counts for a file before the reply says (batchrun.limiter estimates the rest of the request):
+# a PDF page is its text and an image of the page (the API's typical 1,500-3,000 text tokens a page, leaning high);
+# an image about width x height / 750 tokens after the API's resize (long edge 1,568 px, 1.15 megapixels at most).
+PAGE_TOKENS = 3_000
+PIXELS_PER_TOKEN = 750
+LONG_EDGE = 1568
+MAX_PIXELS = 1_150_000
+IMAGE_TOKENS = 1_600  # an image whose size cannot be read: the most one costs
+
+
+def file_tokens(held: dict[str, Any], raw: bytes | None) -> int:
+    """The input tokens a file's block adds to its request, estimated from the file (`raw`: its bytes, when read)."""
+    media_type = held["media_type"]
+    if media_type == "text/plain":
+        return -(-int(held["bytes"]) // 4)  # 4 characters a token, and a character is a byte or more
+    if raw is None:
+        return PAGE_TOKENS * MAX_PDF_PAGES if media_type == PDF else IMAGE_TOKENS
+    if media_type == PDF:
+        return PAGE_TOKENS * max(1, len(PDF_PAGE_RE.findall(raw)))
+    size = image_size(raw, media_type)
+    if not size or min(size) < 1:
+        return IMAGE_TOKENS
+    width, height = size
+    scale = min(1.0, LONG_EDGE / max(width, height), (MAX_PIXELS / (width * height)) ** 0.5)
+    return max(1, -(-int(width * scale) * int(height * scale) // PIXELS_PER_TOKEN))
+
+
 @dataclass(slots=True)
 class Resolver:
     """Turns a stored request's placeholders into the blocks sent: the file's bytes (read now), or its upload."""
@@ -366,22 +393,39 @@ class Resolver:
     file_ids: dict[str, str]
 
     def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.resolve(params, count=False)[0]
+
+    def resolve(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], int]:
+        """The request as sent, and (with `count`) the input tokens its files add (file_tokens), for the limiter."""
         messages = []
+        tokens = 0
         for message in params["messages"]:
             content = message.get("content")
             if isinstance(content, list) and any(isinstance(b, dict) and MARK in b for b in content):
-                content = [self.block(b[MARK]) if isinstance(b, dict) and MARK in b else b for b in content]
-                message = {**message, "content": content}
+                blocks = []
+                for b in content:
+                    if isinstance(b, dict) and MARK in b:
+                        block, counted = self.block(b[MARK], count)
+                        blocks.append(block)
+                        tokens += counted
+                    else:
+                        blocks.append(b)
+                message = {**message, "content": blocks}
             messages.append(message)
-        return {**params, "messages": messages}
+        return {**params, "messages": messages}, tokens
 
-    def block(self, held: dict[str, Any]) -> dict[str, Any]:
+    def block(self, held: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], int]:
+        """A placeholder's block, and (with `count`) the input tokens it adds: an uploaded PDF or image is read to
+        count them."""
         file_id = self.file_ids.get(held["sha256"]) if uploadable(held) else None
         if file_id is not None:
-            return file_block(held["as"], file_id)
+            if not count:
+                return file_block(held["as"], file_id), 0
+            raw = None if held["media_type"] == "text/plain" else _read_quietly(self.root / held["file"])
+            return file_block(held["as"], file_id), file_tokens(held, raw)
         raw = read_checked(self.root, held)
         text = raw.decode("utf-8-sig") if held["media_type"] == "text/plain" else None
-        return _block(held, raw, text, None)
+        return _block(held, raw, text, None), file_tokens(held, raw) if count else 0
 
     def line(self, line: bytes) -> bytes:
         """A batch request line `{"custom_id":...,"params":...}` as sent (sorted keys, as stored)."""
@@ -390,6 +434,13 @@ class Resolver:
         request = orjson.loads(line)
         request["params"] = self.params(request["params"])
         return orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+
+
+def _read_quietly(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None  # the upload is what is sent: the estimate leans high instead
 
 
 def resolver(store: Any, run_id: str) -> Resolver | None:
@@ -486,24 +537,25 @@ def with_files_header(make_client: Callable[[], Any]) -> Callable[[], Any]:
     return make
 
 
-def sent_params(store: Any, run_id: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
-    """The online path's view of a request as sent: itself, or for a folder run with its files read now (in a
-    thread). A file that changed since its item was created fails the item (never sent under the old hash)."""
+def sent_params(store: Any, run_id: str) -> Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], int]]]:
+    """The online path's view of a request as sent, and the input tokens its files add (the stored request holds
+    only a placeholder for each): itself and 0, or for a folder run with its files read now (in a thread). A file
+    that changed since its item was created fails the item (never sent under the old hash)."""
     found = resolver(store, run_id)
 
-    async def same(params: dict[str, Any]) -> dict[str, Any]:
-        return params
+    async def same(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return params, 0
 
     if found is None:
         return same
 
-    async def resolved(params: dict[str, Any]) -> dict[str, Any]:
+    async def resolved(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         import asyncio
 
         from batchrun.api import APIFailure
 
         try:
-            return await asyncio.to_thread(found.params, params)
+            return await asyncio.to_thread(found.resolve, params)
         except FileChanged as e:
             raise APIFailure(
                 None,

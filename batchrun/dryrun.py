@@ -79,7 +79,7 @@ class UnknownModel(UsageError):
     """count_tokens answered 404 for a model: the run would stop at its first request the same way."""
 
     def __init__(self, model: str, message: str) -> None:
-        from batchrun.progress import model_missing
+        from batchrun.stops import model_missing
 
         super().__init__(
             f"dry run: {model_missing(model)} (the API said: {message}); nothing was sent (fix the job's model or "

@@ -65,7 +65,7 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
                 "input_path": row["input_path"],
                 "mode": row["mode"],
                 "endpoint": row["endpoint"],
-                "status": live_status(store, row["id"], row["status"]),
+                "status": live_status(store, row["id"], row["status"], row.get("stop")),
                 "total": row["total"],
                 "counts": row["counts"],
                 "cost_usd": None if unpriced else round(usd, 6),
@@ -78,12 +78,15 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
     return listed
 
 
-def live_status(store: Store, run_id: str, recorded: str) -> str:
-    """What the run's lock says: "running" only while a process holds it; one that died left it interrupted."""
+def live_status(store: Store, run_id: str, recorded: str, stop: str | None = None) -> str:
+    """What the run's lock says: "running" only while a process holds it; one that died left it interrupted. A run
+    that stopped says why, and what to do."""
     holder = lock_holder(store.path, run_id)
     if holder:
         return f"running ({holder})"
-    return "interrupted (its process died)" if recorded == "running" else recorded
+    from batchrun.stops import run_status_text
+
+    return "interrupted (its process died)" if recorded == "running" else run_status_text(run_id, recorded, stop)
 
 
 def format_runs(runs: list[dict[str, Any]], db_bytes: int) -> str:

@@ -368,8 +368,8 @@ def watched(store: Store, run_id: str, options: RunOptions, target: Target, prog
 
 
 def _result(store: Store, run_id: str, ending: Any, created: bool) -> RunResult:
-    from batchrun.progress import describe_stop
     from batchrun.report import run_status
+    from batchrun.stops import describe_stop
 
     s = run_status(store, run_id)
     return RunResult(

@@ -207,14 +207,17 @@ class Engine:
     async def _worker(self) -> None:
         while (item := await self.queue.get()) is not None:
             attempts: list[Attempt] = []
+            replies: list[Reply] = []
             try:
                 if self.stopping.is_set():
                     outcome = Outcome(self.run_id, item.line_no, State.PENDING)
                 else:
-                    outcome = await self._process(item, attempts)
+                    outcome = await self._process(item, attempts, replies)
             except asyncio.CancelledError:
-                # aborted mid-request: the item goes back to pending, and the request it sent stays on record
-                self._commit_later(Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts))
+                # aborted mid-request: the item goes back to pending, and the requests it sent stay on record with
+                # the replies they were billed for (an invalid one it was sending again)
+                pending = Outcome(self.run_id, item.line_no, State.PENDING, attempts=attempts)
+                self._commit_later(self._billed(pending, item, replies))
                 raise
             await self._commit_later(outcome)
 
@@ -224,8 +227,7 @@ class Engine:
         self.results.put_nowait((outcome, done))
         return done
 
-    async def _process(self, item: ClaimedItem, attempts: list[Attempt]) -> Outcome:
-        replies: list[Reply] = []
+    async def _process(self, item: ClaimedItem, attempts: list[Attempt], replies: list[Reply]) -> Outcome:
         sent_at: list[float] = []  # when each attempt was sent, on the outage watch's clock
         try:
             async for attempt in retrying(self.job.max_attempts, self._sleep):
@@ -351,10 +353,11 @@ class Engine:
     async def _send(self, item: ClaimedItem, attempts: list[Attempt], sent_at: list[float]) -> Reply:
         if item.params["model"] in self.dead_models:
             raise StopRequested
-        params = await self.sent_params(item.params)
-        budgeted = await self._reserve(item.params)
+        params, file_tokens = await self.sent_params(item.params)  # a folder run's files: read, and counted
+        budgeted = await self._reserve(item.params, file_tokens)
         try:
-            reservation = await self.limiter.acquire(estimate_input_tokens(item.params), item.params["max_tokens"])
+            estimate = estimate_input_tokens(item.params) + file_tokens
+            reservation = await self.limiter.acquire(estimate, item.params["max_tokens"])
         except BaseException:
             self.budget.settle(budgeted, 0.0)
             raise
@@ -399,11 +402,11 @@ class Engine:
         attempts.append(Attempt(started, time.time() - started, "succeeded", 200, request_id=reply.request_id))
         return reply
 
-    async def _reserve(self, params: dict[str, Any]) -> float:
+    async def _reserve(self, params: dict[str, Any], file_tokens: int = 0) -> float:
         """The request's worst case, held against --max-cost. While other requests hold reservations, wait for them
         to settle (most cost far less than their worst case); when none does and it still does not fit, the run
         has reached its budget."""
-        while (budgeted := self.budget.reserve(params)) is None:
+        while (budgeted := self.budget.reserve(params, file_tokens)) is None:
             if not self.budget.holders or self.stopping.is_set():
                 self.stop(Stop(StopReason.BUDGET, self.run_id, {"limit": self.budget.limit}))
                 raise StopRequested

@@ -19,7 +19,8 @@ def run_status(store: Store, run_id: str) -> dict[str, Any]:
     tokens = {k: sum(row[k] or 0 for row in usage) for k in kinds}
     return {
         "run_id": run_id,
-        "status": _live_status(store, run_id, run["status"]),
+        "status": _live_status(store, run_id, run["status"], run.get("stop")),
+        "stopped_by": _stop_reason(run),
         "mode": run["mode"],
         "endpoint": run.get("endpoint"),
         "input_path": run["input_path"],
@@ -209,9 +210,19 @@ def format_batch(b: dict[str, Any]) -> str:
     return line + (" (adopted after a crash)" if b["adopted"] else "")
 
 
-def _live_status(store: Store, run_id: str, recorded: str) -> str:
-    """A run recorded as running whose lock nobody holds was left by a process that died."""
+def _stop_reason(run: dict[str, Any]) -> str | None:
+    """The reason code of the stop kept with a run (unknown_model, fatal_api, budget, outage, interrupted, ...)."""
+    from batchrun.stops import stop_reason
+
+    return stop_reason(run.get("stop"))  # a command that takes the run up clears it
+
+
+def _live_status(store: Store, run_id: str, recorded: str, stop: str | None = None) -> str:
+    """A run recorded as running whose lock nobody holds was left by a process that died; one that stopped says
+    why, and what to do."""
     if recorded != "running":
-        return recorded
+        from batchrun.stops import run_status_text
+
+        return run_status_text(run_id, recorded, stop)
     holder = lock_holder(store.path, run_id)
     return f"running ({holder})" if holder else "interrupted (its process died; `batchrun resume` continues it)"

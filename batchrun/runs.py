@@ -383,19 +383,32 @@ def finish(
         exit_code = EXIT_FAILED_ITEMS
     if stop is not None and stop.reason == StopReason.UNKNOWN_MODEL:
         exit_code = EXIT_USAGE  # bad usage, not "try again later": a resume would only ask the API again
-    open_batches = job.mode != "online" and bool(store.batches(run_id, open_only=True))
-    if exit_code == EXIT_OK:
-        status = "succeeded"
-    elif exit_code == EXIT_FAILED_ITEMS and stop is None:
-        status = "finished with failures"
-    elif canceled:
-        status = "canceled"
-    else:
-        status = "batches processing" if open_batches else "interrupted"
+    status = run_status(exit_code, stop, canceled, job.mode != "online" and bool(store.batches(run_id, open_only=True)))
     sent = store.attempt_count(run_id) - attempts_before
     with contextlib.suppress(sqlite3.Error):  # a store that cannot be written already said so
-        store.set_run_status(run_id, status)
+        from batchrun.stops import stop_record
+
+        store.set_run_status(run_id, status, stop_record(stop) if stop is not None and status != "succeeded" else None)
     return Ending(run_id, counts, exit_code, time.monotonic() - started, sent, stop, reused)
+
+
+# Stops after which the run is plainly "interrupted" (a signal) or has "batches processing" (--no-wait, --timeout).
+# Any other stop (an unknown model, a key the API refuses, the budget, an outage, --limit...) leaves it "stopped":
+# its reason is kept with it, and status, runs and the report say what happened and what to do.
+RESUMABLE_STOPS = frozenset({StopReason.INTERRUPTED, StopReason.NO_WAIT, StopReason.TIMEOUT, StopReason.CANCEL_TIMEOUT})
+
+
+def run_status(exit_code: int, stop: Stop | None, canceled: bool, open_batches: bool) -> str:
+    """The status a command leaves its run in."""
+    if exit_code == EXIT_OK:
+        return "succeeded"
+    if exit_code == EXIT_FAILED_ITEMS and stop is None:
+        return "finished with failures"
+    if canceled:
+        return "canceled"
+    if stop is not None and stop.reason not in RESUMABLE_STOPS:
+        return "stopped"
+    return "batches processing" if open_batches else "interrupted"
 
 
 def exit_code_for(counts: dict[str, int]) -> int:

@@ -95,6 +95,9 @@ class EmulatorConfig:
     # created while it is set, the first whose request was never spoiled, so the item sent again comes back whole.
     batch_bad_lines: str | None = None
     track_keys: bool = True
+    # Keep the bodies of the last `request_log` Messages requests and batch requests' params received (0: none), for
+    # GET /_emulator/requests: a test reads what went over the wire.
+    request_log: int = 0
     # Models that answer differently from the reference (see divergence.py): model id -> share of wrong answers,
     # decided field by field from a hash of the question. Empty: every model answers as before (its own way).
     model_divergence: dict[str, float] = dataclasses.field(default_factory=dict)

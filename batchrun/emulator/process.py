@@ -92,6 +92,10 @@ class EmulatorProcess:
     def stats(self) -> dict:
         return self._call("GET", "/_emulator/stats")
 
+    def requests(self) -> list[dict]:
+        """The Messages request bodies (and batch requests' params) received, oldest first: set request_log first."""
+        return self._call("GET", "/_emulator/requests")["requests"]
+
     def stop(self) -> None:
         if self._lifeline is not None:
             os.close(self._lifeline)

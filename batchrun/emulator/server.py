@@ -7,6 +7,7 @@ import math
 import secrets
 import signal
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -47,6 +48,11 @@ class Emulator:
         self.batches = BatchStore(self.config, self.cache, self.stats)
         self.files = FileStore()
         self.batches.files = self.files
+        self.requests: deque[Any] = deque(maxlen=self.config.request_log)
+
+    def log_request(self, params: Any) -> None:
+        if self.config.request_log:
+            self.requests.append(params)
 
     def reconfigure(self, patch: dict[str, Any]) -> None:
         changed = self.config.update(**patch)
@@ -55,6 +61,8 @@ class Emulator:
         if "seed" in changed:
             self.faults = FaultInjector(self.config)
         self.stats.track_keys = self.config.track_keys
+        if "request_log" in changed:
+            self.requests = deque(self.requests, maxlen=self.config.request_log)
 
     def now(self) -> float:
         """The batches' clock: wall time, plus however far a test has moved it on (POST /_emulator/clock)."""
@@ -205,6 +213,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
 async def _messages(request: web.Request, emu: Emulator, stats: Stats) -> tuple[str | None, web.StreamResponse | None]:
     check_headers(request, emu.config)
     body = await read_json(request, MAX_MESSAGES_BODY)
+    emu.log_request(body)
     error = check_messages(body)
     if error is not None and error.status != 404:
         raise_api_error(error)
@@ -351,6 +360,8 @@ async def handle_batch_create(request: web.Request) -> web.Response:
     emu = request.app[EMULATOR]
     check_headers(request, emu.config)
     items = check_requests(await read_json(request, MAX_BATCH_BODY))
+    for _, params in items:
+        emu.log_request(params)
     if not has_beta(request.headers):
         referring = next((params for _, params in items if emu.files.references(params)), None)
         if referring is not None:
@@ -504,6 +515,11 @@ async def handle_stats(request: web.Request) -> web.Response:
     return json_response(request.app[EMULATOR].stats_json())
 
 
+async def handle_requests(request: web.Request) -> web.Response:
+    """The request bodies kept (config request_log), oldest first."""
+    return json_response({"requests": list(request.app[EMULATOR].requests)})
+
+
 async def handle_reset(request: web.Request) -> web.Response:
     """Start over; with {"config": {...}}, under that config first (one call instead of configure + reset)."""
     emu = request.app[EMULATOR]
@@ -562,6 +578,7 @@ def make_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/v1/models", handle_model_list)
     app.router.add_get("/v1/models/{model_id}", handle_model_get)
     app.router.add_get("/_emulator/stats", handle_stats)
+    app.router.add_get("/_emulator/requests", handle_requests)
     app.router.add_post("/_emulator/reset", handle_reset)
     app.router.add_post("/_emulator/clock", handle_clock)
     app.router.add_route("*", "/_emulator/config", handle_config)

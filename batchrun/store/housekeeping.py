@@ -20,8 +20,8 @@ def run_summaries(store: Store) -> list[dict[str, Any]]:
     """Every run, oldest first, with its counts by state and the bytes its items hold (from the tallies)."""
     rows = list(
         store.db.query(
-            "SELECT r.id, r.created_at, r.updated_at, r.input_path, r.mode, r.endpoint, r.status, r.total, r.job, "
-            "r.pruned_at, coalesce(t.bytes, 0) AS bytes, "
+            "SELECT r.id, r.created_at, r.updated_at, r.input_path, r.mode, r.endpoint, r.status, r.stop, r.total, "
+            "r.job, r.pruned_at, coalesce(t.bytes, 0) AS bytes, "
             "(SELECT count(*) FROM batches b WHERE b.run_id = r.id AND b.collected_at IS NULL) AS open_batches "
             "FROM runs r LEFT JOIN (SELECT run_id, sum(bytes) AS bytes FROM run_tallies GROUP BY run_id) t "
             "ON t.run_id = r.id ORDER BY r.created_at"
@@ -42,7 +42,7 @@ def open_batch_count(store: Store, run_id: str) -> int:
 def delete_run(store: Store, run_id: str) -> None:
     """Remove a run and everything of it, and the shared request parts no item uses any more."""
     with store._write():
-        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies"):
+        for table in ("attempts", "items", "batches", "foreign_batches", "run_tallies", "run_billed"):
             store.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         store.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
         _drop_unused_parts(store)

@@ -195,6 +195,25 @@ ON CONFLICT DO UPDATE SET items = items + excluded.items, input = input + exclud
 """
 
 
+# Add the replies of a group's outcomes to what the run was billed, by the item's model and the reply's path:
+# [line_no, via, input, output, cache writes, 1-hour cache writes or null, cache reads] per outcome, counted only
+# for the items the record statement writes (one already succeeded keeps its result: a reply read again after a
+# crash is not billed twice).
+BILL = """
+INSERT INTO run_billed (run_id, model, via, input, output, cache_creation, cache_creation_1h, cache_read)
+SELECT i.run_id, i.model, b.value ->> 1, sum(b.value ->> 2), sum(b.value ->> 3), sum(b.value ->> 4),
+    sum(coalesce(b.value ->> 5, CASE WHEN instr(i.own, '"ttl":"1h"')
+        OR (SELECT ttl_1h FROM request_parts WHERE id = i.parts) THEN b.value ->> 4 ELSE 0 END)),
+    sum(b.value ->> 6)
+FROM json_each(:bills) b CROSS JOIN items i ON i.run_id = :run_id AND i.line_no = b.value ->> 0
+WHERE i.state != 'succeeded'
+GROUP BY i.model, b.value ->> 1
+ON CONFLICT DO UPDATE SET input = input + excluded.input, output = output + excluded.output,
+    cache_creation = cache_creation + excluded.cache_creation,
+    cache_creation_1h = cache_creation_1h + excluded.cache_creation_1h, cache_read = cache_read + excluded.cache_read
+"""
+
+
 class Recording(StoreBase):
     """Writing outcomes: results, state changes, attempts and tallies, a group in one transaction."""
 
@@ -207,7 +226,10 @@ class Recording(StoreBase):
         lines: dict[str, list[int]] = {}
         for o in outcomes:
             lines.setdefault(o.run_id, []).append(o.line_no)
+        bills = _bills(outcomes)
         with self._write():
+            for run_id, billed in bills.items():  # before the items change: which are not succeeded yet
+                self.db.execute(BILL, {"run_id": run_id, "bills": orjson.dumps(billed).decode()})
             self._retally(lines, -1)
             if rows:
                 statement, params = record_parameters(rows)
@@ -236,6 +258,27 @@ class Recording(StoreBase):
     def _retally(self, lines: dict[str, list[int]], sign: int) -> None:
         for run_id, line_nos in lines.items():
             self.db.execute(RETALLY, {"sign": sign, "run_id": run_id, "lines": orjson.dumps(line_nos).decode()})
+
+
+def _bills(outcomes: list[Outcome]) -> dict[str, list[tuple[Any, ...]]]:
+    """The billed usage of each outcome that carries any, by run (BILL's rows)."""
+    bills: dict[str, list[tuple[Any, ...]]] = {}
+    for o in outcomes:
+        u = o.usage
+        if not u:
+            continue
+        row = (
+            o.line_no,
+            o.via,
+            u.get("input_tokens") or 0,
+            u.get("output_tokens") or 0,
+            u.get("cache_creation_input_tokens") or 0,
+            _writes_1h(u),
+            u.get("cache_read_input_tokens") or 0,
+        )
+        if any(row[2:5]) or row[6]:
+            bills.setdefault(o.run_id, []).append(row)
+    return bills
 
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:

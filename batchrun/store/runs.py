@@ -270,8 +270,11 @@ class Runs(StoreBase):
             problems.append(duplicate_problem(input_path, line, first, custom_id, id_field))
         return InputError(problems, more, lines)
 
-    def set_run_status(self, run_id: str, status: str) -> None:
-        self.db.execute("UPDATE runs SET status = ?, updated_at = ? WHERE id = ?", [status, time.time(), run_id])
+    def set_run_status(self, run_id: str, status: str, stop: str | None = None) -> None:
+        """The run's status, and why it stopped (batchrun.stops' record; None: it did not stop early)."""
+        self.db.execute(
+            "UPDATE runs SET status = ?, stop = ?, updated_at = ? WHERE id = ?", [status, stop, time.time(), run_id]
+        )
 
 
 def _raise_input_problems(*errors: InputError | None) -> None:

@@ -605,3 +605,35 @@ def m013_documents(db: Database) -> None:
 def m014_limit_use(db: Database) -> None:
     """What a run's online sending took of the account's rate limits, and the 429s it met (status, report)."""
     db.execute("ALTER TABLE runs ADD COLUMN limit_use TEXT")
+
+
+@migrations()
+def m015_billed(db: Database) -> None:
+    """What the API billed each run, by model and path (online or batch), whatever became of the items: a reply
+    billed to an item that went back to pending (cut, invalid, malformed, stopped) is counted once, when its
+    outcome is committed, at the price of the path that got it. `Store.record` adds to it in the transaction
+    that writes the outcomes; status, the progress lines and the report read it.
+
+    Filled from the items' tokens (every billed reply added up), at the item's path; an item pending since its
+    last reply has none, so its tokens are the run's mode (online, or batch)."""
+    db.execute(
+        "CREATE TABLE run_billed (run_id TEXT NOT NULL, model TEXT NOT NULL, via TEXT NOT NULL, "
+        "input INTEGER NOT NULL, output INTEGER NOT NULL, cache_creation INTEGER NOT NULL, "
+        "cache_creation_1h INTEGER NOT NULL, cache_read INTEGER NOT NULL, PRIMARY KEY (run_id, model, via)) "
+        "WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO run_billed SELECT i.run_id, i.model, CASE WHEN i.via IN ('online', 'batch') THEN i.via "
+        "WHEN r.mode = 'batch' THEN 'batch' ELSE 'online' END, sum(i.input_tokens), sum(i.output_tokens), "
+        "sum(i.cache_creation_tokens), sum(i.cache_creation_1h_tokens), sum(i.cache_read_tokens) "
+        "FROM items i JOIN runs r ON r.id = i.run_id WHERE i.input_tokens + i.output_tokens + "
+        "i.cache_creation_tokens + i.cache_read_tokens > 0 GROUP BY 1, 2, 3"
+    )
+
+
+@migrations()
+def m015b_run_stop(db: Database) -> None:
+    """Why a run stopped before its items were done (a stop reason and the detail its words need, JSON), kept
+    with its status until a later command takes the run up: `runs`, `status` and the report say what happened
+    and what to do, not just "interrupted"."""
+    db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")

@@ -40,6 +40,10 @@ class Status(StoreBase):
             "stop_reason, sum(n) FROM (SELECT run_id, model, via, state, stop_reason, items AS n FROM run_tallies "
             "UNION ALL SELECT run_id, model, coalesce(via, ''), state, coalesce(stop_reason, ''), -count(*) "
             "FROM items GROUP BY 1, 2, 3, 4, 5) GROUP BY 1, 2, 3, 4, 5 HAVING sum(n) != 0)",
+            "runs whose billed tokens differ from their items'": "SELECT count(*) FROM (SELECT run_id, sum(n) "
+            "FROM (SELECT run_id, input + output + cache_creation + cache_read AS n FROM run_billed UNION ALL "
+            "SELECT run_id, -(input_tokens + output_tokens + cache_creation_tokens + cache_read_tokens) FROM items) "
+            "GROUP BY run_id HAVING sum(n) != 0)",
             "custom_ids used twice in a run": "SELECT count(*) FROM (SELECT 1 FROM items GROUP BY run_id, custom_id "
             "HAVING count(*) > 1)",
         }
@@ -70,13 +74,19 @@ class Status(StoreBase):
         return counts
 
     def usage(self, run_id: str) -> list[dict[str, Any]]:
-        """Tokens by model and path (online or batch), for what the run has been billed so far."""
+        """Tokens the run was billed, by model and path (online or batch; cache: answered from the store, free),
+        with the items that path ended. Every billed reply counts, whatever became of its item: one that went
+        back to pending as well (`run_billed`)."""
         return list(
             self.db.query(
                 "SELECT model, via, sum(items) AS items, sum(input) AS input, sum(output) AS output, "
                 "sum(cache_creation) AS cache_creation, sum(cache_creation_1h) AS cache_creation_1h, "
-                "sum(cache_read) AS cache_read FROM run_tallies WHERE run_id = ? AND via != '' "
-                "GROUP BY model, via HAVING sum(items) > 0 ORDER BY model, via",
+                "sum(cache_read) AS cache_read FROM (SELECT model, via, items, 0 AS input, 0 AS output, "
+                "0 AS cache_creation, 0 AS cache_creation_1h, 0 AS cache_read FROM run_tallies "
+                "WHERE run_id = ?1 AND via != '' UNION ALL SELECT model, via, 0, input, output, cache_creation, "
+                "cache_creation_1h, cache_read FROM run_billed WHERE run_id = ?1) GROUP BY model, via "
+                "HAVING sum(items) > 0 OR sum(input) + sum(output) + sum(cache_creation) + sum(cache_read) > 0 "
+                "ORDER BY model, via",
                 [run_id],
             )
         )
