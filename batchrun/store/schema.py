@@ -607,7 +607,7 @@ def m014_limit_use(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN limit_use TEXT")
 
 
-@migrations()
+@migration
 def m015_billed(db: Database) -> None:
     """What the API billed each run, by model and path (online or batch), whatever became of the items: a reply
     billed to an item that went back to pending (cut, invalid, malformed, stopped) is counted once, when its
@@ -631,7 +631,7 @@ def m015_billed(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m015b_run_stop(db: Database) -> None:
     """Why a run stopped before its items were done (a stop reason and the detail its words need, JSON), kept
     with its status until a later command takes the run up: `runs`, `status` and the report say what happened
