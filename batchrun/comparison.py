@@ -33,6 +33,7 @@ EMULATED_DIVERGENCE = "claude-haiku-4-5=0.06,claude-sonnet-4-6=0.005"
 TEXT_FIELD = "text"  # the one "field" of a text job
 WHOLE_FIELD = "answer"  # the one "field" of a schema that is not an object with properties
 MAX_EXAMPLES = 5  # disagreements kept per model for the report
+PROBE_MODEL = "batchrun-compare-probe"  # no line names it: a rendered item with another model named its own
 MAX_INPUT_CHARS = 2000
 JUDGE_MAX_TOKENS = 400
 JUDGE_SYSTEM = (
@@ -164,7 +165,8 @@ class Leg:
 
 def sample_ids(path: str, job: Job, n: int | None) -> tuple[set[str] | None, int]:
     """The custom_ids of a deterministic sample of `n` items (those whose id hashes lowest), or None for all;
-    and how many items the file has. The same file and n give the same sample on every machine."""
+    and how many items the file has. The same file and n give the same sample on every machine. `job` names
+    PROBE_MODEL, so a line that names any model of its own (the reference's too) is seen and refused."""
     ids = []
     for item in read_items(path, job):
         if item.params.get("model") != job.model:
@@ -194,8 +196,7 @@ def _slug(text: str) -> str:
 def make_legs(path: str, job: Job, spec: Spec, workdir: Path) -> tuple[list[Leg], int]:
     """A leg per model and one for the reference, each with its job and its input file; and the number of items
     compared. Without a sample (or a sample as large as the file) a leg's run is `submit ITEMS --model M`'s run."""
-    reference_job = job.with_overrides(model=spec.reference)
-    chosen, total = sample_ids(path, reference_job, spec.sample)
+    chosen, total = sample_ids(path, replace(job, model=PROBE_MODEL), spec.sample)
     legs = []
     for model, role in [*((m, "model") for m in spec.models), (spec.reference, "reference")]:
         leg_job = job.with_overrides(model=model)

@@ -299,6 +299,12 @@ def test_bad_input_is_refused_before_anything_is_sent_or_stored(workdir: Path, e
     write_jsonl(items, [*tickets(2), {"custom_id": "c", "text": "mine", "model": SONNET}])
     own = run_cli(compare_args(items, write_job(workdir)), cwd=workdir, env=env)
     assert own.returncode == 2 and f"{items}:3: the line names its own model" in own.stderr, own.stderr
+    # the reference's own name too: every leg would go to the reference, which agrees with itself 100%
+    params = {"model": OPUS, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    write_jsonl(items, [*tickets(2), {"custom_id": "r", "params": params}])
+    reference = run_cli(compare_args(items, write_job(workdir)), cwd=workdir, env=env)
+    assert reference.returncode == 2, reference.stderr
+    assert f"{items}:3: the line names its own model ({OPUS})" in reference.stderr
     write_jsonl(items, tickets(3))
     same = run_cli([*compare_args(items, write_job(workdir)), "--models", f"{HAIKU},{OPUS}"], cwd=workdir, env=env)
     assert same.returncode == 2 and "names the reference" in same.stderr
