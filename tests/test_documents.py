@@ -390,3 +390,22 @@ def test_the_readme_nightly_example_runs_as_printed(tmp_path: Path, emulator) ->
         "minutes.txt": "api", "office-move.md": "api", "on-call.txt": "cache", "reports/chart.png": "cache",
         "reports/q3.pdf": "cache",
     }  # fmt: skip
+
+
+def test_delete_leaves_no_row_of_the_run_in_any_table(tmp_path: Path, emulator) -> None:
+    """A folder run has rows in item_files too: delete removes them with the rest (every table with a run_id)."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("The cat sat.")
+    (tmp_path / "docs" / "c.pdf").write_bytes(pdf(1))
+    job_file(tmp_path)
+    env = cli_env(emulator.base_url)
+    done = batchrun([*submit(tmp_path, tmp_path / "docs"), "--run-id", "folder"], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    db = tmp_path / "b.db"
+    tables = [t for (t,) in db_rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    with_run_id = [t for t in tables if any(c == "run_id" for (_, c, *_) in db_rows(db, f'PRAGMA table_info("{t}")'))]
+    assert "item_files" in with_run_id and db_rows(db, "SELECT count(*) FROM item_files") == [(2,)]
+    deleted = batchrun(["delete", "folder", "--db", str(db)], cwd=tmp_path, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    left = {t: db_rows(db, f'SELECT count(*) FROM "{t}" WHERE run_id = ?', ["folder"])[0][0] for t in with_run_id}
+    assert left == dict.fromkeys(with_run_id, 0)
