@@ -23,6 +23,18 @@ def emulator(extra_args: str | None = None) -> Iterator[str]:
         yield process.base_url
 
 
+def divergence_label(args: str | None = None) -> str | None:
+    """`model divergence M=S,...` when the emulator these flags start makes models diverge from a reference, else None.
+
+    Such an emulator answers differently from a plain one, so it is recorded as another endpoint: the response cache
+    never serves a plain emulated run's answers to a comparison (or the other way round)."""
+    chosen = args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or DEFAULT_ARGS
+    divergence = config_from_argv(chosen.split())[0].model_divergence
+    if not divergence:
+        return None
+    return "model divergence " + ",".join(f"{model}={share:g}" for model, share in sorted(divergence.items()))
+
+
 def refuse_no_wait(emulate: bool, no_wait: bool) -> None:
     """The emulator lives as long as the command: batches left in it by --no-wait could never be collected,
     cancelled or deleted."""

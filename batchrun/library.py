@@ -192,14 +192,16 @@ def client_factory(
     from batchrun.api import endpoint_of, make_client
 
     if emulate:
-        from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, emulator
+        from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, divergence_label, emulator
 
         chosen = os.environ.get("BATCHRUN_EMULATOR_ARGS")
         args = None if chosen or not emulator_extra else f"{DEFAULT_ARGS} {emulator_extra}"
+        label = divergence_label(args)
         url = stack.enter_context(emulator(args))
         if say is not None:
             say(f"--emulate: requests go to the built-in API emulator at {url}; no request leaves this machine")
-        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
+        endpoint = endpoint_of(True) if label is None else f"{endpoint_of(True)} ({label})"
+        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint)
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "

@@ -149,12 +149,20 @@ def check_endpoint(run: dict[str, Any], endpoint: str) -> None:
 
 
 def describe_endpoint(endpoint: str) -> str:
+    if endpoint.startswith(f"{EMULATOR_ENDPOINT} ("):  # an emulator whose models diverge (batchrun compare)
+        return f"the built-in emulator with {endpoint[len(EMULATOR_ENDPOINT) + 2 : -1]}"
     return "the built-in emulator" if endpoint == EMULATOR_ENDPOINT else endpoint
 
 
 def how_to_reach(endpoint: str) -> str:
     if endpoint == EMULATOR_ENDPOINT:
         return "add --emulate"
+    if endpoint.startswith(f"{EMULATOR_ENDPOINT} (model divergence "):
+        shares = endpoint[len(EMULATOR_ENDPOINT) + len(" (model divergence ") : -1]
+        return (
+            "run the same `batchrun compare ... --emulate`, "
+            f"or add --emulate with BATCHRUN_EMULATOR_ARGS='--model-divergence {shares}'"
+        )
     if endpoint == DEFAULT_ENDPOINT:
         return "unset ANTHROPIC_BASE_URL"
     return f"set ANTHROPIC_BASE_URL={endpoint}"
