@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess as sp
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 import batchrun.emulate
 from batchrun.emulator.config import config_from_argv
 from tests.conftest import batchrun as run_cli
-from tests.conftest import write_jsonl
+from tests.conftest import wait_until, write_jsonl
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +78,82 @@ def test_compare_with_a_model_the_api_does_not_know_exits_2_naming_it(workdir: P
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("batchrun: error:") and "claude-nosuch-1 does not exist" in last, done.stderr
     assert "recommended" not in done.stdout
+
+
+def emulators_of(pid: int) -> list[int]:
+    """The emulator processes `pid` started (once they run the emulator's program, not while they are forks)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [c for c in children if b"batchrun.emulator" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    except OSError:
+        return []
+
+
+def catches_sigint(pid: int) -> bool:
+    """Python has set up its Ctrl-C handler (before, a SIGINT ends the process without a word)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the emulator's process in /proc")
+def test_ctrl_c_while_the_emulator_starts_prints_one_line_and_leaves_no_emulator(workdir: Path) -> None:
+    """A terminal sends Ctrl-C's SIGINT to the whole foreground process group: the command, and the emulator it
+    is starting (which is still importing). One line, exit 3, no traceback, no emulator left behind."""
+    items = tickets(workdir, 4)
+    args = ["submit", str(items), "--job", str(ROOT / "jobs/classify_tickets.toml"), "--emulate", "--db", "c.db"]
+    proc = sp.Popen(
+        [sys.executable, "-m", "batchrun", *args],
+        cwd=workdir,
+        env=user_env(),
+        stdin=sp.DEVNULL,
+        stdout=sp.PIPE,
+        stderr=sp.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job
+    )
+    try:
+        wait_until(lambda: emulators_of(proc.pid), timeout=30, step=0.002)
+        emulator_pid = emulators_of(proc.pid)[0]
+        wait_until(lambda: catches_sigint(emulator_pid), timeout=30, step=0.002)  # it is importing its modules
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("batchrun: interrupted"), err
+    wait_until(lambda: not alive(emulator_pid), timeout=15)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_emulator_stops_quietly_however_many_signals_it_gets(sig: signal.Signals) -> None:
+    """`--emulate` stops its emulator with two SIGTERMs (the lifeline's end and terminate()), and a user presses
+    Ctrl-C more than once: a signal that lands while the emulator closes must not print a traceback."""
+    proc = sp.Popen(
+        [sys.executable, "-m", "batchrun.emulator", "--port", "0"], stdout=sp.PIPE, stderr=sp.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("batchrun-emulator listening on")
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:  # signals all along its way out
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            time.sleep(0.0005)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

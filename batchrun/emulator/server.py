@@ -579,15 +579,20 @@ async def start(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) 
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
-    runner, base_url = await start(config, host, port)
-    print(f"batchrun-emulator listening on {base_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line that says it is up: a signal may follow at once
         loop.add_signal_handler(sig, stop.set)
+    runner, base_url = await start(config, host, port)
     try:
+        print(f"batchrun-emulator listening on {base_url}", flush=True)
         await stop.wait()
     finally:
+        # Stopping already: a later signal (the lifeline's and terminate()'s both come, a Ctrl-C pressed again) is
+        # ignored, rather than landing while asyncio closes the pipe its handlers write to (a traceback on stderr).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         await runner.cleanup()
 
 
