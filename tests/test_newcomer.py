@@ -157,3 +157,46 @@ def test_the_emulator_stops_quietly_however_many_signals_it_gets(sig: signal.Sig
             proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def one_line_error(done: sp.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batchrun: error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def a_run(workdir: Path, emulated) -> Path:
+    """A finished run `t` of 3 tickets in ./r.db."""
+    args = ["submit", str(tickets(workdir, 3)), "--job", str(ROOT / "jobs/classify_tickets.toml"), "--run-id", "t"]
+    done = run_cli([*args, "--emulate", "--db", "r.db"], cwd=workdir, env=user_env())
+    assert done.returncode == 0, done.stderr
+    return workdir / "r.db"
+
+
+def test_report_never_writes_over_the_database_or_the_input_nor_into_a_missing_directory(
+    workdir: Path, a_run: Path
+) -> None:
+    before = {p: p.read_bytes() for p in (a_run, workdir / "tickets.jsonl")}
+    for output, says in [
+        ("r.db", "-o r.db is the database"),
+        ("tickets.jsonl", "-o tickets.jsonl is the input file"),
+        ("missing/r.html", "-o missing/r.html: directory missing does not exist"),
+    ]:
+        done = run_cli(["report", "t", "--db", "r.db", "-o", output], cwd=workdir, env=user_env())
+        assert done.returncode == 2, done.stderr
+        assert says in one_line_error(done)
+    assert {p: p.read_bytes() for p in before} == before
+    assert run_cli(["status", "t", "--db", "r.db"], cwd=workdir, env=user_env()).returncode == 0
+
+
+def test_results_are_not_written_into_a_spreadsheet_file(workdir: Path, a_run: Path) -> None:
+    """`-o out.xlsx` used to get JSONL lines under a name a spreadsheet then fails to open."""
+    done = run_cli(["results", "t", "--db", "r.db", "-o", "out.xlsx"], cwd=workdir, env=user_env())
+    assert done.returncode == 2
+    assert "does not write .xlsx files (give a .csv file" in one_line_error(done)
+    assert not (workdir / "out.xlsx").exists()
+    args = ["submit", "tickets.jsonl", "--job", str(ROOT / "jobs/classify_tickets.toml"), "--new-run", "--emulate"]
+    done = run_cli([*args, "--db", "r.db", "-o", "out.ods"], cwd=workdir, env=user_env())
+    assert done.returncode == 2 and "does not write .ods files" in done.stderr, done.stderr
+    assert "\n1 run(s);" in run_cli(["runs", "--db", "r.db"], cwd=workdir, env=user_env()).stdout  # no new run
