@@ -200,3 +200,22 @@ def test_results_are_not_written_into_a_spreadsheet_file(workdir: Path, a_run: P
     done = run_cli([*args, "--db", "r.db", "-o", "out.ods"], cwd=workdir, env=user_env())
     assert done.returncode == 2 and "does not write .ods files" in done.stderr, done.stderr
     assert "\n1 run(s);" in run_cli(["runs", "--db", "r.db"], cwd=workdir, env=user_env()).stdout  # no new run
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["submit", "items.jsonl", "--mode", "fast"], "'fast' is not one of 'online', 'batch', 'auto'"),
+        (["submit", "items.jsonl", "--concurrency", "-1"], "--concurrency"),
+        (["results", "r", "--only", "bogus"], "'bogus' is not one of 'succeeded', 'failed'"),
+        (["prune"], "Missing option '--older-than'"),
+        (["sumbit", "items.jsonl"], "No such command 'sumbit'"),
+    ],
+)
+def test_a_wrong_flag_value_is_one_line_with_exit_2(workdir: Path, args: list[str], says: str) -> None:
+    """click's own usage errors were four lines (Usage:, Try ..., a blank line, Error: ...): now one, as every
+    other error, naming the option and where the options are listed."""
+    done = run_cli(args, cwd=workdir, env=user_env())
+    assert done.returncode == 2
+    line = one_line_error(done)
+    assert says in line and "--help` lists the options" in line

@@ -59,6 +59,36 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 PROCESSING_COMMANDS = frozenset({"submit", "resume", "retry", "cancel"})
 
 
+class OneLineUsageError(click.UsageError):
+    """click's usage error (a wrong option value, a missing option, an unknown command) in batchrun's one line."""
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "batchrun"
+        click.echo(f"batchrun: error: {self.format_message()} (`{where} --help` lists the options)", err=True)
+
+
+class OneLineUsage(click.Group):
+    """The command group whose usage errors, its own and its commands', are one line like every other error."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Any:
+    try:
+        yield
+    except OneLineUsageError:
+        raise
+    except click.UsageError as e:
+        raise OneLineUsageError(e.format_message(), e.ctx) from None
+
+
 def reader_gone(code: int) -> NoReturn:
     """The reader of our output went away (`batchrun results RUN | head -1`): stop quietly, without a traceback
     and without Python's own complaint when it flushes the closed pipe at exit. A read command has done what was
