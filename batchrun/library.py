@@ -416,6 +416,15 @@ def _progress(log: str | None) -> Any:
     return Progress(enabled=log is not None, log_format=log or "text")
 
 
+def refuse_missing_input(items: ItemsArg) -> None:
+    """A file that is not there is said at once, in one line: before the key is asked for or an emulator starts."""
+    if not isinstance(items, str | os.PathLike):
+        return
+    path = os.fspath(items)
+    if path != "-" and not any(c in path for c in "*?[") and not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file (check the path)")
+
+
 @contextlib.contextmanager
 def _spooled(items: ItemsArg) -> Iterator[str]:
     """A path as is; an iterable of dicts written to a temporary JSONL file (named items.jsonl)."""
@@ -519,6 +528,7 @@ def _submit(
 
     _refuse_emulated_no_wait(emulate, options)
     the_job = load_job_arg(job, settings)
+    refuse_missing_input(items)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         target = client_factory(stack, emulate, backend, progress.write)

@@ -134,6 +134,7 @@ def test_ctrl_c_while_the_emulator_starts_prints_one_line_and_leaves_no_emulator
     assert proc.returncode == 3, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1].startswith("batchrun: interrupted"), err
+    assert "`batchrun resume RUN` continues one" in err  # what to do
     wait_until(lambda: not alive(emulator_pid), timeout=15)
 
 
@@ -219,3 +220,19 @@ def test_a_wrong_flag_value_is_one_line_with_exit_2(workdir: Path, args: list[st
     assert done.returncode == 2
     line = one_line_error(done)
     assert says in line and "--help` lists the options" in line
+
+
+def test_a_missing_file_or_run_is_said_in_one_line_before_an_emulator_starts_or_the_key_is_asked(
+    workdir: Path, a_run: Path
+) -> None:
+    job = str(ROOT / "jobs/classify_tickets.toml")
+    for args, says in [
+        (["submit", "missing.jsonl", "--job", job, "--emulate"], "missing.jsonl: no such file (check the path)"),
+        (["submit", "missing.jsonl", "--job", job], "missing.jsonl: no such file (check the path)"),
+        (["resume", "nosuch", "--emulate"], "no run 'nosuch'"),
+        (["retry", "nosuch"], "no run 'nosuch'"),
+        (["cancel", "nosuch"], "no run 'nosuch'"),  # not "ANTHROPIC_API_KEY is not set"
+    ]:
+        done = run_cli([*args, "--db", "r.db"], cwd=workdir, env=user_env())
+        assert done.returncode == 2, done.stderr
+        assert says in one_line_error(done)

@@ -27,8 +27,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BatchrunError as e:
             click.echo(f"batchrun: error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("batchrun: interrupted", err=True)
+        except KeyboardInterrupt:  # before a run's own signal handling began, or after it ended
+            more = INTERRUPTED_HINT if fn.__name__ in PROCESSING_COMMANDS else ""
+            click.echo(f"batchrun: interrupted{more}", err=True)
             sys.exit(EXIT_NOT_FINISHED)
         except sqlite3.Error as e:
             from batchrun.store import store_error
@@ -57,6 +58,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 PROCESSING_COMMANDS = frozenset({"submit", "resume", "retry", "cancel"})
+INTERRUPTED_HINT = " (what was done is kept: `batchrun runs` lists the runs, `batchrun resume RUN` continues one)"
 
 
 class OneLineUsageError(click.UsageError):
