@@ -236,3 +236,19 @@ def test_a_missing_file_or_run_is_said_in_one_line_before_an_emulator_starts_or_
         done = run_cli([*args, "--db", "r.db"], cwd=workdir, env=user_env())
         assert done.returncode == 2, done.stderr
         assert says in one_line_error(done)
+
+
+def test_emulator_flags_it_cannot_take_are_one_line(workdir: Path) -> None:
+    """argparse printed its whole usage screen (about 20 lines, as `python -m batchrun.emulator`)."""
+    job = str(ROOT / "jobs/classify_tickets.toml")
+    env = {**user_env(), "BATCHRUN_EMULATOR_ARGS": "--rpm abc"}
+    args = ["submit", str(tickets(workdir, 2)), "--job", job, "--emulate", "--db", "e.db"]
+    done = run_cli(args, cwd=workdir, env=env)
+    assert done.returncode == 2
+    assert one_line_error(done).startswith("batchrun: error: BATCHRUN_EMULATOR_ARGS: argument --rpm: invalid int")
+    assert not (workdir / "e.db").exists()
+    done = run_cli(["emulator", "--p429", "2"], cwd=workdir, env=user_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "batchrun emulator: error: p429: must be between 0 and 1, got 2.0 (`batchrun emulator --help` lists the flags)"
+    ]
