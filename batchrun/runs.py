@@ -118,6 +118,11 @@ def check_job_alone(job: Job) -> None:
             "this run is in mode auto and has no deadline (pass --deadline, e.g. --deadline 6h or --deadline 06:00, or "
             'set deadline = "6h" in the job file)'
         )
+    if job.deadline and job.mode != "auto":  # else it would be stored and never used: a run the user thinks is timed
+        raise UsageError(
+            f"a deadline ({job.deadline}) is for mode auto, and this run is in mode {job.mode} (add --mode auto, or "
+            'mode = "auto" in the job file, to meet it at batch price; or leave the deadline out)'
+        )
 
 
 def check_new_run(store: Store, run_id: str, job: Job) -> None:

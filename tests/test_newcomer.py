@@ -252,3 +252,15 @@ def test_emulator_flags_it_cannot_take_are_one_line(workdir: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "batchrun emulator: error: p429: must be between 0 and 1, got 2.0 (`batchrun emulator --help` lists the flags)"
     ]
+
+
+def test_a_deadline_without_mode_auto_is_refused_not_ignored(workdir: Path, emulated) -> None:
+    """`--deadline 6h` alone made a plain online run (full price, no deadline): the deadline was stored and unused."""
+    job = str(ROOT / "jobs/classify_tickets.toml")
+    args = ["submit", str(tickets(workdir, 2)), "--job", job, "--emulate", "--deadline", "6h", "--db", "d.db"]
+    done = run_cli(args, cwd=workdir, env=user_env())
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]  # after the line saying where --emulate sends requests
+    assert last.startswith("batchrun: error: a deadline (6h) is for mode auto, and this run is in mode online (add")
+    assert not (workdir / "d.db").exists()
+    assert run_cli([*args, "--mode", "auto", "-q"], cwd=workdir, env=user_env()).returncode == 0
