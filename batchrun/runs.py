@@ -204,7 +204,7 @@ def process_run(
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
             retried = store.retry_failed(run_id, error_type, options.retry_changes)
-            events(Event("retrying_failed", run_id, {"items": retried}))
+            events(Event("retrying_failed", run_id, {"items": retried, "error_type": error_type}))
         reused = store.reuse_results(run_id, Judge(job)) if options.use_cache else 0
         from batchrun.documents import before_sending
 

@@ -264,3 +264,24 @@ def test_a_deadline_without_mode_auto_is_refused_not_ignored(workdir: Path, emul
     assert last.startswith("batchrun: error: a deadline (6h) is for mode auto, and this run is in mode online (add")
     assert not (workdir / "d.db").exists()
     assert run_cli([*args, "--mode", "auto", "-q"], cwd=workdir, env=user_env()).returncode == 0
+
+
+def test_a_retry_with_nothing_to_retry_says_so(workdir: Path, a_run: Path) -> None:
+    """The README's `retry --error-type max_tokens` on the guide's run said "0 failed item(s) ... are pending again"."""
+    args = ["retry", "t", "--error-type", "max_tokens", "--max-tokens", "512", "--emulate", "--db", "r.db"]
+    done = run_cli(args, cwd=workdir, env=user_env())
+    assert done.returncode == 0, done.stderr
+    assert "run t has no failed item(s) with error type max_tokens: nothing to retry" in done.stderr
+    assert "0 failed item(s)" not in done.stderr
+
+
+def test_a_comparison_run_on_the_emulator_is_not_continued_by_a_plain_emulator(workdir: Path, emulated) -> None:
+    """compare's emulated runs are their own endpoint (F1): resuming one with a plain --emulate says how to reach it."""
+    items = tickets(workdir, 3)
+    compare(workdir, items, "c.db", HAIKU)
+    runs = orjson.loads(run_cli(["runs", "--json", "--db", "c.db"], cwd=workdir, env=user_env()).stdout)
+    leg = next(r for r in runs["runs"] if r["endpoint"].startswith("emulator (model divergence "))
+    done = run_cli(["resume", leg["run_id"], "--emulate", "--db", "c.db"], cwd=workdir, env=user_env())
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]  # after the line saying where --emulate sends requests
+    assert "made on the built-in emulator with model divergence" in line and "batchrun compare ... --emulate" in line
