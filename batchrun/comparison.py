@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, UsageError
+from batchrun.errors import EXIT_FAILED_ITEMS, EXIT_NOT_FINISHED, EXIT_OK, EXIT_USAGE, UsageError
 from batchrun.inputs import read_items
 from batchrun.job import Job
 from batchrun.pricing import price_for, total_cost, usage_cost
@@ -531,6 +531,13 @@ class Comparer:
             return (
                 f"the comparison's budget (--max-cost {self.spec.max_cost:g}) is spent before {leg.model}'s run "
                 f"{leg.run_id}; run the same command with a larger --max-cost to go on (nothing is bought twice)"
+            )
+        if outcome.exit_code == EXIT_USAGE:  # a model the API does not know: its items stay pending, as in submit
+            stop = getattr(outcome, "stop", None)
+            models = ", ".join(stop.detail.get("models") or [leg.model]) if stop is not None else leg.model
+            raise UsageError(
+                f"model {models} does not exist (check the model name given to --models, --reference or --judge); "
+                f"the comparison stopped at its run {leg.run_id}, whose items stay pending"
             )
         if outcome.exit_code == EXIT_NOT_FINISHED:
             why = f": {outcome.stop_message}" if outcome.stop_message else ""

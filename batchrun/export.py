@@ -112,6 +112,7 @@ def _alive(pid: int) -> bool:
 
 
 FORMATS = ("jsonl", "csv", "parquet")
+NOT_WRITTEN = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers", ".zip")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 FIXED_BEFORE = ("custom_id", "id")
 FIXED_AFTER = (
@@ -136,7 +137,20 @@ def format_of(path: str | Path | None, given: str | None = None) -> str:
     """The export format: the one given, else the one the file's extension names, else jsonl."""
     if given:
         return given
-    return SUFFIXES.get(Path(path).suffix.lower(), "jsonl") if path else "jsonl"
+    if not path:
+        return "jsonl"
+    refuse_spreadsheet(path)
+    return SUFFIXES.get(Path(path).suffix.lower(), "jsonl")
+
+
+def refuse_spreadsheet(path: str | Path) -> None:
+    """`-o out.xlsx` would get JSONL lines a spreadsheet cannot open: say so before anything runs."""
+    suffix = Path(path).suffix.lower()
+    if suffix in NOT_WRITTEN:
+        raise UsageError(
+            f"-o {path}: batchrun does not write {suffix} files (give a .csv file, which spreadsheets open, "
+            "or .jsonl or .parquet)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,14 +197,16 @@ def client_factory(
         return make_client(*args, **kwargs)
 
     if emulate:
-        from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, emulator
+        from batchrun.emulate import DEFAULT_ARGS, EMULATOR_KEY, divergence_label, emulator
 
         chosen = os.environ.get("BATCHRUN_EMULATOR_ARGS")
         args = None if chosen or not emulator_extra else f"{DEFAULT_ARGS} {emulator_extra}"
+        label = divergence_label(args)
         url = stack.enter_context(emulator(args))
         if say is not None:
             say(f"--emulate: requests go to the built-in API emulator at {url}; no request leaves this machine")
-        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint_of(True))
+        endpoint = endpoint_of(True) if label is None else f"{endpoint_of(True)} ({label})"
+        return Target(lambda: make_client(backend, base_url=url, api_key=EMULATOR_KEY), endpoint)
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set (export it or put it in ./.env; "
@@ -419,6 +421,15 @@ def _progress(log: str | None) -> Any:
     return Progress(enabled=log is not None, log_format=log or "text")
 
 
+def refuse_missing_input(items: ItemsArg) -> None:
+    """A file that is not there is said at once, in one line: before the key is asked for or an emulator starts."""
+    if not isinstance(items, str | os.PathLike):
+        return
+    path = os.fspath(items)
+    if path != "-" and not any(c in path for c in "*?[") and not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file (check the path)")
+
+
 @contextlib.contextmanager
 def _spooled(items: ItemsArg) -> Iterator[str]:
     """A path as is; an iterable of dicts written to a temporary JSONL file (named items.jsonl)."""
@@ -522,6 +533,7 @@ def _submit(
 
     _refuse_emulated_no_wait(emulate, options)
     the_job = load_job_arg(job, settings)
+    refuse_missing_input(items)
     progress = _progress(log)
     with contextlib.ExitStack() as stack:
         target = client_factory(stack, emulate, backend, progress.write)

@@ -323,6 +323,9 @@ def describe(ev: Event) -> str | None:
         case "signal":
             return f"{d['name']}: finishing requests in flight (up to {d['grace']:g}s; again to stop now)"
         case "retrying_failed":
+            if not d["items"]:  # nothing to send again: say so, rather than "0 failed item(s) ... pending again"
+                kind = f" with error type {d['error_type']}" if d.get("error_type") else ""
+                return f"run {run} has no failed item(s){kind}: nothing to retry (`batchrun status {run}` shows them)"
             return f"{d['items']} failed item(s) of run {run} are pending again"
         case "settings_changed":
             shown = ", ".join(f"{k} = {v}" for k, v in d["changed"].items())

@@ -117,6 +117,11 @@ def check_job_alone(job: Job) -> None:
             "this run is in mode auto and has no deadline (pass --deadline, e.g. --deadline 6h or --deadline 06:00, or "
             'set deadline = "6h" in the job file)'
         )
+    if job.deadline and job.mode != "auto":  # else it would be stored and never used: a run the user thinks is timed
+        raise UsageError(
+            f"a deadline ({job.deadline}) is for mode auto, and this run is in mode {job.mode} (add --mode auto, or "
+            'mode = "auto" in the job file, to meet it at batch price; or leave the deadline out)'
+        )
 
 
 def check_new_run(store: Store, run_id: str, job: Job) -> None:
@@ -148,12 +153,20 @@ def check_endpoint(run: dict[str, Any], endpoint: str) -> None:
 
 
 def describe_endpoint(endpoint: str) -> str:
+    if endpoint.startswith(f"{EMULATOR_ENDPOINT} ("):  # an emulator whose models diverge (batchrun compare)
+        return f"the built-in emulator with {endpoint[len(EMULATOR_ENDPOINT) + 2 : -1]}"
     return "the built-in emulator" if endpoint == EMULATOR_ENDPOINT else endpoint
 
 
 def how_to_reach(endpoint: str) -> str:
     if endpoint == EMULATOR_ENDPOINT:
         return "add --emulate"
+    if endpoint.startswith(f"{EMULATOR_ENDPOINT} (model divergence "):
+        shares = endpoint[len(EMULATOR_ENDPOINT) + len(" (model divergence ") : -1]
+        return (
+            "run the same `batchrun compare ... --emulate`, "
+            f"or add --emulate with BATCHRUN_EMULATOR_ARGS='--model-divergence {shares}'"
+        )
     if endpoint == DEFAULT_ENDPOINT:
         return "unset ANTHROPIC_BASE_URL"
     return f"set ANTHROPIC_BASE_URL={endpoint}"
@@ -190,7 +203,7 @@ def process_run(
         if options.retry:
             error_type = options.retry if isinstance(options.retry, str) else None
             retried = store.retry_failed(run_id, error_type, options.retry_changes)
-            events(Event("retrying_failed", run_id, {"items": retried}))
+            events(Event("retrying_failed", run_id, {"items": retried, "error_type": error_type}))
         reused = store.reuse_results(run_id, Judge(job)) if options.use_cache else 0
         from batchrun.documents import before_sending
 

@@ -168,7 +168,8 @@ def test_retry_puts_failed_items_back_by_error_type(workdir: Path, emulator) -> 
     status = orjson.loads(batchrun(["status", "r", "--json"], cwd=workdir, env=env).stdout)
     assert status["failures"][0]["error_type"] == "invalid_request_error"
     assert batchrun(["retry", "r", "--error-type", "api_error"], cwd=workdir, env=env).returncode == 1
-    assert "0 failed item(s)" in batchrun(["retry", "r", "--error-type", "api_error"], cwd=workdir, env=env).stderr
+    none = batchrun(["retry", "r", "--error-type", "api_error"], cwd=workdir, env=env).stderr
+    assert "no failed item(s) with error type api_error: nothing to retry" in none
     again = batchrun(["retry", "r"], cwd=workdir, env=env)
     assert again.returncode == 1 and "1 failed item(s) of run r are pending again" in again.stderr
     assert emulator.stats()["by_status"]["400"] == 2

@@ -4,8 +4,9 @@ The README is read, not copied: a ```sh block's commands run in order (the guide
 earlier ones), then the ```python example; a ```cron block's lines run as cron would run them, with `sh`. A
 command must exit 0 unless its line ends with `# exit N`. An HTML comment right before a block marks it:
 `<!-- not-run: reason -->` (not run, with the reason), `<!-- file: PATH -->` (the block must equal that file of
-the repository). The first block's install and test lines are run as printed by .ci/run, in a fresh virtualenv;
-here its quick start (the `batchrun ...` part of the install line) runs.
+the repository), `<!-- output: what -->` (the block must be what the command run just before it printed on standard
+output, times, ports, rates and the working directory aside). The first block's install and test lines are run as
+printed by .ci/run, in a fresh virtualenv; here its quick start (the `batchrun ...` part of the install line) runs.
 
 `--emulate` starts a fresh emulator for each command; here each such command gets the session's emulator, reset
 first (nothing carries over from one command to the next, as for a user), which saves a process start per
@@ -181,12 +182,16 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], stdin: bytes | None
         os.environ.clear()
         os.environ.update(saved_env)
     output = result.stdout + result.stderr
+    LAST_STDOUT[:] = [result.stdout]
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         output += f"\nexception: {result.exception!r}"
     code = result.exit_code
     del result
     _check_no_leaks(before, args)
     return code, output
+
+
+LAST_STDOUT = [""]  # what the last in-process command printed on standard output, for an `<!-- output -->` block
 
 
 def run_shell(text: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -228,6 +233,11 @@ def test_the_readme_examples_run_as_written(tmp_path: Path, emulated: None) -> N
         if "file" in block.marks:
             shipped = (ROOT / block.marks["file"]).read_text()
             assert block.text == shipped, f"README.md:{block.line}: the block differs from {block.marks['file']}"
+        if "output" in block.marks:  # what the command before it printed on standard output, from the guide's state
+            printed = normalized(LAST_STDOUT[0].replace(f"{work}/", ""))
+            if normalized(block.text) != printed:
+                shown = "\n".join(printed)
+                failures.append(f"README.md:{block.line}: the output shown is not what the command prints:\n{shown}")
         if block.lang != "sh":
             continue
         for command in quick_start(block) if index == 0 else commands(block):
@@ -257,6 +267,8 @@ VARYING = [  # what changes from one run to the next in a transcript: times, por
     (re.compile(r"[\d.,]+ items/s"), "N items/s"),
     (re.compile(r"ETA [^;]+;"), "ETA T;"),
     (re.compile(r" in [\d.]+s\b"), " in Ts"),
+    (re.compile(r"had \d+% of the account's"), "had N% of the account's"),  # a rate: it varies with timing
+    (re.compile(r"while sending online \([\d,]+ s\)"), "while sending online (T s)"),
 ]
 PROGRESS = re.compile(r": [\d,]+/[\d,]+ done, ")
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from batchrun.cli.comparing import compare
-from batchrun.cli.errors import reader_gone
+from batchrun.cli.errors import OneLineUsage, reader_gone
 from batchrun.cli.housekeeping import delete, prune
 from batchrun.cli.reading import doctor, report, results, runs_command, status
 from batchrun.cli.running import cancel, resume, retry, submit
@@ -15,7 +15,7 @@ from batchrun.cli.running import cancel, resume, retry, submit
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchrun")
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (or set BATCHRUN_DEBUG=1).")
 def cli(debug: bool) -> None:

@@ -17,6 +17,9 @@ def check_output(output: str | None, db: Path, *inputs: str | None) -> None:
     written (missing or read-only directory), before anything runs."""
     if output is None:
         return
+    from batchrun.export import refuse_spreadsheet
+
+    refuse_spreadsheet(output)
     out = Path(output)
     parent = out.parent
     if not parent.is_dir():

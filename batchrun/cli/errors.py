@@ -27,8 +27,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BatchrunError as e:
             click.echo(f"batchrun: error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("batchrun: interrupted", err=True)
+        except KeyboardInterrupt:  # before a run's own signal handling began, or after it ended
+            more = INTERRUPTED_HINT if fn.__name__ in PROCESSING_COMMANDS else ""
+            click.echo(f"batchrun: interrupted{more}", err=True)
             sys.exit(EXIT_NOT_FINISHED)
         except sqlite3.Error as e:
             from batchrun.store import store_error
@@ -57,6 +58,37 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 PROCESSING_COMMANDS = frozenset({"submit", "resume", "retry", "cancel"})
+INTERRUPTED_HINT = " (what was done is kept: `batchrun runs` lists the runs, `batchrun resume RUN` continues one)"
+
+
+class OneLineUsageError(click.UsageError):
+    """click's usage error (a wrong option value, a missing option, an unknown command) in batchrun's one line."""
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "batchrun"
+        click.echo(f"batchrun: error: {self.format_message()} (`{where} --help` lists the options)", err=True)
+
+
+class OneLineUsage(click.Group):
+    """The command group whose usage errors, its own and its commands', are one line like every other error."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Any:
+    try:
+        yield
+    except OneLineUsageError:
+        raise
+    except click.UsageError as e:
+        raise OneLineUsageError(e.format_message(), e.ctx) from None
 
 
 def reader_gone(code: int) -> NoReturn:

@@ -101,6 +101,7 @@ def report(run_id: str, output: str, db_path: str | None) -> None:
     from batchrun.htmlreport import write_report
 
     store = open_store(db_path)
+    check_run_output(store, run_id, output)  # never over the database or the run's input; a directory that exists
     path = write_report(store, run_id, output)
     click.echo(f"batchrun: wrote the report of run {run_id} to {path}", err=True)
 

@@ -80,6 +80,9 @@ def submit(
     job = load_job(job_path).with_overrides(**flags)
     load_env()
     check_output(output, db_location(db_path), items)
+    from batchrun.library import refuse_missing_input
+
+    refuse_missing_input(items)
     if dry_run:
         from batchrun.documents import is_folder_input
 
@@ -210,6 +213,7 @@ def cancel(
     load_env()
     with ExitStack() as stack:
         store = open_store(db_path)
+        _known_run(store, run_id)
         check_run_output(store, run_id, output)
         target = client_factory(stack, emulate, backend)
         options = RunOptions(timeout=timeout)
@@ -255,10 +259,18 @@ def _options(given: dict[str, Any], **more: Any) -> Any:
     )
 
 
+def _known_run(store: Any, run_id: str) -> None:
+    """A run id that is not in the store is said first: before the key is asked for or an emulator starts."""
+    from batchrun.stored import load_run
+
+    load_run(store, run_id)
+
+
 def _run_command(db_path: str | None, run_id: str, given: dict[str, Any], **more: Any) -> None:
     """resume and retry: open the store (it must exist), check the key, process the run."""
     with ExitStack() as stack:
         store = open_store(db_path)
+        _known_run(store, run_id)
         check_run_output(store, run_id, given["output"])
         target = client_factory(stack, given["emulate"], given["backend"])
         _process(

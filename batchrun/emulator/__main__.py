@@ -5,13 +5,17 @@ from __future__ import annotations
 import gc
 import sys
 
-from .config import config_from_argv
+from .config import FlagError, config_from_argv
 from .process import watch_parent
 from .server import serve
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, host, port = config_from_argv(argv)
+    try:
+        config, host, port = config_from_argv(argv)
+    except FlagError as e:
+        print(f"batchrun emulator: error: {e} (`batchrun emulator --help` lists the flags)", file=sys.stderr)
+        sys.exit(2)
     watch_parent()  # started by EmulatorProcess (--emulate, tests): stop when that process dies
     gc.freeze()  # the imports live as long as the process: full collections need not walk them
     serve(config, host, port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 LIMIT_FIELDS = frozenset({"rpm", "itpm", "otpm", "bucket_seconds"})
 PROBABILITY_FIELDS = frozenset(
@@ -216,13 +216,23 @@ def build_arg_parser(prog: str = "python -m batchrun.emulator") -> argparse.Argu
     return parser
 
 
+class FlagError(ValueError):
+    """A flag the emulator cannot take: one line, said by whoever started it (`batchrun emulator`, `--emulate`)."""
+
+
 def config_from_argv(argv: list[str] | None = None) -> tuple[EmulatorConfig, str, int]:
-    """Parse command-line flags into (config, host, port)."""
+    """Parse command-line flags into (config, host, port); a bad flag raises FlagError (argparse's own usage
+    screen is not printed)."""
     parser = build_arg_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise FlagError(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:
         config = EmulatorConfig(**{k: v for k, v in args.items() if v is not None})
     except ValueError as exc:
-        parser.error(str(exc))
+        raise FlagError(str(exc)) from None
     return config, host, port

@@ -43,13 +43,21 @@ class EmulatorProcess:
             # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only the main thread's is safe
             env[PDEATHSIG_ENV] = "1"
         try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, pass_fds=(lifeline,))
+            # its own session: a Ctrl-C at the terminal reaches the command that started it, which decides (finish
+            # the requests in flight, then stop the emulator), not the emulator in the middle of its start-up
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, text=True, env=env, pass_fds=(lifeline,), start_new_session=True
+            )
         except BaseException:
             os.close(self._lifeline)
             raise
         finally:
             os.close(lifeline)
-        self.base_url = self._read_base_url()
+        try:
+            self.base_url = self._read_base_url()
+        except BaseException:  # a Ctrl-C while it starts: it does not outlive the command
+            self.stop()
+            raise
 
     def _read_base_url(self) -> str:
         assert self.proc.stdout is not None

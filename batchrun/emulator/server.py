@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import signal
@@ -596,13 +597,28 @@ async def start(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) 
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
-    runner, base_url = await start(config, host, port)
-    print(f"batchrun-emulator listening on {base_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # The first SIGINT or SIGTERM stops it; later ones (the lifeline's and terminate()'s both come, a Ctrl-C
+        # pressed again) are ignored, to the end of the process. A plain handler, not loop.add_signal_handler:
+        # asyncio puts the default one back when its loop closes (as Python does with its own handlers when it
+        # exits), and a signal in that moment killed the process or printed a traceback.
+        nonlocal stopping
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        if not stopping:
+            stopping = True
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line that says it is up: a signal may follow at once
+        signal.signal(sig, on_signal)
+    runner, base_url = await start(config, host, port)
     try:
+        print(f"batchrun-emulator listening on {base_url}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
