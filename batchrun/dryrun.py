@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.caching import min_cacheable_tokens, prefix_key
-from batchrun.deadline import DEFAULT_LIMITS, DeadlineError, Work, capacity_of, make_plan, parse_deadline
+from batchrun.deadline import (
+    DEFAULT_LIMITS,
+    OUTPUT_TOKENS_PER_S,
+    DeadlineError,
+    Work,
+    capacity_of,
+    duration,
+    make_plan,
+    online_seconds,
+    parse_deadline,
+)
 from batchrun.errors import UsageError
 from batchrun.estimate import estimate_input_tokens
 from batchrun.inputs import read_items
@@ -106,7 +116,8 @@ def plan(input_path: str, job: Job, make_client: Callable[[], Any] | None) -> di
         "unpriced_models": [r["model"] for r in rows if r["cost_online_usd"] is None],
         "limits": limits,
         "limits_assumed": [k for k in ASSUMED_LIMITS if not getattr(job, k)],
-        "online_minutes": _minutes(rows, limits),
+        "concurrency": job.concurrency,
+        "online_seconds": round(online_seconds(_work(rows), capacity_of(job)), 1),
         "prices_taken": PRICES_TAKEN,
     }
 
@@ -169,13 +180,14 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _minutes(rows: list[dict[str, Any]], limits: dict[str, int]) -> float:
-    """Minutes the online path needs at these limits: the tightest of requests, input tokens (cache reads do not
-    count) and output tokens (reserved at max_tokens)."""
-    items = sum(r["items"] for r in rows)
-    counted_in = sum(r["input_tokens"] - r["cache_read_tokens"] for r in rows)
-    out = sum(r["max_output_tokens"] for r in rows)
-    return round(max(items / limits["rpm"], counted_in / limits["itpm"], out / limits["otpm"]), 2)
+def _work(rows: list[dict[str, Any]]) -> Work:
+    """What the online path has to send: items, input tokens that count against the limit (not cache reads), and
+    output tokens reserved at max_tokens."""
+    return Work(
+        sum(r["items"] for r in rows),
+        sum(r["input_tokens"] - r["cache_read_tokens"] for r in rows),
+        sum(r["max_output_tokens"] for r in rows),
+    )
 
 
 def _deadline_plan(rows: list[dict[str, Any]], job: Job, costs: dict[str, float | None]) -> dict[str, Any] | None:
@@ -188,12 +200,7 @@ def _deadline_plan(rows: list[dict[str, Any]], job: Job, costs: dict[str, float 
         deadline_at = parse_deadline(job.deadline, now)
     except DeadlineError:
         return None
-    work = Work(
-        sum(r["items"] for r in rows),
-        sum(r["input_tokens"] - r["cache_read_tokens"] for r in rows),
-        sum(r["max_output_tokens"] for r in rows),
-    )
-    p = make_plan(deadline_at, now, work, capacity_of(job), job.deadline_margin)
+    p = make_plan(deadline_at, now, _work(rows), capacity_of(job), job.deadline_margin)
     share = p.expected_batch_share if p.feasible else 0.0
     online, batch = costs["online"], costs["batch"]
     expected = None if online is None or batch is None else round(share * batch + (1 - share) * online, 6)
@@ -249,7 +256,10 @@ def format_plan(p: dict[str, Any]) -> str:
     assumed = (
         f" (assumed for {', '.join(p['limits_assumed'])}: pass --rpm/--itpm/--otpm)" if p["limits_assumed"] else ""
     )
-    lines.append(f"  online path at {limits}{assumed}: about {p['online_minutes']:,} minutes")
+    lines.append(
+        f"  online path at {limits}{assumed}, {p['concurrency']:,} in flight: about {duration(p['online_seconds'])} "
+        f"at worst (replies of max_tokens at {OUTPUT_TOKENS_PER_S:g} tokens/s)"
+    )
     if p.get("deadline"):
         lines.append(format_deadline(p["deadline"]))
     return "\n".join(lines)
