@@ -162,7 +162,7 @@ def test_sigkill_mid_run_then_resume_never_resends_a_finished_item(workdir: Path
 
 def test_bad_key_stops_the_run_at_once_and_leaves_items_pending(workdir: Path, emulator) -> None:
     emulator.configure(api_key="the-right-key-1234")
-    items = write_jsonl(workdir / "items.jsonl", prompts(200))
+    items = write_jsonl(workdir / "items.jsonl", prompts(40))
     proc = batchrun(
         ["submit", str(items), "--model", MODEL, "--run-id", "r1"],
         cwd=workdir,
@@ -171,7 +171,7 @@ def test_bad_key_stops_the_run_at_once_and_leaves_items_pending(workdir: Path, e
     assert proc.returncode == 3
     assert "401 authentication_error" in proc.stderr and "resume r1" in proc.stderr
     assert emulator.stats()["requests"] <= 1  # the first request goes alone, and its 401 stops the run
-    assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 200)]
+    assert db_rows(workdir / "batchrun.db", "SELECT state, count(*) FROM items GROUP BY state") == [("pending", 40)]
     emulator.configure(api_key=None)
     assert batchrun(["resume", "r1"], cwd=workdir, env=cli_env(emulator.base_url)).returncode == 0
 
