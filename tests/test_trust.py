@@ -305,7 +305,7 @@ def test_batch_mode_keeps_to_the_budget_and_the_limit(workdir: Path, emulator) -
     emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
-    batch = ["--mode", "batch", "--poll-interval", "0.05"]
+    batch = ["--mode", "batch", "--poll-interval", "0.02"]
     args = ["submit", str(items), "--model", MODEL, "--max-tokens", "100", "--run-id", "r", *batch]
     limited = batchrun([*args, "--limit", "10"], cwd=workdir, env=env)
     assert limited.returncode == 3 and "--limit 10 reached: 30 item(s) left" in limited.stderr
