@@ -321,14 +321,27 @@ def _schema(value: Any) -> str | None:
         return None
     if not isinstance(value, dict):
         return 'must be a JSON Schema object (a [schema] table, or schema_file = "x.schema.json")'
+    if too_deep(value, MAX_DEPTH):
+        return f"is nested more than {MAX_DEPTH} levels deep (no reply could be checked against it)"
+    encoded = orjson.dumps(value)
+    if len(encoded) > MAX_SCHEMA_BYTES:
+        return f"is {len(encoded):,} bytes: more than the API's 32 MB request limit (make the schema smaller)"
+    if encoded not in _schema_verdicts:
+        if len(_schema_verdicts) >= 32:
+            _schema_verdicts.clear()
+        _schema_verdicts[encoded] = _schema_verdict(value)
+    return _schema_verdicts[encoded]
+
+
+# A command checks its job several times (the file, the flags, the stored run's settings), and checking a schema
+# against the metaschema takes milliseconds: the verdict is kept per schema text.
+_schema_verdicts: dict[bytes, str | None] = {}
+
+
+def _schema_verdict(value: dict[str, Any]) -> str | None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    if too_deep(value, MAX_DEPTH):
-        return f"is nested more than {MAX_DEPTH} levels deep (no reply could be checked against it)"
-    size = len(orjson.dumps(value))
-    if size > MAX_SCHEMA_BYTES:
-        return f"is {size:,} bytes: more than the API's 32 MB request limit (make the schema smaller)"
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as e:

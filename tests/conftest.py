@@ -35,6 +35,21 @@ from batchrun.api import tls_context
 from batchrun.cli import cli
 from tests.emulator_fixture import emulator, emulator_proc  # noqa: F401
 
+
+def _warm_up() -> None:
+    """Load now what a command loads on first use (the modules a run imports lazily, the HTTP stack, the TLS
+    context): a forked child (`start_batchrun`) inherits them instead of loading them again, which cost each
+    child about 0.3 s before its first request, the certificate authorities alone 75-150 ms."""
+    import batchrun.hooks
+    import batchrun.progress
+    import batchrun.runs
+    import batchrun.stored
+
+    for backend in batchrun.api.BACKENDS:  # imports each backend's transport; the clients are never used
+        batchrun.api.make_client(backend, base_url="http://127.0.0.1:9", api_key="unused")
+
+
+_warm_up()
 # What is imported by now (the SDK, pydantic's models, batchrun) lives as long as the session: the collector need
 # not walk it again at every full collection (they are frequent here: every test makes and drops clients).
 gc.freeze()

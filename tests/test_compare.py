@@ -150,7 +150,7 @@ def test_the_recommendation_follows_the_prices(workdir: Path, emulator) -> None:
 
 
 def test_a_killed_comparison_resumes_without_paying_twice(workdir: Path, emulator) -> None:
-    emulator.configure(model_divergence=DIVERGENCE, latency_ms=40)
+    emulator.configure(model_divergence=DIVERGENCE, latency_ms=20)
     n = 30
     items = write_jsonl(workdir / "tickets.jsonl", tickets(n))
     job = write_job(workdir)

@@ -7,6 +7,9 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from batchrun.store import housekeeping as store_housekeeping
 from tests.conftest import batchrun, cli_env, db_rows, write_jsonl
 
 MODEL = "claude-haiku-4-5"
@@ -83,9 +86,12 @@ def test_space_a_delete_freed_and_kept_is_given_back_by_the_next_prune(workdir: 
     assert on_disk(db) < before / 4
 
 
-def test_a_delete_while_another_connection_reads(workdir: Path, emulator) -> None:
+def test_a_delete_while_another_connection_reads(workdir: Path, emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reader on its snapshot keeps reading what it saw; the delete does not fail, and the file shrinks once
     the reader is done."""
+    # the delete's checkpoint waits this long for the reader, which holds on until the delete is over (the forked
+    # child inherits the setting)
+    monkeypatch.setattr(store_housekeeping, "CHECKPOINT_WAIT_S", 0.05)
     env = cli_env(emulator.base_url)
     db = workdir / "r.db"
     big_run(workdir, env, db, "one")

@@ -154,18 +154,18 @@ def test_limit_processes_that_many_items_then_exits_3(workdir: Path, emulator) -
 
 def test_resume_with_a_lower_concurrency_never_has_more_in_flight(workdir: Path, emulator) -> None:
     emulator.configure(api_key="the-right-key-1234")
-    items = write_jsonl(workdir / "items.jsonl", prompts(80))
+    items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
     args = ["submit", str(items), "--model", MODEL, "--run-id", "r", "--concurrency", "32"]
     assert batchrun(args, cwd=workdir, env=env).returncode == 3
-    emulator.configure(api_key=None, latency_ms=30)
+    emulator.configure(api_key=None, latency_ms=10)  # long enough for requests sent together to overlap
     emulator.reset()
     resumed = batchrun(["resume", "r", "--concurrency", "4"], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "from now on concurrency = 4" in resumed.stderr
     stats = emulator.stats()
-    assert stats["requests"] == 80 and stats["max_in_flight"] <= 4
-    assert status_json(workdir, env, "r")["total"] == 80
+    assert stats["requests"] == 40 and stats["max_in_flight"] <= 4
+    assert status_json(workdir, env, "r")["total"] == 40
 
 
 def test_mode_changes_on_resume_and_request_settings_do_not(workdir: Path, emulator) -> None:
@@ -305,7 +305,7 @@ def test_batch_mode_keeps_to_the_budget_and_the_limit(workdir: Path, emulator) -
     emulator.configure(batch_seconds=0.05)
     items = write_jsonl(workdir / "items.jsonl", prompts(40))
     env = cli_env(emulator.base_url)
-    batch = ["--mode", "batch", "--poll-interval", "0.05"]
+    batch = ["--mode", "batch", "--poll-interval", "0.02"]
     args = ["submit", str(items), "--model", MODEL, "--max-tokens", "100", "--run-id", "r", *batch]
     limited = batchrun([*args, "--limit", "10"], cwd=workdir, env=env)
     assert limited.returncode == 3 and "--limit 10 reached: 30 item(s) left" in limited.stderr

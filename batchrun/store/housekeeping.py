@@ -79,6 +79,9 @@ def _drop_unused_parts(store: Store) -> None:
     )
 
 
+CHECKPOINT_WAIT_S = 2.0  # how long the checkpoint after a delete or prune waits for a reader to finish
+
+
 def reclaim_space(store: Store) -> str:
     """Give the freed pages back to the file system; returns how: "incremental vacuum" on a database made with
     auto_vacuum=INCREMENTAL (every database made since m009), else "VACUUM", which rewrites the file once and
@@ -98,11 +101,11 @@ def reclaim_space(store: Store) -> str:
     return how
 
 
-def _checkpoint(store: Store, wait_s: float = 2.0) -> None:
+def _checkpoint(store: Store) -> None:
     """Copy the write-ahead log into the database file, which shrinks it to its pages, and empty the log. A
-    reader still on an older snapshot (a long export) is waited for `wait_s` only: then the part it does not
-    need is copied, and the last connection to close finishes the job."""
-    store.db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
+    reader still on an older snapshot (a long export) is waited for CHECKPOINT_WAIT_S only: then the part it does
+    not need is copied, and the last connection to close finishes the job."""
+    store.db.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT_S * 1000)}")
     try:
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
