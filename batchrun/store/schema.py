@@ -490,6 +490,7 @@ def m012_versions(db: Database) -> None:
     db.execute("CREATE TABLE batchrun_versions (migration TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID")
 
 
+@cache
 def batchrun_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
