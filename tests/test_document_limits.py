@@ -6,20 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import batchrun, cli_env
+from tests.test_documents import pdf
 
 MODEL = "claude-haiku-4-5"
-
-
-def pdf(pages: int) -> bytes:
-    """A minimal PDF with `pages` pages (the emulator counts /Type /Page objects)."""
-    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
-    objects = [
-        "<</Type /Catalog /Pages 2 0 R>>",
-        f"<</Type /Pages /Kids [{kids}] /Count {pages}>>",
-        *["<</Type /Page /Parent 2 0 R /MediaBox [0 0 200 200]>>" for _ in range(pages)],
-    ]
-    body = "".join(f"{n} 0 obj {o} endobj\n" for n, o in enumerate(objects, start=1))
-    return f"%PDF-1.4\n{body}trailer <</Root 1 0 R>>\n%%EOF\n".encode()
 
 
 def test_the_first_wave_of_a_document_run_meets_no_429(tmp_path: Path, emulator) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import batchrun, cli_env, prompts, start_batchrun, wait_until, write_jsonl
+from tests.test_cost import status as status_of
 
 MODEL = "claude-haiku-4-5"
 # Published prices (USD per million tokens), written out independently of batchrun's table; batches at half.
@@ -37,12 +38,6 @@ def usd(tokens: dict[str, int], batch: bool = False) -> float:
         + tokens["cache_read"] * per_in * 0.1
     )
     return total * (0.5 if batch else 1.0)
-
-
-def status_of(workdir: Path, env: dict, run_id: str) -> dict:
-    proc = batchrun(["status", run_id, "--json"], cwd=workdir, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return orjson.loads(proc.stdout)
 
 
 def assert_status_is_the_bill(workdir: Path, env: dict, run_id: str, emulator) -> dict:
