@@ -22,6 +22,7 @@ import batchrun.emulate
 from batchrun.emulator.config import config_from_argv
 from tests.conftest import batchrun as run_cli
 from tests.conftest import wait_until, write_jsonl
+from tests.emulator_fixture import TEST_BATCH_SECONDS
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def emulated(emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     def fresh_emulator(extra_args: str | None = None) -> Iterator[str]:
         argv = extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or batchrun.emulate.DEFAULT_ARGS
         config = config_from_argv(argv.split())[0].to_dict()
-        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0})
+        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0, "batch_seconds": TEST_BATCH_SECONDS})
         yield emulator.base_url
 
     monkeypatch.setattr(batchrun.emulate, "emulator", fresh_emulator)
@@ -263,7 +264,8 @@ def test_a_deadline_without_mode_auto_is_refused_not_ignored(workdir: Path, emul
     last = done.stderr.strip().splitlines()[-1]  # after the line saying where --emulate sends requests
     assert last.startswith("batchrun: error: a deadline (6h) is for mode auto, and this run is in mode online (add")
     assert not (workdir / "d.db").exists()
-    assert run_cli([*args, "--mode", "auto", "-q"], cwd=workdir, env=user_env()).returncode == 0
+    auto = [*args, "--mode", "auto", "-q", "--poll-interval", "0.02"]
+    assert run_cli(auto, cwd=workdir, env=user_env()).returncode == 0
 
 
 def test_a_retry_with_nothing_to_retry_says_so(workdir: Path, a_run: Path) -> None:
