@@ -60,7 +60,8 @@ def test_answers_from_one_endpoint_are_never_served_on_another(workdir: Path, em
 
 def test_the_emulate_flag_is_an_endpoint_of_its_own(workdir: Path, emulator) -> None:
     items = write_jsonl(workdir / "items.jsonl", prompts(5))
-    quick = batchrun(["submit", str(items), "--model", MODEL, "--emulate"], cwd=workdir, env=cli_env(emulator.base_url))
+    fast = cli_env(emulator.base_url, BATCHRUN_EMULATOR_ARGS="--latency-ms 0")  # the endpoint is the point, not time
+    quick = batchrun(["submit", str(items), "--model", MODEL, "--emulate"], cwd=workdir, env=fast)
     assert quick.returncode == 0, quick.stderr
     real = batchrun(["submit", str(items), "--model", MODEL], cwd=workdir, env=cli_env(emulator.base_url))
     assert real.returncode == 0 and "created run" in real.stderr
