@@ -17,15 +17,22 @@ from batchrun.store.items import Items
 from batchrun.store.record import Recording
 from batchrun.store.reuse import ResponseCache
 from batchrun.store.runs import Runs
-from batchrun.store.schema import apply_migrations, check_not_newer, pending_migrations, record_versions
+from batchrun.store.schema import (
+    applied_migrations,
+    apply_migrations,
+    check_not_newer,
+    pending_migrations,
+    record_versions,
+)
 from batchrun.store.status import Status
 
 PAGE_SIZE = 8192  # a grown item (about 900 bytes with its result) leaves less of a 4 KB page unused
-_image_lock = threading.Lock()
 
 
 @functools.cache
-def _database_image() -> bytes:
+def new_database_image() -> bytes:
+    """The bytes of a database with every migration applied, made once per process: a new database file is a copy
+    of them (a process that makes many, a test run or a comparison, no longer replays 200-odd statements each)."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # new databases only: it is set before any table
@@ -35,13 +42,6 @@ def _database_image() -> bytes:
         return conn.serialize()
     finally:
         conn.close()
-
-
-def new_database_image() -> bytes:
-    """The bytes of a database with every migration applied, made once per process: a new database file is a copy
-    of them (a process that makes many, a test run or a comparison, no longer replays 200-odd statements each)."""
-    with _image_lock:
-        return _database_image()
 
 
 class Store(Runs, Items, Recording, ResponseCache, Status, Batches):
@@ -67,10 +67,11 @@ class Store(Runs, Items, Recording, ResponseCache, Status, Batches):
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.db = Database(conn)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        retry_busy(lambda: check_not_newer(conn, self.path))
+        applied = retry_busy(lambda: applied_migrations(conn))
+        retry_busy(lambda: check_not_newer(conn, self.path, applied))
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
-        if retry_busy(lambda: pending_migrations(conn)):
+        if pending_migrations(applied):  # sqlite-utils checks again under the lock: another process may have done it
             with migration_lock(self.path):
                 retry_busy(lambda: apply_migrations(conn))
                 retry_busy(lambda: record_versions(conn))

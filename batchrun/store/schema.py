@@ -47,13 +47,22 @@ def migration_names() -> list[str]:
     return [fn.__name__ for fn in _steps]
 
 
-def pending_migrations(conn: sqlite3.Connection) -> list[str]:
-    """The names of the migrations this database has not had yet (read only)."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'").fetchone():
-        return migration_names()
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations this database has had (read only; none for a database without the table)."""
+    if not _has_table(conn, "_sqlite_migrations"):
+        return []
     sql = "SELECT name FROM _sqlite_migrations WHERE migration_set = ?"
-    applied = {name for (name,) in conn.execute(sql, [MIGRATION_SET])}
-    return [name for name in migration_names() if name not in applied]
+    return [name for (name,) in conn.execute(sql, [MIGRATION_SET])]
+
+
+def pending_migrations(applied: list[str]) -> list[str]:
+    """The names of the migrations a database that has had `applied` has not had yet."""
+    done = set(applied)
+    return [name for name in migration_names() if name not in done]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 
 
 @cache
@@ -508,20 +517,15 @@ def record_versions(conn: sqlite3.Connection) -> None:
     )
 
 
-def check_not_newer(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse, before anything is written, a database a newer batchrun has migrated: this version does not know
-    its tables, and writing to them would damage it."""
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "_sqlite_migrations" not in tables:
-        return
+def check_not_newer(conn: sqlite3.Connection, path: Path, applied: list[str]) -> None:
+    """Refuse, before anything is written, a database a newer batchrun has migrated (`applied` names a migration
+    this version does not know): this version does not know its tables, and writing to them would damage it."""
     known = set(migration_names())
-    sql = "SELECT name FROM _sqlite_migrations WHERE migration_set = ?"
-    applied = [n for (n,) in conn.execute(sql, [MIGRATION_SET])]
     unknown = [n for n in applied if n not in known]
     if not unknown:
         return
     versions: list[str] = []
-    if "batchrun_versions" in tables:
+    if _has_table(conn, "batchrun_versions"):
         marks = ",".join("?" * len(unknown))
         sql = f"SELECT version FROM batchrun_versions WHERE migration IN ({marks})"
         versions = [v for (v,) in conn.execute(sql, unknown) if v != "unknown"]
