@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
 
+import batchrun.emulate
+from batchrun.emulator.config import config_from_argv
 from batchrun.emulator.process import EmulatorProcess
 
 
@@ -28,3 +32,17 @@ def emulator(emulator_proc: EmulatorProcess) -> EmulatorProcess:
     """The session's emulator with default config (batches of TEST_BATCH_SECONDS) and fresh state for this test."""
     emulator_proc.reset(batch_seconds=TEST_BATCH_SECONDS)
     return emulator_proc
+
+
+def stand_in_for_emulate(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--emulate` gets the session's emulator with fresh state, configured as --emulate configures its own
+    (BATCHRUN_EMULATOR_ARGS included), timings aside: no latency, batches of TEST_BATCH_SECONDS."""
+
+    @contextlib.contextmanager
+    def fresh_emulator(extra_args: str | None = None) -> Iterator[str]:
+        argv = extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or batchrun.emulate.DEFAULT_ARGS
+        config = config_from_argv(argv.split())[0].to_dict()
+        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0, "batch_seconds": TEST_BATCH_SECONDS})
+        yield emulator.base_url
+
+    monkeypatch.setattr(batchrun.emulate, "emulator", fresh_emulator)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import batchrun, cli_env, prompts, start_batchrun, wait_until, write_jsonl
+from tests.test_cost import expected_cost
 from tests.test_cost import status as status_of
 
 MODEL = "claude-haiku-4-5"
@@ -30,14 +31,13 @@ def billed(emulator, path: str) -> dict[str, int]:
 
 
 def usd(tokens: dict[str, int], batch: bool = False) -> float:
-    per_in = PRICE["input"] / 1e6
-    total = (
-        tokens["input"] * per_in
-        + tokens["output"] * PRICE["output"] / 1e6
-        + tokens["cache_creation"] * per_in * 1.25
-        + tokens["cache_read"] * per_in * 0.1
-    )
-    return total * (0.5 if batch else 1.0)
+    usage = {
+        "input_tokens": tokens["input"],
+        "output_tokens": tokens["output"],
+        "cache_creation_input_tokens": tokens["cache_creation"],
+        "cache_read_input_tokens": tokens["cache_read"],
+    }
+    return expected_cost(usage, PRICE, batch)
 
 
 def assert_status_is_the_bill(workdir: Path, env: dict, run_id: str, emulator) -> dict:

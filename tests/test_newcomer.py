@@ -12,17 +12,14 @@ import signal
 import subprocess as sp
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-import batchrun.emulate
-from batchrun.emulator.config import config_from_argv
 from tests.conftest import batchrun as run_cli
 from tests.conftest import wait_until, write_jsonl
-from tests.emulator_fixture import TEST_BATCH_SECONDS
+from tests.emulator_fixture import stand_in_for_emulate
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def emulated(emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    @contextlib.contextmanager
-    def fresh_emulator(extra_args: str | None = None) -> Iterator[str]:
-        argv = extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or batchrun.emulate.DEFAULT_ARGS
-        config = config_from_argv(argv.split())[0].to_dict()
-        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0, "batch_seconds": TEST_BATCH_SECONDS})
-        yield emulator.base_url
-
-    monkeypatch.setattr(batchrun.emulate, "emulator", fresh_emulator)
+    stand_in_for_emulate(emulator, monkeypatch)
 
 
 def user_env() -> dict[str, str]:

@@ -26,7 +26,6 @@ import signal
 import subprocess as sp
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from click.testing import CliRunner
 import batchrun.batches
 import batchrun.emulate
 from batchrun.cli import cli
-from batchrun.emulator.config import config_from_argv
 from tests.conftest import (
     TEST_KEY,
     _check_no_leaks,
@@ -46,7 +44,7 @@ from tests.conftest import (
     start_batchrun,
     wait_until,
 )
-from tests.emulator_fixture import TEST_BATCH_SECONDS
+from tests.emulator_fixture import TEST_BATCH_SECONDS, stand_in_for_emulate
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -141,16 +139,7 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def emulated(emulator, monkeypatch: pytest.MonkeyPatch, fast_polls: None) -> None:
     """`--emulate` gets the session's emulator with fresh state, configured as --emulate configures its own."""
-
-    @contextlib.contextmanager
-    def fresh_emulator(extra_args: str | None = None) -> Iterator[str]:
-        # the configuration --emulate would give its own emulator (BATCHRUN_EMULATOR_ARGS included), timings aside
-        argv = extra_args or os.environ.get("BATCHRUN_EMULATOR_ARGS") or batchrun.emulate.DEFAULT_ARGS
-        config = config_from_argv(argv.split())[0].to_dict()
-        emulator.reset(**{**config, "latency_ms": 0, "latency_jitter_ms": 0, "batch_seconds": TEST_BATCH_SECONDS})
-        yield emulator.base_url
-
-    monkeypatch.setattr(batchrun.emulate, "emulator", fresh_emulator)
+    stand_in_for_emulate(emulator, monkeypatch)
 
 
 def user_env(home: Path) -> dict[str, str]:
